@@ -1,0 +1,44 @@
+"""The project's error family.
+
+User mistakes (an unknown name, an invalid parameter, bad data, a combination a
+backend cannot do, a data file that is missing or corrupt) raise a subclass of
+:class:`BNNPriorsError`, itself a :class:`ValueError`, at the edge where the
+input arrives. The command line prints these as one line and exits with status 2.
+
+A fit that runs away (loss or samples turning NaN/inf) raises
+:class:`FitDivergedError`, which names the step and the likely cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class BNNPriorsError(ValueError):
+    """Base class of every error caused by what the user asked for."""
+
+
+class UnknownNameError(BNNPriorsError):
+    """A name (noise model, structure, backend, data set, preset...) that does not exist."""
+
+    def __init__(self, kind: str, name: object, choices: Iterable[str]):
+        self.kind, self.name, self.choices = kind, name, sorted(choices)
+        super().__init__(
+            f"unknown {kind} {name!r}; valid choices are: {', '.join(self.choices)}"
+        )
+
+
+class InvalidParameterError(BNNPriorsError):
+    """A parameter value outside its valid range, or a parameter that does not exist."""
+
+
+class DataError(BNNPriorsError):
+    """Input data that cannot be used: NaN or inf values, wrong shapes, missing or corrupt files."""
+
+
+class UnsupportedCombinationError(BNNPriorsError):
+    """An inference backend was given a prior or model it cannot handle."""
+
+
+class FitDivergedError(RuntimeError):
+    """A fit whose loss or samples became NaN or infinite."""
