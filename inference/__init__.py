@@ -1,0 +1,13 @@
+"""Interchangeable inference backends: ``fit(model, X, y) -> Posterior``.
+
+``SVI`` (reparameterized guides), ``NUTS`` (Hamiltonian Monte Carlo) and
+``MCDropout`` (multiplicative-noise training). Each backend refuses, before doing
+any work, the priors and models it cannot handle, and names what to use instead.
+"""
+
+from inference.common import InferenceBackend, Posterior, Prediction
+from inference.svi import SVI, SVIPosterior
+
+BACKENDS = {"svi": SVI}
+
+__all__ = ["BACKENDS", "SVI", "InferenceBackend", "Posterior", "Prediction", "SVIPosterior"]

@@ -1,0 +1,214 @@
+"""What the inference backends share: the backend interface, the posterior, seeding, progress.
+
+No backend imports another; each imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from bnn_priors.errors import (
+    DataError,
+    FitDivergedError,
+    InvalidParameterError,
+    UnsupportedCombinationError,
+)
+from models.networks import BayesianNetwork
+
+#: ``sampler(X, num_samples, generator) -> (f, precision)`` with ``X`` of shape ``(R, N, D)``,
+#: ``f`` of shape ``(S, R, N, out)`` and ``precision`` of shape ``(S, R)``.
+Sampler = Callable[[torch.Tensor, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, torch and Pyro: the same seed on CPU gives the same numbers."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+    pyro.set_rng_seed(int(seed))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError("device 'cuda' was asked for but no CUDA device is available; use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidParameterError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return dev
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def check_positive_int(label: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidParameterError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(label: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (math.isfinite(value) and value > 0):
+        raise InvalidParameterError(f"{label} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def raise_diverged(backend: str, step: int, what: str, hint: str) -> None:
+    raise FitDivergedError(f"{backend}: the {what} became NaN or infinite at step {step}; {hint}")
+
+
+@dataclass
+class Prediction:
+    """Predictive mean and standard deviation of y, and the function samples.
+
+    Shapes: ``mean``/``std`` ``(N,)``, ``samples`` ``(S, N)`` for a single-output,
+    single-replica model; a replica axis ``R`` (after ``S``) and an output axis
+    appear when the model has them.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray
+
+
+class Posterior:
+    """The result of a fit: predictions and metrics, the same for every backend."""
+
+    def __init__(self, model: BayesianNetwork, backend: str, sampler: Sampler, seed: int = 0, info: dict | None = None,
+                 weight_means: Callable[[], dict[str, torch.Tensor]] | None = None):
+        self.model = model
+        self.backend = backend
+        self._sampler = sampler
+        self.seed = seed
+        self.info = dict(info or {})
+        self._weight_means = weight_means
+
+    def __repr__(self) -> str:
+        return f"Posterior(backend={self.backend!r}, model={type(self.model).__name__}, replicas={self.model.replicas})"
+
+    def _squeeze(self, t: torch.Tensor, sample_axis: bool) -> np.ndarray:
+        """Drop the replica axis for R = 1 and the output axis for out = 1."""
+        a = t.detach().cpu().numpy()
+        if self.model.out_features == 1:
+            a = a[..., 0]
+        if self.model.replicas == 1:
+            a = np.take(a, 0, axis=1 if sample_axis else 0)
+        return a
+
+    def sample_functions(self, X, num_samples: int = 100, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw samples: ``f`` of shape ``(S, R, N, out)`` and the precision ``(S, R)``."""
+        num_samples = check_positive_int("num_samples", num_samples)
+        X = self.model.check_inputs(X)
+        gen = make_generator(X.device, self.seed + 1 if seed is None else seed)
+        with torch.no_grad():
+            f, precision = self._sampler(X, num_samples, gen)
+        return f, precision.expand(f.shape[:2])
+
+    def predict(self, X, num_samples: int = 100, seed: int | None = None) -> Prediction:
+        """Predictive mean and standard deviation of ``y`` (function spread plus noise) and the samples."""
+        f, precision = self.sample_functions(X, num_samples, seed)
+        mean = f.mean(0)
+        var = f.var(0, unbiased=False) + (1.0 / precision).mean(0)[:, None, None]
+        return Prediction(self._squeeze(mean, False), self._squeeze(var.sqrt(), False), self._squeeze(f, True))
+
+    def evaluate(self, X, y, num_samples: int = 100, y_scale=1.0, seed: int | None = None) -> dict:
+        """Test RMSE and log-likelihood, in original units when given the target's scale.
+
+        The log-likelihood is, per test point, ``log mean_s N(y | f_s(x), 1/tau_s)``,
+        averaged over test points (Hernández-Lobato & Adams 2015; Gal & Ghahramani
+        2016). ``y_scale`` (a number, or one per replica) is the training standard
+        deviation used to standardize ``y``. Returns floats, or arrays over replicas.
+        """
+        f, precision = self.sample_functions(X, num_samples, seed)
+        Xt = self.model.check_inputs(X)
+        yt = self.model.check_targets(y, Xt)
+        scale = torch.as_tensor(np.asarray(y_scale, dtype=np.float64), dtype=f.dtype, device=f.device).reshape(-1)
+        if scale.numel() not in (1, self.model.replicas) or not bool((scale > 0).all()):
+            raise DataError(f"y_scale must be positive, a number or one per replica ({self.model.replicas}), got {y_scale!r}")
+        rmse = ((f.mean(0) - yt) ** 2).mean((-2, -1)).sqrt() * scale
+        dens = self.model.likelihood.distribution(f, precision).log_prob(yt).sum(-1)  # (S, R, N)
+        ll = (torch.logsumexp(dens, 0) - math.log(f.shape[0])).mean(-1) - self.model.out_features * scale.log()
+        out = {"rmse": rmse, "log_likelihood": ll}
+        if self.model.replicas == 1:
+            return {k: float(v.reshape(-1)[0]) for k, v in out.items()}
+        return {k: v.detach().cpu().numpy() for k, v in out.items()}
+
+    def weight_means(self) -> dict[str, np.ndarray]:
+        """Posterior means of the weight matrices, ``{layer: (in, out)}`` (``(R, in, out)`` with replicas)."""
+        if self._weight_means is None:
+            raise NotImplementedError(f"the {self.backend} posterior does not expose weight means")
+        means = self._weight_means()
+        return {
+            k: (v.detach().cpu().numpy()[0] if self.model.replicas == 1 else v.detach().cpu().numpy())
+            for k, v in means.items()
+        }
+
+
+class InferenceBackend(ABC):
+    """Interface of every backend: ``fit(model, X, y) -> Posterior``.
+
+    A backend says up front what it supports (:meth:`check_model`) and refuses the
+    rest before doing any work, naming what to use instead.
+    """
+
+    name: str
+
+    def __init__(self, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True):
+        self.device = resolve_device(device)
+        seed_everything(seed)  # validates
+        self.seed = int(seed)
+        self.progress = bool(progress)
+
+    @abstractmethod
+    def check_model(self, model: BayesianNetwork) -> None:
+        """Raise :class:`UnsupportedCombinationError` if this backend cannot fit ``model``."""
+
+    def supports(self, model: BayesianNetwork) -> bool:
+        try:
+            self.check_model(model)
+        except UnsupportedCombinationError:
+            return False
+        return True
+
+    def prepare(self, model, X, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the combination and the data, move the model, seed: called first by every fit."""
+        if not isinstance(model, BayesianNetwork):
+            raise InvalidParameterError(f"model must be a models.BayesianNetwork, got {type(model).__name__}")
+        self.check_model(model)
+        model.to(self.device)
+        X = model.check_inputs(X)
+        y = model.check_targets(y, X)
+        seed_everything(self.seed)
+        return X, y
+
+    @abstractmethod
+    def fit(self, model: BayesianNetwork, X, y) -> Posterior:
+        """Fit ``model`` to ``(X, y)`` and return its :class:`Posterior`."""
+
+
+def unsupported(backend: str, what: str, why: str, instead: str) -> UnsupportedCombinationError:
+    return UnsupportedCombinationError(f"{backend} cannot fit {what}: {why}. Use {instead} instead.")
+
+
+def layers_with(model: BayesianNetwork, predicate) -> Iterable:
+    return [layer for layer in model.layers if predicate(layer.prior)]
