@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +24,9 @@ from bnn_priors.errors import (
 )
 from models.networks import BayesianNetwork
 
-#: ``sampler(X, num_samples, generator) -> (f, precision)`` with ``X`` of shape ``(R, N, D)``,
+#: ``sampler(X, num_samples, random) -> (f, precision)`` with ``X`` of shape ``(R, N, D)``,
 #: ``f`` of shape ``(S, R, N, out)`` and ``precision`` of shape ``(S, R)``.
-Sampler = Callable[[torch.Tensor, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+Sampler = Callable[[torch.Tensor, int, "ReplicaRandom"], tuple[torch.Tensor, torch.Tensor]]
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +55,49 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
+
+
+def replica_seeds(seed: int | Sequence[int], replicas: int) -> list[int]:
+    """One seed per replica: a sequence is taken as given, an int ``s`` gives ``s, s+1, ...``."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        seeds = [int(seed) + r for r in range(replicas)]
+    else:
+        seeds = [int(s) for s in seed]
+    if len(seeds) != replicas:
+        raise InvalidParameterError(f"got {len(seeds)} seeds for a model with {replicas} replicas")
+    return seeds
+
+
+class ReplicaRandom:
+    """Independent random streams, one per replica.
+
+    Replica ``r`` draws from its own generator seeded with ``seeds[r]``, so a replica
+    trained inside a batch of ``R`` sees exactly the random numbers it would see
+    trained alone with the same seed: batched and one-at-a-time training agree.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device):
+        self.seeds = list(seeds)
+        self.generators = [make_generator(device, s) for s in self.seeds]
+        self.device = device
+
+    @property
+    def replicas(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
+        """Standard normals of ``shape`` per replica, the replica axis inserted at ``axis``."""
+        draws = [torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+
+    def rand(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
+        """Uniform(0, 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
+        draws = [torch.rand(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+
+    def batch_indices(self, n: int, size: int) -> torch.Tensor:
+        """A random subset of ``size`` of ``range(n)`` per replica: shape ``(R, size)``."""
+        return torch.stack([torch.randperm(n, generator=g, device=self.device)[:size] for g in self.generators])
 
 
 def check_positive_int(label: str, value) -> int:
@@ -94,12 +137,12 @@ class Prediction:
 class Posterior:
     """The result of a fit: predictions and metrics, the same for every backend."""
 
-    def __init__(self, model: BayesianNetwork, backend: str, sampler: Sampler, seed: int = 0, info: dict | None = None,
+    def __init__(self, model: BayesianNetwork, backend: str, sampler: Sampler, seeds: Sequence[int], info: dict | None = None,
                  weight_means: Callable[[], dict[str, torch.Tensor]] | None = None):
         self.model = model
         self.backend = backend
         self._sampler = sampler
-        self.seed = seed
+        self.seeds = list(seeds)
         self.info = dict(info or {})
         self._weight_means = weight_means
 
@@ -119,9 +162,9 @@ class Posterior:
         """Raw samples: ``f`` of shape ``(S, R, N, out)`` and the precision ``(S, R)``."""
         num_samples = check_positive_int("num_samples", num_samples)
         X = self.model.check_inputs(X)
-        gen = make_generator(X.device, self.seed + 1 if seed is None else seed)
+        seeds = [s + 1_000_003 for s in self.seeds] if seed is None else replica_seeds(seed, self.model.replicas)
         with torch.no_grad():
-            f, precision = self._sampler(X, num_samples, gen)
+            f, precision = self._sampler(X, num_samples, ReplicaRandom(seeds, X.device))
         return f, precision.expand(f.shape[:2])
 
     def predict(self, X, num_samples: int = 100, seed: int | None = None) -> Prediction:
@@ -173,10 +216,11 @@ class InferenceBackend(ABC):
 
     name: str
 
-    def __init__(self, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True):
+    def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True):
         self.device = resolve_device(device)
-        seed_everything(seed)  # validates
-        self.seed = int(seed)
+        for s in [seed] if isinstance(seed, (int, np.integer)) else seed:
+            seed_everything(s)  # validates
+        self.seed = seed
         self.progress = bool(progress)
 
     @abstractmethod
@@ -190,16 +234,20 @@ class InferenceBackend(ABC):
             return False
         return True
 
-    def prepare(self, model, X, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check the combination and the data, move the model, seed: called first by every fit."""
+    def prepare(self, model, X, y) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Check the combination and the data, move the model, seed; returns ``X, y`` and the replica seeds.
+
+        ``seed`` may be one int (replica ``r`` gets ``seed + r``) or one seed per replica.
+        """
         if not isinstance(model, BayesianNetwork):
             raise InvalidParameterError(f"model must be a models.BayesianNetwork, got {type(model).__name__}")
         self.check_model(model)
         model.to(self.device)
         X = model.check_inputs(X)
         y = model.check_targets(y, X)
-        seed_everything(self.seed)
-        return X, y
+        seeds = replica_seeds(self.seed, model.replicas)
+        seed_everything(seeds[0])
+        return X, y, seeds
 
     @abstractmethod
     def fit(self, model: BayesianNetwork, X, y) -> Posterior:

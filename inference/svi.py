@@ -55,9 +55,9 @@ from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixtureP
 from inference.common import (
     InferenceBackend,
     Posterior,
+    ReplicaRandom,
     check_positive_float,
     check_positive_int,
-    make_generator,
     progress_bar,
     raise_diverged,
     unsupported,
@@ -98,7 +98,7 @@ class _ScaleSite:
 class _Variational:
     """Parameters of the variational family and the direct ELBO."""
 
-    def __init__(self, model: BayesianNetwork, guide: str, alpha: str, em: bool, init_std: float, gen: torch.Generator):
+    def __init__(self, model: BayesianNetwork, guide: str, alpha: str, em: bool, init_std: float, rng: ReplicaRandom):
         self.model, self.guide, self.alpha, self.em = model, guide, alpha, em
         dev, dt, R = model.device, model.dtype, model.replicas
         self.params: dict[str, torch.Tensor] = {}
@@ -110,7 +110,7 @@ class _Variational:
 
         for layer in model.layers:
             shape = (R, layer.in_features, layer.out_features)
-            init = torch.randn(shape, generator=gen, device=dev, dtype=dt) / math.sqrt(layer.in_features)
+            init = rng.randn(shape[1:], dt) / math.sqrt(layer.in_features)
             param(f"{layer.name}.weight.loc", init)
             if guide == "mean-field":
                 param(f"{layer.name}.weight.log_std", torch.full(shape, math.log(init_std)))
@@ -155,7 +155,7 @@ class _Variational:
         loc, std = self.params[f"{site.name}.loc"], self.params[f"{site.name}.log_std"].exp()
         return dist.LogNormal(loc, std) if site.positive else dist.Normal(loc, std)
 
-    def sample_scales(self, S: int, gen: torch.Generator | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def sample_scales(self, S: int, rng: ReplicaRandom) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Scales ``{site: (S, R, *shape)}`` and ``log q - log p`` of the draws, shape ``(S, R)``."""
         R = self.model.replicas
         kl = torch.zeros((S, R), device=self.model.device, dtype=self.model.dtype)
@@ -166,7 +166,7 @@ class _Variational:
                     values[site.name] = torch.exp(0.5 * self.em_log_var[site.name]).expand(S, R, *site.shape)
                     continue
                 loc, log_std = self.params[f"{site.name}.loc"], self.params[f"{site.name}.log_std"]
-                eps = torch.randn((S, *loc.shape), generator=gen, device=loc.device, dtype=loc.dtype)
+                eps = rng.randn((S, *site.shape), loc.dtype, axis=1)
                 z = loc + log_std.exp() * eps
                 value = z.exp() if site.positive else z
                 log_q = (dist.Normal(loc, log_std.exp()).log_prob(z) - (z if site.positive else 0.0)).sum((-2, -1))
@@ -175,13 +175,13 @@ class _Variational:
                 kl = kl + log_q - log_p
         return values, kl
 
-    def sample_precision(self, S: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_precision(self, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
         lik, R = self.model.likelihood, self.model.replicas
         dev, dt = self.model.device, self.model.dtype
         if not lik.learned:
             return torch.full((S, R), lik.precision, device=dev, dtype=dt), torch.zeros((S, R), device=dev, dtype=dt)
         loc, std = self.params["precision.loc"], self.params["precision.log_std"].exp()
-        z = loc + std * torch.randn((S, R), generator=gen, device=dev, dtype=dt)
+        z = loc + std * rng.randn((S,), dt, axis=1)
         tau = z.exp()
         kl = dist.Normal(loc, std).log_prob(z) - z - lik.precision_prior(dev, dt).log_prob(tau)
         return tau, kl
@@ -207,10 +207,10 @@ class _Variational:
         return total
 
     # ------------------------------------------------------------------ the ELBO
-    def elbo(self, X, y, data_size: int, S: int, local_reparam: bool, gen: torch.Generator | None) -> torch.Tensor:
+    def elbo(self, X, y, data_size: int, S: int, local_reparam: bool, rng: ReplicaRandom) -> torch.Tensor:
         """A Monte Carlo estimate of the ELBO per replica, shape ``(R,)`` (mean over particles)."""
-        scales, kl_scales = self.sample_scales(S, gen)
-        tau, kl_tau = self.sample_precision(S, gen)
+        scales, kl_scales = self.sample_scales(S, rng)
+        tau, kl_tau = self.sample_precision(S, rng)
 
         def linear(layer: Layer, h: torch.Tensor) -> torch.Tensor:
             loc, var = self.weight_moments(layer)
@@ -218,10 +218,9 @@ class _Variational:
             if local_reparam:
                 mean = h @ loc + b_loc.unsqueeze(-2)
                 std = ((h * h) @ var + b_var.unsqueeze(-2)).sqrt()
-                shape = torch.broadcast_shapes((S, *mean.shape[-3:]), mean.shape)
-                return mean + std * torch.randn(shape, generator=gen, device=mean.device, dtype=mean.dtype)
-            w = loc + var.sqrt() * torch.randn((S, *loc.shape), generator=gen, device=loc.device, dtype=loc.dtype)
-            b = b_loc + b_var.sqrt() * torch.randn((S, *b_loc.shape), generator=gen, device=loc.device, dtype=loc.dtype)
+                return mean + std * rng.randn((S, *mean.shape[-2:]), mean.dtype, axis=1)
+            w = loc + var.sqrt() * rng.randn((S, *loc.shape[1:]), loc.dtype, axis=1)
+            b = b_loc + b_var.sqrt() * rng.randn((S, *b_loc.shape[1:]), loc.dtype, axis=1)
             return h @ w + b.unsqueeze(-2)
 
         f = self.model.forward_with(X, linear)
@@ -290,16 +289,16 @@ class _Variational:
 
     # ------------------------------------------------------------- the posterior
     @torch.no_grad()
-    def sample_functions(self, X: torch.Tensor, S: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        scales, _ = self.sample_scales(S, gen)
-        tau, _ = self.sample_precision(S, gen)
+    def sample_functions(self, X: torch.Tensor, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
+        scales, _ = self.sample_scales(S, rng)
+        tau, _ = self.sample_precision(S, rng)
         params = {}
         for layer in self.model.layers:
             loc, var = self.weight_moments(layer)
             b_loc, b_var = self.bias_moments(layer)
-            eps = torch.randn((S, *loc.shape), generator=gen, device=loc.device, dtype=loc.dtype)
+            eps = rng.randn((S, *loc.shape[1:]), loc.dtype, axis=1)
             params[f"{layer.name}.weight"] = loc + var.sqrt() * eps
-            eps_b = torch.randn((S, *b_loc.shape), generator=gen, device=loc.device, dtype=loc.dtype)
+            eps_b = rng.randn((S, *b_loc.shape[1:]), loc.dtype, axis=1)
             params[f"{layer.name}.bias"] = b_loc + b_var.sqrt() * eps_b
         return self.model.forward_params(X, params), tau
 
@@ -342,13 +341,13 @@ def _noise_center(noise: NoiseModel) -> float:
 class SVIPosterior(Posterior):
     """The fitted variational family: predictions, weight means, and the family as a Pyro guide."""
 
-    def __init__(self, model, variational: _Variational, seed: int, info: dict):
+    def __init__(self, model, variational: _Variational, seeds: list[int], info: dict):
         self.variational = variational
         super().__init__(
             model,
             "svi",
             variational.sample_functions,
-            seed=seed,
+            seeds=seeds,
             info=info,
             weight_means=lambda: {layer.name: variational.params[f"{layer.name}.weight.loc"] for layer in model.layers},
         )
@@ -451,25 +450,26 @@ class SVI(InferenceBackend):
                     )
 
     def fit(self, model: BayesianNetwork, X, y) -> SVIPosterior:
-        X, y = self.prepare(model, X, y)
-        gen = make_generator(model.device, self.seed)
-        q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, gen)
+        X, y, seeds = self.prepare(model, X, y)
+        rng = ReplicaRandom(seeds, model.device)
+        q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, rng)
         opt = torch.optim.Adam(list(q.params.values()), lr=self.lr)
         N = X.shape[1]
         B = N if self.batch_size is None or self.batch_size >= N else self.batch_size
         first_bad = torch.tensor(-1, device=model.device)
+        rows = torch.arange(model.replicas, device=model.device)[:, None]
         losses: list[float] = []
         start = time.perf_counter()
         bar = progress_bar(self.steps, "SVI", self.progress)
         for step in range(self.steps):
             if B < N:
-                idx = torch.randperm(N, generator=gen, device=model.device)[:B]
-                Xb, yb = X[:, idx], y[:, idx]
+                idx = rng.batch_indices(N, B)
+                Xb, yb = X[rows, idx], y[rows, idx]
             else:
                 Xb, yb = X, y
             if q.em:
                 q.update_scales()
-            loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, gen).sum() / N
+            loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng).sum() / N
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip_norm is not None:
@@ -498,4 +498,4 @@ class SVI(InferenceBackend):
             "steps_per_second": self.steps / elapsed,
             "guide": self.guide,
         }
-        return SVIPosterior(model, q, self.seed, info)
+        return SVIPosterior(model, q, seeds, info)
