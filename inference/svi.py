@@ -289,6 +289,7 @@ class _Variational:
 
     # ------------------------------------------------------------- the posterior
     @torch.no_grad()
+    @pyro.validation_enabled(False)
     def sample_functions(self, X: torch.Tensor, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
         scales, _ = self.sample_scales(S, rng)
         tau, _ = self.sample_precision(S, rng)
@@ -454,13 +455,31 @@ class SVI(InferenceBackend):
         rng = ReplicaRandom(seeds, model.device)
         q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, rng)
         opt = torch.optim.Adam(list(q.params.values()), lr=self.lr)
-        N = X.shape[1]
-        B = N if self.batch_size is None or self.batch_size >= N else self.batch_size
-        first_bad = torch.tensor(-1, device=model.device)
-        rows = torch.arange(model.replicas, device=model.device)[:, None]
         losses: list[float] = []
         start = time.perf_counter()
         bar = progress_bar(self.steps, "SVI", self.progress)
+        # Argument validation off inside the loop: it costs time per step, and a run-away value
+        # must surface as a non-finite loss (reported below with its step), not as a ValueError.
+        with pyro.validation_enabled(False):
+            self._train(q, opt, X, y, rng, bar, losses)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        info = {
+            "steps": self.steps,
+            "final_loss": losses[-1],
+            "loss_history": losses,
+            "seconds": elapsed,
+            "steps_per_second": self.steps / elapsed,
+            "guide": self.guide,
+        }
+        return SVIPosterior(model, q, seeds, info)
+
+    def _train(self, q: _Variational, opt, X, y, rng: ReplicaRandom, bar, losses: list[float]) -> None:
+        """The optimisation loop; one device sync every ``report_every`` steps."""
+        first_bad = torch.tensor(-1, device=X.device)
+        N = X.shape[1]
+        B = N if self.batch_size is None or self.batch_size >= N else self.batch_size
+        rows = torch.arange(X.shape[0], device=X.device)[:, None]
         for step in range(self.steps):
             if B < N:
                 idx = rng.batch_indices(N, B)
@@ -488,14 +507,3 @@ class SVI(InferenceBackend):
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
                 bar.update(step + 1 - bar.n)
-        bar.close()
-        elapsed = time.perf_counter() - start
-        info = {
-            "steps": self.steps,
-            "final_loss": losses[-1],
-            "loss_history": losses,
-            "seconds": elapsed,
-            "steps_per_second": self.steps / elapsed,
-            "guide": self.guide,
-        }
-        return SVIPosterior(model, q, seeds, info)

@@ -1,0 +1,473 @@
+"""MC dropout: training with multiplicative noise drawn from each layer's prior.
+
+A :class:`~bnn_priors.ScaleMixturePrior` ``w = lambda * z`` has an *expanded*
+parametrization (Nalisnick et al. 2019, "Dropout as a structured shrinkage prior"):
+point weights ``M`` (the ``z``) and noise ``lambda`` drawn afresh at every forward
+pass, multiplying the layer's input where the structure puts the scale. Training
+the point weights with that noise and a Gaussian decay on ``M`` is dropout as
+approximate variational inference (Gal & Ghahramani 2016, "Dropout as a Bayesian
+approximation"); the trained network with the noise left on gives the predictive
+distribution by Monte Carlo.
+
+Noise placement (``h`` is a layer's input, ``(R, B, in)`` for ``R`` replicas and a
+mini-batch of ``B`` points; the pre-activation is ``(noise * h) @ M + b``):
+
+``unit_scale`` (structure ``ard``)
+    one draw per data point and input unit, shape ``(R, B, in)``: Bernoulli noise is
+    dropout on units, Gaussian noise Gaussian dropout; Rayleigh, inverse-Nakagami and
+    half-Cauchy noise are used the same way.
+``layer_scale`` (structure ``add``)
+    one scalar per data point, shape ``(R, B, 1)``, multiplying the layer's whole
+    input. For a residual layer ``h_l = h_{l-1} + relu(z h_{l-1} W + b)`` this is the
+    residual branch's input; with ReLU, no bias and ``z >= 0``,
+    ``relu(z h W) = z relu(h W)``, so the layer is ``h_{l-1} + z relu(h_{l-1} W)``:
+    for Bernoulli noise, ``z`` in ``{0, 1/(1-p)}`` is exactly stochastic depth
+    (Huang et al. 2016) with survival probability ``1 - p``, in the inverted scaling
+    (the surviving branch is multiplied by ``1/(1-p)`` during training instead of the
+    branch by ``1 - p`` at test time). With a bias the dropped branch still adds
+    ``relu(b)``, and for negative draws (Gaussian noise) the identity does not hold:
+    then it is the scaled input, not a scaled branch.
+``weight_scale`` (structure ``none``)
+    DropConnect: one draw per weight, shape ``(R, in, out)``, drawn once per
+    mini-batch and shared by the batch's points (a draw per point would need
+    ``B * in * out`` numbers per layer); the effective weights are ``noise * M``.
+``ard-add``
+    both the unit and the layer noise, multiplied.
+
+Layers whose prior is :class:`~bnn_priors.NormalPrior` get no noise (MAP with
+weight decay). The log-uniform prior is refused: its noise cannot be drawn.
+
+Noise convention: ``lambda`` is divided by its mean ``E[lambda]`` where that is
+finite, so that ``E[noise] = 1`` (the inverted-dropout convention of Keras and of
+Gal's code): Bernoulli ``1 - p``, Gaussian ``1``, Rayleigh ``scale sqrt(pi/2)``,
+inverse Nakagami ``E[1/X] = Gamma(m - 1/2) / Gamma(m) sqrt(m / Omega)`` for
+``X ~ Nakagami(m, Omega)`` and ``m > 1/2`` (infinite otherwise). Half-Cauchy noise
+(infinite mean) is used as is. Dividing the noise by a constant is the same model
+with a rescaled sigma0: with decay length-scale ``l`` (``M ~ N(0, 1/l^2)``) the
+implied prior is the layer's scale mixture with ``sigma0' = 1 / (l E[lambda])``.
+
+Objective (Gal & Ghahramani's reference Keras code: batch 128, Adam lr 1e-3, prior
+length-scale ``l = 1e-2``, decay on weights, not biases). With a fixed model
+precision ``tau`` the loss of a mini-batch is
+
+    ``mean_batch ||y - f||^2 + sum_layers wd_l ||M_l||^2``,  ``wd_l = l_l^2 c_l / (2 N tau)``
+
+(``N`` the training-set size, ``||.||^2`` summed over outputs). ``c_l`` is Gal's keep
+probability ``1 - p`` for each Bernoulli scale of the layer (``(1 - p)^2`` for
+``ard-add``) and ``1`` for every other noise model and the normal prior: for those the
+Gaussian prior ``z ~ N(0, 1/l^2)`` of the expanded form gives the decay without the
+keep-probability factor. The squared error has no factor ``1/2`` (Keras'
+mean squared error, as in Gal's code), so the decay is half the negative log density
+of ``N(0, 1/l^2)`` per data point relative to the Gaussian negative log-likelihood;
+this is the convention of the reference code, kept so that its settings carry over.
+``length_scale=None`` uses ``l = 1 / sigma0`` of each layer's prior; ``weight_decay``
+given overrides ``wd`` for every layer (the grid-search protocol passes it).
+
+With ``tau`` learned (the likelihood has no fixed precision and ``precision=None``),
+the loss is the Gaussian negative log-likelihood form, ``tau/2`` times the loss above
+plus the terms of ``tau``:
+
+    ``tau/2 mean ||y - f||^2 - (out/2) log tau - log p(tau) / N + sum_l tau/2 wd_l ||M_l||^2``
+
+where ``tau/2 wd_l = l^2 c / (4 N)`` does not depend on ``tau`` when ``wd`` comes from
+the formula; ``p(tau)`` is the likelihood's ``Gamma(a, b)`` prior. ``tau`` is its MAP
+point estimate: at the end of every epoch it is set to the exact minimizer of this
+objective given the epoch's squared errors ``SSE`` (every training point once, with
+its noise draw), ``tau = (N out + 2(a - 1)) / (SSE + N wd ||M||^2 + 2b)`` (the
+``wd ||M||^2`` term only when ``weight_decay`` is given). This is coordinate descent on
+the same objective: Adam at lr 1e-3 moves ``log tau`` by about 1e-3 per step and would
+need thousands of steps to change ``tau`` tenfold. Within an epoch ``tau`` is fixed, so
+the weights see ``tau/2`` times Gal's loss.
+
+Mini-batches: every epoch a fresh permutation of the training points per replica,
+cut into ``ceil(N / batch_size)`` batches (the last one smaller), as Keras does; so
+``steps = epochs * ceil(N / batch_size)``. Every random number comes from
+:class:`~inference.common.ReplicaRandom` streams, one per replica and purpose
+(initial weights, batch order, noise): a replica fitted in a batch of ``R`` equals the
+same replica fitted alone, and changing the noise model leaves the initial weights and
+batches as they were (so Bernoulli noise with ``p = 0`` reproduces the normal prior's
+fit exactly).
+
+Prediction: ``T = num_samples`` stochastic forward passes; each draws ONE noise
+sample shared by all the points it predicts, so every pass is a function sample
+(the per-point marginals are those of per-point noise). The precision is ``tau``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from bnn_priors.noise_models import NoiseModel
+from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior, WeightPrior
+from inference.common import (
+    InferenceBackend,
+    Posterior,
+    ReplicaRandom,
+    check_positive_float,
+    check_positive_int,
+    progress_bar,
+    raise_diverged,
+    unsupported,
+)
+from models.networks import BayesianNetwork, Layer
+
+NOISE_SAMPLED = ("bernoulli", "gaussian", "rayleigh", "inverse-nakagami", "half-cauchy")
+# Offsets that separate a replica's random streams (initial weights, batch order, noise).
+_STREAMS = {"init": 0, "batches": 0x2545F4914F6CDD1D, "noise": 0x5851F42D4C957F2D}
+
+
+def _stream_seeds(seeds: list[int], stream: str) -> list[int]:
+    return [(int(s) + _STREAMS[stream]) % 2**63 for s in seeds]
+
+
+# ----------------------------------------------------------------------------- noise
+def noise_mean(noise: NoiseModel) -> float:
+    """``E[lambda]`` of a noise model (``inf`` where it does not exist)."""
+    name, p = noise.name, noise.params
+    if name == "bernoulli":
+        return 1.0 - p["p"]
+    if name == "gaussian":
+        return 1.0
+    if name == "rayleigh":
+        return p["scale"] * math.sqrt(math.pi / 2)
+    if name == "inverse-nakagami":
+        m, spread = p["shape"], p["spread"]
+        if m <= 0.5:
+            return math.inf
+        return math.exp(math.lgamma(m - 0.5) - math.lgamma(m)) * math.sqrt(m / spread)
+    if name == "half-cauchy":
+        return math.inf
+    try:
+        return float(noise.noise().mean)
+    except NotImplementedError:
+        return math.inf
+
+
+def _gamma(rng: ReplicaRandom, shape: tuple[int, ...], concentration: float, dtype, axis: int) -> torch.Tensor:
+    """Standard Gamma(concentration) draws of ``shape`` per replica, the replica axis at ``axis``."""
+    alpha = torch.full(shape, concentration, dtype=dtype, device=rng.device)
+    draws = [torch._standard_gamma(alpha, generator=g) for g in rng.generators]
+    return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+
+
+def sample_lambda(noise: NoiseModel, rng: ReplicaRandom, shape: tuple[int, ...], dtype, axis: int = 0) -> torch.Tensor:
+    """Raw noise ``lambda ~ p(lambda)`` of ``shape`` per replica (replica axis at ``axis``), from ``rng``."""
+    name, p = noise.name, noise.params
+    if name == "bernoulli":
+        return (rng.rand(shape, dtype, axis) < 1.0 - p["p"]).to(dtype)
+    if name == "gaussian":
+        return 1.0 + math.sqrt(p["alpha"]) * rng.randn(shape, dtype, axis)
+    if name == "rayleigh":  # inverse CDF: scale sqrt(-2 log(1 - u))
+        return p["scale"] * torch.sqrt(-2.0 * torch.log1p(-rng.rand(shape, dtype, axis)))
+    if name == "inverse-nakagami":  # 1/X with X^2 = (Omega/m) G, G ~ Gamma(m, 1)
+        g = _gamma(rng, shape, p["shape"], dtype, axis).clamp_min(torch.finfo(dtype).tiny)
+        return torch.sqrt(p["shape"] / (p["spread"] * g))
+    if name == "half-cauchy":  # |Cauchy|: |tan(pi (u - 1/2))|, finite for u in [0, 1)
+        return p["scale"] * torch.tan(math.pi * (rng.rand(shape, dtype, axis) - 0.5)).abs()
+    raise NotImplementedError(f"MCDropout cannot draw {name} noise")
+
+
+def draw_noise(
+    prior: WeightPrior,
+    in_features: int,
+    out_features: int,
+    rng: ReplicaRandom,
+    dtype: torch.dtype,
+    points: int,
+    lead: tuple[int, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """One layer's noise, mean-one where the mean is finite: ``{scale kind: tensor}``.
+
+    Shapes, with the replica axis ``R`` after the ``lead`` axes (particles, samples):
+    ``unit_scale`` ``(*lead, R, points, in)``, ``layer_scale`` ``(*lead, R, points, 1)``
+    (``points`` is the mini-batch size in training, ``1`` for a draw shared by all
+    points), ``weight_scale`` ``(*lead, R, in, out)`` (always shared by the points).
+    Empty for a prior without noise.
+    """
+    if not isinstance(prior, ScaleMixturePrior):
+        return {}
+    shapes = {
+        "unit_scale": (points, in_features),
+        "layer_scale": (points, 1),
+        "weight_scale": (in_features, out_features),
+    }
+    mean = noise_mean(prior.noise)
+    out = {}
+    for kind in prior.scale_shapes(in_features, out_features):
+        lam = sample_lambda(prior.noise, rng, tuple(lead) + shapes[kind], dtype, axis=len(lead))
+        out[kind] = lam / mean if math.isfinite(mean) else lam
+    return out
+
+
+def noisy_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, noise: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The pre-activation ``(unit * layer * h) @ (weight_noise * M) + b`` of one layer."""
+    if "unit_scale" in noise:
+        h = h * noise["unit_scale"]
+    if "layer_scale" in noise:
+        h = h * noise["layer_scale"]
+    if "weight_scale" in noise:
+        weight = weight * noise["weight_scale"]
+    return h @ weight + bias.unsqueeze(-2)
+
+
+def keep_probability(prior: WeightPrior) -> float:
+    """Gal's factor ``c``: ``(1 - p)`` per Bernoulli scale tensor of the layer, else 1."""
+    if isinstance(prior, ScaleMixturePrior) and prior.noise.name == "bernoulli":
+        return (1.0 - prior.noise.params["p"]) ** len(prior.scale_shapes(1, 1))
+    return 1.0
+
+
+# -------------------------------------------------------------------------- the net
+@dataclass
+class _Decay:
+    """Per layer: the length-scale ``l``, Gal's ``c`` and, when given, the weight decay."""
+
+    length_scale: float
+    keep: float
+    given: float | None
+
+    def coefficient(self, data_size: int, tau: torch.Tensor | float) -> torch.Tensor | float:
+        """Gal's ``wd`` for precision ``tau``: ``l^2 c / (2 N tau)``, or the given value."""
+        if self.given is not None:
+            return self.given
+        return self.length_scale**2 * self.keep / (2.0 * data_size * tau)
+
+
+class _NoisyNet:
+    """Point weights ``(R, in, out)``, biases ``(R, out)`` and the noisy forward pass."""
+
+    def __init__(self, model: BayesianNetwork, rng: ReplicaRandom):
+        self.model = model
+        dt = model.dtype
+        self.weights: dict[str, torch.Tensor] = {}
+        self.biases: dict[str, torch.Tensor] = {}
+        for layer in model.layers:
+            w = rng.randn((layer.in_features, layer.out_features), dt) / math.sqrt(layer.in_features)
+            self.weights[layer.name] = w.requires_grad_(True)
+            self.biases[layer.name] = torch.zeros(
+                model.replicas, layer.out_features, device=model.device, dtype=dt
+            ).requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.weights.values(), *self.biases.values()]
+
+    def draw(self, rng: ReplicaRandom, points: int, lead: tuple[int, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
+        """Noise for every layer (see :func:`draw_noise`)."""
+        dt = self.model.dtype
+        return {
+            layer.name: draw_noise(layer.prior, layer.in_features, layer.out_features, rng, dt, points, lead)
+            for layer in self.model.layers
+        }
+
+    def forward(self, X: torch.Tensor, noise: Mapping[str, Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        def linear(layer: Layer, h: torch.Tensor) -> torch.Tensor:
+            return noisy_linear(h, self.weights[layer.name], self.biases[layer.name], noise[layer.name])
+
+        return self.model.forward_with(X, linear)
+
+    def squared_norms(self) -> dict[str, torch.Tensor]:
+        """``||M_l||^2`` per layer and replica, shape ``(R,)``."""
+        return {name: (w * w).sum((-2, -1)) for name, w in self.weights.items()}
+
+
+class MCDropoutPosterior(Posterior):
+    """The trained noisy network: predictions by stochastic forward passes, ``tau``, the weights ``M``."""
+
+    def __init__(self, model: BayesianNetwork, net: _NoisyNet, precision: torch.Tensor, seeds: list[int], info: dict):
+        self.net = net
+        self.precision = precision.detach()  # (R,)
+        super().__init__(
+            model,
+            MCDropout.name,
+            self._sample,
+            seeds=seeds,
+            info=info,
+            weight_means=lambda: {name: w.detach() for name, w in net.weights.items()},
+        )
+
+    @torch.no_grad()
+    def _sample(self, X: torch.Tensor, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = self.net.draw(rng, points=1, lead=(S,))
+        f = self.net.forward(X, noise)
+        f = f.expand(S, *f.shape[-3:])  # a network without noise gives one function
+        return f, self.precision.expand(S, -1)
+
+
+# ---------------------------------------------------------------------- the backend
+class MCDropout(InferenceBackend):
+    """Multiplicative-noise (MC dropout) training: ``MCDropout(epochs=40).fit(model, X, y)``.
+
+    Parameters: ``epochs``, ``batch_size`` (128), ``lr`` (Adam, 1e-3),
+    ``length_scale`` (``None``: ``1/sigma0`` of each layer's prior; a number: the same
+    ``l`` for every layer), ``weight_decay`` (``None``: Gal's ``l^2 c / (2 N tau)``; a
+    number: used as is for every layer), ``precision`` (``None``: the likelihood's
+    fixed precision, or ``tau`` learned as a MAP estimate under its Gamma prior; a
+    number: ``tau`` fixed for the fit and the predictions), ``num_particles`` (noise
+    draws per data point and step, averaged), and ``device``, ``seed``, ``progress``.
+
+    Supports the five noise models under the four structures and the normal prior,
+    on every architecture; refuses the log-uniform prior. See the module docstring
+    for the noise placement and the objective.
+    """
+
+    name = "mc-dropout"
+
+    def __init__(
+        self,
+        epochs: int = 40,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        length_scale: float | None = None,
+        weight_decay: float | None = None,
+        precision: float | None = None,
+        num_particles: int = 1,
+        device="cpu",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        super().__init__(device, seed, progress)
+        self.epochs = check_positive_int("epochs", epochs)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.lr = check_positive_float("lr", lr)
+        self.length_scale = None if length_scale is None else check_positive_float("length_scale", length_scale)
+        if weight_decay is not None:
+            weight_decay = 0.0 if weight_decay == 0 else check_positive_float("weight_decay", weight_decay)
+        self.weight_decay = weight_decay
+        self.precision = None if precision is None else check_positive_float("precision", precision)
+        self.num_particles = check_positive_int("num_particles", num_particles)
+
+    def check_model(self, model: BayesianNetwork) -> None:
+        for layer in model.layers:
+            prior = layer.prior
+            if isinstance(prior, LogUniformPrior):
+                raise unsupported(
+                    "MCDropout",
+                    f"the log-uniform prior of {layer.name}",
+                    "its noise cannot be drawn (p(lambda^2) ∝ 1/lambda^2 is improper)",
+                    'inference.SVI(guide="variational-dropout")',
+                )
+            if isinstance(prior, ScaleMixturePrior):
+                if prior.noise.name not in NOISE_SAMPLED:
+                    raise unsupported(
+                        "MCDropout", f"the {prior.describe()} prior of {layer.name}",
+                        f"it has no sampler for {prior.noise.name} noise", "inference.SVI",
+                    )
+            elif not isinstance(prior, NormalPrior):
+                raise unsupported("MCDropout", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
+
+    def _decays(self, model: BayesianNetwork) -> dict[str, _Decay]:
+        return {
+            layer.name: _Decay(
+                self.length_scale if self.length_scale is not None else 1.0 / layer.prior.sigma0,
+                keep_probability(layer.prior),
+                self.weight_decay,
+            )
+            for layer in model.layers
+        }
+
+    def fit(self, model: BayesianNetwork, X, y) -> MCDropoutPosterior:
+        X, y, seeds = self.prepare(model, X, y)
+        dev, dt, R = model.device, model.dtype, model.replicas
+        net = _NoisyNet(model, ReplicaRandom(_stream_seeds(seeds, "init"), dev))
+        batch_rng = ReplicaRandom(_stream_seeds(seeds, "batches"), dev)
+        noise_rng = ReplicaRandom(_stream_seeds(seeds, "noise"), dev)
+        lik = model.likelihood
+        fixed = self.precision if self.precision is not None else lik.precision
+        learned = fixed is None
+        tau = torch.full((R,), lik.concentration / lik.rate if learned else fixed, device=dev, dtype=dt)
+        decays = self._decays(model)
+        N, out = X.shape[1], model.out_features
+        B = min(self.batch_size, N)
+        per_epoch = math.ceil(N / B)
+        steps = self.epochs * per_epoch
+        rows = torch.arange(R, device=dev)[:, None]
+        K = self.num_particles
+        lead = (K,) if K > 1 else ()
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        a, b = lik.concentration, lik.rate
+        first_bad = torch.tensor(-1, device=dev)
+        history: list[float] = []
+        step = 0
+        start = time.perf_counter()
+        bar = progress_bar(steps, "MC dropout", self.progress)
+        for _ in range(self.epochs):
+            perm = batch_rng.batch_indices(N, N)
+            sse = torch.zeros(R, device=dev, dtype=dt)
+            epoch_loss = torch.zeros(R, device=dev, dtype=dt)
+            # Within an epoch tau is fixed: tau/2 * wd_l is a constant per layer and replica.
+            if learned:
+                half_tau_wd = {k: 0.5 * tau * d.coefficient(N, tau) for k, d in decays.items()}
+                const = -0.5 * out * tau.log() - lik.precision_prior(dev, dt).log_prob(tau) / N
+            else:
+                wd = {k: d.coefficient(N, tau) for k, d in decays.items()}
+            for j in range(per_epoch):
+                idx = perm[:, j * B:(j + 1) * B]
+                Xb, yb = X[rows, idx], y[rows, idx]
+                f = net.forward(Xb, net.draw(noise_rng, Xb.shape[1], lead))
+                err = ((yb - f) ** 2).sum(-1).mean(-1)  # (*lead, R)
+                if err.dim() > 1:
+                    err = err.mean(0)
+                norms = net.squared_norms()
+                if learned:
+                    loss = 0.5 * tau * err + const + sum(half_tau_wd[k] * norms[k] for k in norms)
+                else:
+                    loss = err + sum(wd[k] * norms[k] for k in norms)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+                loss = loss.detach()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss).all(), step, first_bad)
+                sse = sse + err.detach() * Xb.shape[1]
+                epoch_loss = epoch_loss + loss * Xb.shape[1] / N
+                step += 1
+            if learned:
+                with torch.no_grad():
+                    extra = 0.0
+                    if self.weight_decay is not None:
+                        extra = N * self.weight_decay * sum(net.squared_norms().values())
+                    tau = ((N * out + 2.0 * (a - 1.0)) / (sse + extra + 2.0 * b)).clamp_min(1e-12)
+            bad = int(first_bad)
+            if bad >= 0 or not bool(torch.isfinite(tau).all()):
+                bar.close()
+                raise_diverged(
+                    "MCDropout", bad if bad >= 0 else step, "loss",
+                    "heavy-tailed noise (half-Cauchy, inverse Nakagami with a small shape) can blow up the "
+                    "activations: try a lower lr or a lighter-tailed noise model",
+                )
+            history.append(float(epoch_loss.mean()))
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+            bar.update(per_epoch)
+        bar.close()
+        elapsed = time.perf_counter() - start
+
+        def per_replica(t: torch.Tensor | float):
+            if not torch.is_tensor(t):
+                return float(t)
+            values = t.detach().cpu().reshape(-1).tolist()
+            return values[0] if R == 1 else values
+
+        info = {
+            "steps": steps,
+            "epochs": self.epochs,
+            "batch_size": B,
+            "seconds": elapsed,
+            "steps_per_second": steps / elapsed,
+            "final_loss": history[-1],
+            "loss_history": history,
+            "precision": per_replica(tau),
+            "precision_learned": learned,
+            "weight_decay": {k: per_replica(d.coefficient(N, tau)) for k, d in decays.items()},
+            "length_scale": {k: d.length_scale for k, d in decays.items()},
+            "keep_probability": {k: d.keep for k, d in decays.items()},
+            "noise_mean": {
+                layer.name: noise_mean(layer.prior.noise) if isinstance(layer.prior, ScaleMixturePrior) else None
+                for layer in model.layers
+            },
+            "num_particles": K,
+        }
+        return MCDropoutPosterior(model, net, tau, seeds, info)

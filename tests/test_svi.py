@@ -1,0 +1,260 @@
+"""The SVI backend: its direct objective against Pyro's, its estimators, its guides and updates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from scipy.optimize import minimize_scalar
+
+import bnn_priors as bp
+from bnn_priors.errors import (
+    DataError,
+    FitDivergedError,
+    InvalidParameterError,
+    UnsupportedCombinationError,
+)
+from inference import SVI
+from inference.common import ReplicaRandom
+from inference.scale_updates import map_variance, objective
+from inference.svi import _Variational, log_uniform_kl
+from models import BayesianMLP, BayesianResNet, GaussianLikelihood
+
+
+def _data(R=1, n=40, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(R, n, d, generator=g)
+    y = torch.sin(X[..., 0]) + 0.1 * torch.randn(R, n, generator=g)
+    return X, y
+
+
+def _variational(model, guide="mean-field", em=False, seed=0, perturb=True):
+    q = _Variational(model, guide, "weight", em, 0.3, ReplicaRandom([seed + r for r in range(model.replicas)], model.device))
+    if perturb:  # move away from the initial values so every parameter matters
+        g = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            for p in q.params.values():
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return q
+
+
+PRIORS = [
+    bp.prior("half-cauchy", "ard-add"),
+    bp.prior("rayleigh", "add"),
+    bp.prior("inverse-nakagami", "ard"),
+    bp.prior("gaussian", "none"),
+    bp.prior("normal", sigma0=0.7),
+]
+
+
+@pytest.mark.parametrize("prior", PRIORS, ids=lambda p: p.describe())
+@pytest.mark.parametrize("learned", [True, False])
+def test_direct_elbo_equals_pyro_on_the_same_draws(prior, learned):
+    """At fixed noise (the same draws), the direct objective is Pyro's log p(y, z) - log q(z)."""
+    lik = GaussianLikelihood() if learned else GaussianLikelihood(precision=4.0)
+    model = BayesianResNet(2, 1, hidden=(6, 6), prior=prior, likelihood=lik, replicas=2)
+    X, y = _data(R=2)
+    q = _variational(model)
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        guide_tr = pyro.poutine.trace(q.pyro_guide).get_trace(X, y)
+        model_tr = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_tr)).get_trace(X, y)
+        pyro_value = model_tr.log_prob_sum() - guide_tr.log_prob_sum()
+        samples = {name: site["value"] for name, site in guide_tr.nodes.items() if site["type"] == "sample"}
+        direct = q.elbo_from_samples(samples, model.check_inputs(X), model.check_targets(y, model.check_inputs(X)), 40)
+        assert direct.shape == (2,)
+        assert torch.allclose(direct.sum(), pyro_value, rtol=1e-5, atol=1e-3), (direct.sum(), pyro_value)
+
+
+def test_em_guide_matches_pyro_too():
+    model = BayesianMLP(2, 1, hidden=(5,), prior=bp.prior("half-cauchy", "ard"))
+    X, y = _data()
+    q = _variational(model, em=True)
+    q.update_scales()
+    guide_tr = pyro.poutine.trace(q.pyro_guide).get_trace(X, y)
+    model_tr = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_tr)).get_trace(X, y)
+    samples = {n: s["value"] for n, s in guide_tr.nodes.items() if s["type"] == "sample"}
+    Xc = model.check_inputs(X)
+    direct = q.elbo_from_samples(samples, Xc, model.check_targets(y, Xc), 40)
+    # The EM scales are point estimates: Pyro's Delta adds log q = 0, the direct form leaves out p(lambda).
+    log_p_scales = sum(
+        model_tr.nodes[n]["fn"].log_prob(model_tr.nodes[n]["value"]).sum()
+        for n in model_tr.nodes
+        if n.endswith("unit_scale")
+    )
+    assert torch.allclose(direct.sum() + log_p_scales, model_tr.log_prob_sum() - guide_tr.log_prob_sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("local_reparam", [True, False])
+def test_fast_elbo_is_unbiased_for_the_monte_carlo_elbo(local_reparam):
+    """Closed-form KL given the scales and local reparameterization change the variance, not the mean."""
+    model = BayesianMLP(2, 1, hidden=(5,), prior=bp.prior("half-cauchy", "ard"))
+    X, y = _data()
+    Xc = model.check_inputs(X)
+    yc = model.check_targets(y, Xc)
+    q = _variational(model)
+    S = 1500
+    rng = ReplicaRandom([1], model.device)
+    with torch.no_grad():
+        fast = torch.stack([q.elbo(Xc, yc, 40, 1, local_reparam, rng) for _ in range(S)]).squeeze(-1)
+        mc = []
+        for seed in range(S):
+            pyro.set_rng_seed(seed)
+            tr = pyro.poutine.trace(q.pyro_guide).get_trace(X, y)
+            samples = {n: s["value"] for n, s in tr.nodes.items() if s["type"] == "sample"}
+            mc.append(q.elbo_from_samples(samples, Xc, yc, 40))
+        mc = torch.stack(mc).squeeze(-1)
+    se = math.sqrt(fast.var() / S + mc.var() / S)
+    assert abs(float(fast.mean() - mc.mean())) < 4 * se, (fast.mean(), mc.mean(), se)
+
+
+def test_local_reparameterization_lowers_gradient_variance():
+    model = BayesianMLP(4, 1, hidden=(20,), prior=bp.prior("normal"))
+    X, y = _data(n=100, d=4)
+    Xc = model.check_inputs(X)
+    yc = model.check_targets(y, Xc)
+
+    def grad_var(local: bool) -> float:
+        q = _variational(model)
+        rng = ReplicaRandom([3], model.device)
+        grads = []
+        for _ in range(300):
+            idx = rng.batch_indices(100, 20)
+            loss = -q.elbo(Xc[:, idx[0]], yc[:, idx[0]], 100, 1, local, rng).sum()
+            (g,) = torch.autograd.grad(loss, q.params["layer0.weight.log_std"])
+            grads.append(g.flatten())
+        return float(torch.stack(grads).var(0).mean())
+
+    assert grad_var(True) < 0.5 * grad_var(False)
+
+
+def test_molchanov_kl_approximation_tracks_the_exact_kl_up_to_a_constant():
+    """-KL(N(mu, alpha mu^2) || log-uniform) = 0.5 log alpha - E log|1 + sqrt(alpha) eps| + C."""
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(2_000_000, generator=g, dtype=torch.float64)
+    log_alphas = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    exact = torch.stack([0.5 * la - torch.log((1 + torch.exp(0.5 * la) * eps).abs()).mean() for la in log_alphas])
+    approx = -log_uniform_kl(log_alphas)
+    offset = approx - exact
+    assert float(offset.max() - offset.min()) < 0.03
+
+
+@pytest.mark.parametrize("noise", ["inverse-nakagami", "half-cauchy", "rayleigh"])
+@pytest.mark.parametrize("S,J", [(0.01, 1), (3.0, 50), (40.0, 13), (1e-4, 2), (7.0, 2500)])
+def test_closed_form_scale_update_is_the_numerical_optimum(noise, S, J):
+    nm = bp.noise_model(noise)
+    S_t = torch.tensor(S, dtype=torch.float64)
+    v = float(map_variance(nm, S_t, J, 0.7))
+
+    def neg(u):
+        return -float(objective(nm, torch.tensor(math.exp(u), dtype=torch.float64), S_t, J, 0.7))
+
+    best = minimize_scalar(neg, bounds=(-40, 40), method="bounded", options={"xatol": 1e-10})
+    assert math.isclose(v, math.exp(best.x), rel_tol=1e-5)
+    # and it is a maximum: nearby values are worse
+    assert neg(math.log(v)) <= min(neg(math.log(v) + 0.01), neg(math.log(v) - 0.01))
+
+
+def test_em_scales_stay_finite_under_ard_add():
+    """The log-space MAP keeps ARD-ADD identifiable (the MAP in lambda^2 collapses for the horseshoe)."""
+    model = BayesianResNet(1, 1, hidden=(20, 20), prior=bp.prior("half-cauchy", "ard-add"))
+    X, y = _data(d=1, n=80)
+    post = SVI(steps=400, scale_updates="em", progress=False).fit(model, X, y)
+    for name, value in post.scales().items():
+        assert torch.isfinite(value).all() and (value > 0).all(), name
+        assert float(value.max()) < 1e3, name
+
+
+def test_variational_dropout_alpha_shapes_and_fit():
+    X, y = _data(n=60)
+    for alpha, shape in (("weight", (1, 2, 8)), ("unit", (1, 2, 1))):
+        model = BayesianMLP(2, 1, hidden=(8,), prior=bp.prior("log-uniform"))
+        post = SVI(guide="variational-dropout", alpha=alpha, steps=600, progress=False).fit(model, X, y)
+        assert post.variational.params["layer0.weight.log_alpha"].shape == shape
+        assert post.evaluate(X, y)["rmse"] < float(y.std())
+
+
+def test_bernoulli_is_refused_with_the_alternative():
+    model = BayesianMLP(2, 1, prior=bp.prior("bernoulli", "ard"))
+    with pytest.raises(UnsupportedCombinationError, match="MCDropout"):
+        SVI(steps=10).fit(model, *_data())
+
+
+@pytest.mark.parametrize("prior", [bp.prior("gaussian", "ard"), bp.prior("log-uniform")])
+def test_em_refuses_priors_without_closed_form(prior):
+    model = BayesianMLP(2, 1, prior=prior)
+    with pytest.raises(UnsupportedCombinationError, match="scale_updates"):
+        SVI(scale_updates="em", steps=10).fit(model, *_data())
+
+
+def test_bad_options_and_data_are_clear_errors():
+    with pytest.raises(InvalidParameterError, match="guide"):
+        SVI(guide="full-rank")
+    with pytest.raises(InvalidParameterError, match="steps"):
+        SVI(steps=0)
+    model = BayesianMLP(2, 1)
+    X, y = _data()
+    X[0, 3, 1] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        SVI(steps=5, progress=False).fit(model, X, y)
+    with pytest.raises(DataError, match="features"):
+        SVI(steps=5, progress=False).fit(model, torch.randn(10, 3), torch.randn(10))
+    with pytest.raises(DataError, match="y has shape"):
+        SVI(steps=5, progress=False).fit(model, torch.randn(10, 2), torch.randn(11))
+
+
+def test_runaway_fit_stops_with_the_step():
+    model = BayesianMLP(2, 1, prior=bp.prior("half-cauchy", "none"))
+    with pytest.raises(FitDivergedError, match="step"):
+        SVI(steps=300, lr=1e4, progress=False, report_every=50).fit(model, *_data())
+
+
+def test_same_seed_same_numbers_and_batched_equals_one_at_a_time():
+    X, y = _data(R=3)
+    prior = bp.prior("inverse-nakagami", "ard")
+
+    def fit(R, seed, Xr, yr):
+        model = BayesianMLP(2, 1, hidden=(8,), prior=prior, replicas=R)
+        return SVI(steps=150, batch_size=16, progress=False, seed=seed).fit(model, Xr, yr)
+
+    batched = fit(3, [11, 12, 13], X, y).evaluate(X, y)["rmse"]
+    single = np.array([fit(1, 11 + r, X[r], y[r]).evaluate(X[r], y[r])["rmse"] for r in range(3)])
+    np.testing.assert_allclose(batched, single, rtol=1e-5)
+    again = fit(1, 11, X[0], y[0]).evaluate(X[0], y[0])["rmse"]
+    assert again == single[0]
+    other = fit(1, 99, X[0], y[0]).evaluate(X[0], y[0])["rmse"]
+    assert other != single[0]
+
+
+def test_mini_batch_elbo_is_unbiased_for_the_full_batch_elbo():
+    model = BayesianMLP(2, 1, hidden=(5,), prior=bp.prior("rayleigh", "ard"))
+    X, y = _data(n=60)
+    Xc = model.check_inputs(X)
+    yc = model.check_targets(y, Xc)
+    q = _variational(model)
+    rng = ReplicaRandom([0], model.device)
+    with torch.no_grad():
+        full = torch.stack([q.elbo(Xc, yc, 60, 1, True, rng) for _ in range(3000)]).squeeze(-1)
+        mini = []
+        for _ in range(3000):
+            idx = rng.batch_indices(60, 15)[0]
+            mini.append(q.elbo(Xc[:, idx], yc[:, idx], 60, 1, True, rng))
+        mini = torch.stack(mini).squeeze(-1)
+    se = math.sqrt(full.var() / 3000 + mini.var() / 3000)
+    assert abs(float(full.mean() - mini.mean())) < 4 * se
+
+
+def test_posterior_predictions_and_pyro_guide():
+    X, y = _data(n=50)
+    model = BayesianMLP(2, 1, hidden=(10,), prior=bp.prior("half-cauchy", "ard"))
+    post = SVI(steps=500, progress=False).fit(model, X[0], y[0])
+    pred = post.predict(X[0], num_samples=30)
+    assert pred.mean.shape == (50,) and pred.std.shape == (50,) and pred.samples.shape == (30, 50)
+    assert (pred.std > 0).all()
+    means = post.weight_means()
+    assert means["layer0"].shape == (2, 10)
+    samples = pyro.infer.Predictive(model, guide=post.guide, num_samples=7)(X[0])
+    assert samples["f"].shape == (7, 1, 50, 1)
