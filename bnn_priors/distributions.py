@@ -80,7 +80,9 @@ class ImproperLogUniform(dist.ImproperUniform):
     """
 
     def __init__(self, batch_shape=(), event_shape=(), validate_args=None):
-        super().__init__(constraints.real, batch_shape, event_shape, validate_args=validate_args)
+        super().__init__(constraints.real, batch_shape, event_shape)
+        if validate_args is not None:
+            self._validate_args = validate_args
 
     def log_prob(self, value):
         lp = -value.abs().log()

@@ -208,7 +208,7 @@ def prior(
     ``none`` only.
     """
     if isinstance(noise, NoiseModel):
-        return ScaleMixturePrior(noise_model(noise, **noise_params), structure or "ard", sigma0)
+        return ScaleMixturePrior(noise_model(noise, **noise_params), structure if structure is not None else "ard", sigma0)
     key = str(noise).strip().lower().replace("_", "-")
     if key in ("normal", "log-uniform"):
         if structure is not None and check_structure(structure) != "none":
@@ -222,4 +222,4 @@ def prior(
         return LogUniformPrior()
     if key not in NOISE_MODELS:
         raise UnknownNameError("prior", noise, PRIOR_NAMES)
-    return ScaleMixturePrior(noise_model(key, **noise_params), structure or "ard", sigma0)
+    return ScaleMixturePrior(noise_model(key, **noise_params), structure if structure is not None else "ard", sigma0)

@@ -1,0 +1,517 @@
+"""Tests of the five noise models (``bnn_priors.noise_model``) and their distributions.
+
+Lookup by name, parameter validation, defaults, and the consistency of ``noise()``,
+``variance_prior()``, ``marginal()`` and ``second_moment`` with each other and with
+scipy. Statistical tests use a fixed seed (``BNN_PRIORS_TEST_SEED`` overrides it, to
+check that they are not flaky) and sample sizes chosen so that a wrong parameter by
+a few per cent is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import stats
+
+import bnn_priors
+from bnn_priors import (
+    NOISE_MODELS,
+    BNNPriorsError,
+    InvalidParameterError,
+    NoiseModel,
+    UnknownNameError,
+    noise_model,
+)
+from bnn_priors.distributions import InverseNakagami as InverseNakagamiDist
+from bnn_priors.distributions import Rayleigh as RayleighDist
+
+SEED = int(os.environ.get("BNN_PRIORS_TEST_SEED", "20190"))
+NAMES = ("bernoulli", "gaussian", "rayleigh", "inverse-nakagami", "half-cauchy")
+N = 40_000  # draws per one-sample KS test
+PASS, FAIL = 1e-3, 1e-6  # KS p-value thresholds: the right law passes, a wrong one fails
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    pyro.set_rng_seed(SEED)  # seeds torch, numpy and random
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().to(torch.float64).numpy().ravel()
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def test_registry_holds_the_five_models():
+    assert set(NOISE_MODELS) == set(NAMES)
+    assert bnn_priors.NOISE_MODELS is NOISE_MODELS
+    for name in NAMES:
+        model = noise_model(name)
+        assert isinstance(model, NoiseModel)
+        assert type(model) is NOISE_MODELS[name]
+        assert model.name == name
+
+
+@pytest.mark.parametrize(
+    "spelling, name",
+    [
+        ("Rayleigh", "rayleigh"),
+        (" half_cauchy ", "half-cauchy"),
+        ("INVERSE_NAKAGAMI", "inverse-nakagami"),
+        ("Gaussian", "gaussian"),
+    ],
+)
+def test_lookup_normalises_case_spaces_and_underscores(spelling, name):
+    assert noise_model(spelling).name == name
+
+
+def test_lookup_passes_an_instance_through():
+    model = noise_model("rayleigh", scale=2.0)
+    assert noise_model(model) is model
+    with pytest.raises(InvalidParameterError, match="not both"):
+        noise_model(model, scale=3.0)
+
+
+@pytest.mark.parametrize("bad", ["dropconnect", "laplace", "", "rayleigh2"])
+def test_unknown_name_lists_the_valid_choices(bad):
+    with pytest.raises(ValueError) as excinfo:
+        noise_model(bad)
+    err = excinfo.value
+    assert isinstance(err, UnknownNameError) and isinstance(err, BNNPriorsError)
+    message = str(err)
+    assert repr(bad) in message
+    for name in NAMES:
+        assert name in message
+    assert err.choices == sorted(NAMES)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize(
+    "name, key, value, valid",
+    [
+        ("bernoulli", "p", 1.0, "in [0, 1)"),
+        ("bernoulli", "p", -0.01, "in [0, 1)"),
+        ("bernoulli", "p", math.nan, "in [0, 1)"),
+        ("gaussian", "alpha", 0.0, "> 0"),
+        ("gaussian", "alpha", -1.0, "> 0"),
+        ("gaussian", "alpha", math.inf, "> 0"),
+        ("rayleigh", "scale", 0.0, "> 0"),
+        ("rayleigh", "scale", math.nan, "> 0"),
+        ("inverse-nakagami", "shape", -2.0, "> 0"),
+        ("inverse-nakagami", "spread", 0.0, "> 0"),
+        ("half-cauchy", "scale", -1e-3, "> 0"),
+        ("half-cauchy", "scale", -math.inf, "> 0"),
+    ],
+)
+def test_invalid_value_raises_with_the_valid_range(name, key, value, valid):
+    with pytest.raises(ValueError) as excinfo:
+        noise_model(name, **{key: value})
+    assert isinstance(excinfo.value, InvalidParameterError)
+    message = str(excinfo.value)
+    assert repr(key) in message
+    assert valid in message
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("bernoulli", {"p": 0.0}),
+        ("bernoulli", {"p": 0.999}),
+        ("gaussian", {"alpha": 1e-6}),
+        ("inverse-nakagami", {"shape": 0.5, "spread": 30.0}),
+        ("rayleigh", {"scale": "0.5"}),  # numeric strings are numbers (command line)
+    ],
+)
+def test_values_at_the_edge_of_the_range_are_accepted(name, params):
+    model = noise_model(name, **params)
+    for key, value in params.items():
+        assert getattr(model, key) == float(value)
+
+
+@pytest.mark.parametrize(
+    "name, key, listed",
+    [
+        ("rayleigh", "sigma", ["scale"]),
+        ("inverse-nakagami", "m", ["shape", "spread"]),
+        ("bernoulli", "alpha", ["p"]),
+        ("half-cauchy", "tau", ["scale"]),
+    ],
+)
+def test_unknown_parameter_lists_the_valid_parameters(name, key, listed):
+    with pytest.raises(InvalidParameterError) as excinfo:
+        noise_model(name, **{key: 1.0})
+    message = str(excinfo.value)
+    assert key in message
+    assert all(param in message for param in listed)
+
+
+@pytest.mark.parametrize("value", ["abc", None, [0.5], object(), 1j])
+def test_non_number_raises(value):
+    with pytest.raises(ValueError, match="must be a number"):
+        noise_model("rayleigh", scale=value)
+
+
+DEFAULTS = {
+    "bernoulli": {"p": 0.1},
+    "gaussian": {"alpha": 0.25},
+    "rayleigh": {"scale": math.sqrt(0.5)},
+    "inverse-nakagami": {"shape": 2.0, "spread": 1.0},
+    "half-cauchy": {"scale": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults(name):
+    model = noise_model(name)
+    assert model.params == pytest.approx(DEFAULTS[name], rel=1e-12)
+    assert set(model.parameters) == set(DEFAULTS[name])
+    for key, value in DEFAULTS[name].items():
+        assert getattr(model, key) == pytest.approx(value, rel=1e-12)
+        assert model.parameters[key].default == pytest.approx(value, rel=1e-12)
+    with pytest.raises(AttributeError):
+        model.no_such_parameter  # noqa: B018
+
+
+def test_equality_hash_repr_and_pickle():
+    a = noise_model("inverse-nakagami", shape=3.0)
+    b = noise_model("inverse_nakagami", shape=3, spread=1.0)
+    assert a == b and hash(a) == hash(b)
+    assert a != noise_model("inverse-nakagami", shape=3.5)
+    assert noise_model("rayleigh", scale=1.0) != noise_model("half-cauchy", scale=1.0)
+    assert repr(a) == "InverseNakagami(shape=3, spread=1)"
+    for name in NAMES:
+        model = noise_model(name)
+        clone = pickle.loads(pickle.dumps(model))
+        assert clone == model and clone.params == model.params
+
+
+# --------------------------------------------------------------------------- kind of noise
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_discrete_only_for_bernoulli(name):
+    model = noise_model(name)
+    assert model.discrete is (name == "bernoulli")
+    assert model.has_atom_at_zero is (name == "bernoulli")
+    if name != "bernoulli":
+        assert model.noise().has_rsample
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_samples_lie_in_the_support(name):
+    model = noise_model(name)
+    lam = model.noise().sample((2000,))
+    assert bool(model.support.check(lam).all())
+    if name == "bernoulli":
+        assert set(lam.unique().tolist()) == {0.0, 1.0}
+    elif name == "gaussian":
+        assert bool((lam < 0).any())  # Gaussian dropout noise can flip signs
+    else:
+        assert bool((lam > 0).all())
+
+
+# --------------------------------------------------------------------------- p(lambda)
+
+# (name, params, transform of the samples, the scipy law of the transformed samples,
+#  a slightly wrong law that must be rejected)
+NOISE_LAWS = [
+    ("rayleigh", {"scale": 1.7}, None, stats.rayleigh(scale=1.7), stats.rayleigh(scale=1.7 * 1.05)),
+    (
+        "half-cauchy",
+        {"scale": 0.6},
+        None,
+        stats.halfcauchy(scale=0.6),
+        stats.halfcauchy(scale=0.6 * 1.08),
+    ),
+    ("gaussian", {"alpha": 0.3}, None, stats.norm(1.0, math.sqrt(0.3)), stats.norm(1.0, 0.3)),
+    # 1 / lambda is Nakagami(m, Omega); scipy's nakagami(nu, scale) has E[X^2] = scale^2.
+    (
+        "inverse-nakagami",
+        {"shape": 1.5, "spread": 2.5},
+        np.reciprocal,
+        stats.nakagami(1.5, scale=math.sqrt(2.5)),
+        stats.nakagami(1.5 * 1.15, scale=math.sqrt(2.5)),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, params, transform, law, wrong", NOISE_LAWS, ids=[c[0] for c in NOISE_LAWS]
+)
+def test_noise_matches_scipy(name, params, transform, law, wrong):
+    lam = _np(noise_model(name, **params).noise().sample((N,)))
+    x = transform(lam) if transform else lam
+    assert stats.kstest(x, law.cdf).pvalue > PASS
+    assert stats.kstest(x, wrong.cdf).pvalue < FAIL
+
+
+def test_bernoulli_noise_keeps_units_with_probability_one_minus_p():
+    p = 0.3
+    lam = _np(noise_model("bernoulli", p=p).noise().sample((N,)))
+    dropped = np.mean(lam == 0.0)
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / N)
+
+
+# --------------------------------------------------------------------------- p(lambda^2)
+
+# (name, params, scipy law of lambda^2)
+VARIANCE_LAWS = [
+    # lambda ~ Rayleigh(s): lambda^2 ~ Exponential(rate 1 / (2 s^2)), i.e. mean 2 s^2.
+    ("rayleigh", {"scale": 1.3}, stats.expon(scale=2 * 1.3**2)),
+    # lambda ~ InverseNakagami(m, Omega): lambda^2 ~ InverseGamma(m, scale m / Omega).
+    ("inverse-nakagami", {"shape": 2.5, "spread": 0.7}, stats.invgamma(2.5, scale=2.5 / 0.7)),
+    # lambda ~ HalfCauchy(s): lambda^2 / s^2 = (Z1 / Z2)^2 ~ F(1, 1) (not named by the model).
+    ("half-cauchy", {"scale": 0.8}, stats.f(1, 1, scale=0.8**2)),
+    # lambda ~ N(1, alpha): lambda^2 ~ alpha * chi2_1(noncentrality 1 / alpha).
+    ("gaussian", {"alpha": 0.4}, stats.ncx2(1, 1 / 0.4, scale=0.4)),
+]
+
+
+@pytest.mark.parametrize("name, params, law", VARIANCE_LAWS, ids=[c[0] for c in VARIANCE_LAWS])
+def test_lambda_squared_follows_the_variance_law(name, params, law):
+    model = noise_model(name, **params)
+    lam2 = _np(model.noise().sample((N,))) ** 2
+    assert stats.kstest(lam2, law.cdf).pvalue > PASS
+    # ... and the wrong scale is rejected
+    assert stats.kstest(lam2 / 1.25, law.cdf).pvalue < FAIL
+    variance_prior = model.variance_prior()
+    if variance_prior is not None:
+        v = _np(variance_prior.sample((N,)))
+        assert stats.kstest(v, law.cdf).pvalue > PASS
+        assert stats.ks_2samp(v, lam2).pvalue > PASS
+
+
+def test_named_variance_priors_have_the_documented_parameters():
+    ray = noise_model("rayleigh", scale=1.3).variance_prior()
+    assert isinstance(ray, dist.Exponential)
+    assert float(ray.rate) == pytest.approx(1 / (2 * 1.3**2), rel=1e-6)
+    inv = noise_model("inverse-nakagami", shape=2.5, spread=0.7).variance_prior()
+    assert isinstance(inv, dist.InverseGamma)
+    assert float(inv.concentration) == pytest.approx(2.5, rel=1e-6)
+    assert float(inv.rate) == pytest.approx(
+        2.5 / 0.7, rel=1e-6
+    )  # InverseGamma's "rate" is its scale
+    ber = noise_model("bernoulli", p=0.3).variance_prior()
+    assert isinstance(ber, dist.Bernoulli)
+    assert float(ber.probs) == pytest.approx(0.7, rel=1e-6)  # lambda^2 = lambda
+    assert noise_model("gaussian").variance_prior() is None
+    assert noise_model("half-cauchy").variance_prior() is None
+
+
+# --------------------------------------------------------------------------- densities
+
+POINTS = np.array([0.02, 0.1, 0.5, 1.0, 1.7, 3.0, 8.0])
+
+
+@pytest.mark.parametrize("scale", [0.4, 1.0, 2.3])
+def test_rayleigh_log_prob_matches_scipy(scale):
+    x = torch.tensor(POINTS, dtype=torch.float64)
+    expected = stats.rayleigh(scale=scale).logpdf(POINTS)
+    got = RayleighDist(torch.tensor(scale, dtype=torch.float64)).log_prob(x)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
+    via_model = noise_model("rayleigh", scale=scale).noise(dtype=torch.float64).log_prob(x)
+    np.testing.assert_allclose(via_model.numpy(), expected, rtol=1e-10, atol=1e-12)
+    # float32 parameters, float32 points: same to single precision
+    got32 = RayleighDist(scale).log_prob(x.float())
+    np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, spread", [(0.7, 1.0), (2.0, 1.0), (4.5, 0.3)])
+def test_inverse_nakagami_log_prob_matches_scipy(shape, spread):
+    x = torch.tensor(POINTS, dtype=torch.float64)
+    # density of lambda = sqrt(V), V ~ InvGamma(m, scale m / Omega): p(y) = p_V(y^2) * 2y
+    expected = stats.invgamma(shape, scale=shape / spread).logpdf(POINTS**2) + np.log(2 * POINTS)
+    # ... which is the density of 1 / X, X ~ Nakagami(m, Omega): p(y) = p_X(1 / y) / y^2
+    nakagami = stats.nakagami(shape, scale=math.sqrt(spread)).logpdf(1 / POINTS) - 2 * np.log(
+        POINTS
+    )
+    np.testing.assert_allclose(nakagami, expected, rtol=1e-9)
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    got = InverseNakagamiDist(t(shape), t(spread)).log_prob(x)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+    model = noise_model("inverse-nakagami", shape=shape, spread=spread)
+    via_model = model.noise(dtype=torch.float64).log_prob(x)
+    np.testing.assert_allclose(via_model.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_rayleigh_distribution_moments_cdf_and_expand():
+    d = RayleighDist(torch.tensor(1.3, dtype=torch.float64))
+    law = stats.rayleigh(scale=1.3)
+    assert float(d.mean) == pytest.approx(law.mean(), rel=1e-12)
+    assert float(d.variance) == pytest.approx(law.var(), rel=1e-12)
+    x = torch.tensor(POINTS, dtype=torch.float64)
+    np.testing.assert_allclose(d.cdf(x).numpy(), law.cdf(POINTS), rtol=1e-10)
+    e = d.expand((3, 2))
+    assert e.batch_shape == (3, 2) and e.scale.shape == (3, 2)
+    assert e.sample((5,)).shape == (5, 3, 2)
+    assert e.log_prob(torch.ones(3, 2, dtype=torch.float64)).shape == (3, 2)
+
+
+def test_inverse_nakagami_distribution_broadcasts_and_expands():
+    d = InverseNakagamiDist(torch.tensor([1.0, 2.0, 3.0]), 2.0)
+    assert d.batch_shape == (3,) and d.m.shape == d.spread.shape == (3,)
+    e = InverseNakagamiDist(2.0, 1.0).expand((4, 3))
+    assert e.batch_shape == (4, 3) and e.m.shape == (4, 3)
+    assert e.sample((2,)).shape == (2, 4, 3)
+
+
+def test_rsample_is_reparameterized():
+    # Rayleigh samples are scale * (a draw of the unit Rayleigh): d lambda / d scale = lambda / scale.
+    scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    lam = RayleighDist(scale).rsample((1000,))
+    lam.sum().backward()
+    assert float(scale.grad) == pytest.approx(float(lam.detach().sum()) / 1.7, rel=1e-8)
+    # Inverse Nakagami samples scale as spread^(-1/2): d lambda / d spread = -lambda / (2 spread).
+    spread = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    lam = InverseNakagamiDist(torch.tensor(3.0, dtype=torch.float64), spread).rsample((1000,))
+    lam.sum().backward()
+    assert float(spread.grad) == pytest.approx(-float(lam.detach().sum()) / (2 * 2.5), rel=1e-8)
+
+
+# --------------------------------------------------------------------------- E[lambda^2]
+
+# (name, params, exact E[lambda^2] from scipy or by hand)
+MOMENTS = [
+    ("bernoulli", {"p": 0.3}, 0.7),
+    ("gaussian", {"alpha": 0.5}, stats.norm(1.0, math.sqrt(0.5)).moment(2)),
+    ("rayleigh", {"scale": 1.3}, stats.rayleigh(scale=1.3).moment(2)),
+    # shape > 2 so that lambda^2 has a finite variance and the sample mean a normal error.
+    (
+        "inverse-nakagami",
+        {"shape": 5.0, "spread": 2.0},
+        stats.invgamma(5.0, scale=5.0 / 2.0).mean(),
+    ),
+]
+
+
+@pytest.mark.parametrize("name, params, exact", MOMENTS, ids=[c[0] for c in MOMENTS])
+def test_second_moment_matches_scipy_and_sample_mean(name, params, exact):
+    model = noise_model(name, **params)
+    assert model.second_moment == pytest.approx(exact, rel=1e-9)
+    n = 200_000
+    lam2 = _np(model.noise(dtype=torch.float64).sample((n,))) ** 2
+    se = lam2.std() / math.sqrt(n)
+    assert abs(lam2.mean() - model.second_moment) < 5 * se
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "gaussian", "rayleigh"])
+def test_second_moment_agrees_with_the_distribution_mean_and_variance(name):
+    model = noise_model(name)
+    generic = NoiseModel.second_moment.fget(model)  # variance + mean^2 of noise()
+    assert generic == pytest.approx(model.second_moment, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("half-cauchy", {}),
+        ("half-cauchy", {"scale": 0.01}),
+        ("inverse-nakagami", {"shape": 1.0}),
+        ("inverse-nakagami", {"shape": 0.5}),
+    ],
+)
+def test_second_moment_is_infinite_where_it_does_not_exist(name, params):
+    assert noise_model(name, **params).second_moment == math.inf
+
+
+def test_inverse_nakagami_second_moment_just_above_one_is_finite():
+    assert noise_model("inverse-nakagami", shape=1.25, spread=0.5).second_moment == pytest.approx(
+        (1.25 / 0.5) / 0.25
+    )
+
+
+# --------------------------------------------------------------------------- p(w)
+
+
+def test_rayleigh_marginal_is_the_laplace_of_lambda_times_z():
+    scale, sigma0 = 1.3, 0.6
+    model = noise_model("rayleigh", scale=scale)
+    marginal = model.marginal(sigma0)
+    assert isinstance(marginal, dist.Laplace)
+    assert float(marginal.loc) == 0.0
+    assert float(marginal.scale) == pytest.approx(scale * sigma0, rel=1e-6)
+    w = _np(model.noise().sample((N,)) * sigma0 * torch.randn(N))
+    law = stats.laplace(loc=float(marginal.loc), scale=float(marginal.scale))
+    assert stats.kstest(w, law.cdf).pvalue > PASS
+    assert stats.kstest(w, stats.laplace(scale=1.15 * scale * sigma0).cdf).pvalue < FAIL
+    assert stats.ks_2samp(w, _np(marginal.sample((N,)))).pvalue > PASS
+    x = torch.tensor([-2.0, -0.1, 0.0, 0.3, 4.0])
+    np.testing.assert_allclose(marginal.log_prob(x).numpy(), law.logpdf(x.numpy()), rtol=1e-5)
+
+
+def test_inverse_nakagami_marginal_is_the_student_t_of_lambda_times_z():
+    shape, spread, sigma0 = 1.5, 2.0, 0.8
+    model = noise_model("inverse-nakagami", shape=shape, spread=spread)
+    marginal = model.marginal(sigma0)
+    assert isinstance(marginal, dist.StudentT)
+    assert float(marginal.df) == pytest.approx(2 * shape)
+    assert float(marginal.loc) == 0.0
+    assert float(marginal.scale) == pytest.approx(sigma0 / math.sqrt(spread), rel=1e-6)
+    w = _np(model.noise().sample((N,)) * sigma0 * torch.randn(N))
+    law = stats.t(df=float(marginal.df), scale=float(marginal.scale))
+    assert stats.kstest(w, law.cdf).pvalue > PASS
+    assert stats.kstest(w, stats.t(df=2 * shape + 2, scale=float(marginal.scale)).cdf).pvalue < FAIL
+    assert stats.ks_2samp(w, _np(marginal.sample((N,)))).pvalue > PASS
+
+
+def test_bernoulli_marginal_is_spike_and_slab():
+    p, sigma0 = 0.3, 0.7
+    model = noise_model("bernoulli", p=p)
+    marginal = model.marginal(sigma0)
+    assert isinstance(marginal, dist.MixtureSameFamily)
+    np.testing.assert_allclose(marginal.mixture_distribution.probs.numpy(), [p, 1 - p], rtol=1e-6)
+    w = _np(marginal.sample((N,)))
+    spike = np.abs(w) < 1e-6
+    assert abs(spike.mean() - p) < 5 * math.sqrt(p * (1 - p) / N)
+    assert stats.kstest(w[~spike], stats.norm(scale=sigma0).cdf).pvalue > PASS
+    # lambda * z has the same law
+    wz = _np(model.noise().sample((N,)) * sigma0 * torch.randn(N))
+    assert abs(np.mean(wz == 0.0) - p) < 5 * math.sqrt(p * (1 - p) / N)
+    assert stats.ks_2samp(w[~spike], wz[wz != 0.0]).pvalue > PASS
+
+
+@pytest.mark.parametrize("name", ["gaussian", "half-cauchy"])
+def test_no_closed_form_marginal(name):
+    assert noise_model(name).marginal(1.0) is None
+
+
+# --------------------------------------------------------------------------- dtype / device
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_is_respected(name, dtype):
+    model = noise_model(name)
+    noise = model.noise(dtype=dtype)
+    lam = noise.sample((7,))
+    assert lam.dtype == dtype
+    assert noise.log_prob(lam).dtype == dtype
+    variance_prior = model.variance_prior(dtype=dtype)
+    if variance_prior is not None:
+        assert variance_prior.sample((3,)).dtype == dtype
+    assert model.noise().sample().dtype == torch.get_default_dtype()
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("name", NAMES)
+def test_noise_on_cuda(name):
+    model = noise_model(name)
+    lam = model.noise(device="cuda").sample((100,))
+    assert lam.device.type == "cuda"
+    assert model.noise(device="cuda", dtype=torch.float64).sample().dtype == torch.float64
+    variance_prior = model.variance_prior(device="cuda")
+    if variance_prior is not None:
+        assert variance_prior.sample((3,)).device.type == "cuda"
