@@ -6,8 +6,18 @@ any work, the priors and models it cannot handle, and names what to use instead.
 """
 
 from inference.common import InferenceBackend, Posterior, Prediction
+from inference.mc_dropout import MCDropout, MCDropoutPosterior
 from inference.svi import SVI, SVIPosterior
 
-BACKENDS = {"svi": SVI}
+BACKENDS = {"svi": SVI, "mc-dropout": MCDropout}
 
-__all__ = ["BACKENDS", "SVI", "InferenceBackend", "Posterior", "Prediction", "SVIPosterior"]
+__all__ = [
+    "BACKENDS",
+    "InferenceBackend",
+    "MCDropout",
+    "MCDropoutPosterior",
+    "Posterior",
+    "Prediction",
+    "SVI",
+    "SVIPosterior",
+]

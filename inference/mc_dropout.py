@@ -88,6 +88,14 @@ same replica fitted alone, and changing the noise model leaves the initial weigh
 batches as they were (so Bernoulli noise with ``p = 0`` reproduces the normal prior's
 fit exactly).
 
+Heavy tails: the expected squared error of training is finite only when the noise
+has a finite second moment. Half-Cauchy noise (and inverse-Nakagami noise with shape
+``m <= 1``) has ``E[lambda^2] = inf``, so the expected loss is infinite for every
+function that depends on the noisy units: such fits run (the backend warns) but drift
+toward ignoring those units, and the predictive mean and standard deviation do not
+exist (use medians or quantiles of the samples). SVI, which learns the scales, does
+not have this problem.
+
 Prediction: ``T = num_samples`` stochastic forward passes; each draws ONE noise
 sample shared by all the points it predicts, so every pass is a function sample
 (the per-point marginals are those of per-point noise). The precision is ``tau``.
@@ -97,11 +105,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
+from bnn_priors.errors import InvalidParameterError
 from bnn_priors.noise_models import NoiseModel
 from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior, WeightPrior
 from inference.common import (
@@ -311,8 +321,17 @@ class MCDropout(InferenceBackend):
     draws per data point and step, averaged), and ``device``, ``seed``, ``progress``.
 
     Supports the five noise models under the four structures and the normal prior,
-    on every architecture; refuses the log-uniform prior. See the module docstring
-    for the noise placement and the objective.
+    on every architecture; refuses the log-uniform prior, and warns about noise with
+    an infinite second moment. See the module docstring for the noise placement and
+    the objective.
+
+    ``info`` of the posterior: ``steps``, ``epochs``, ``batch_size``, ``seconds``,
+    ``steps_per_second``, ``final_loss`` (mean loss of the last epoch; Gal's loss with
+    a fixed precision, the negative log-likelihood form with a learned one),
+    ``loss_history`` (per epoch), ``precision`` (tau), ``precision_learned``,
+    ``weight_decay`` (Gal's ``wd`` per layer, at the final tau), ``length_scale``,
+    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer) and
+    ``num_particles``; per-replica values are lists when there are several replicas.
     """
 
     name = "mc-dropout"
@@ -336,7 +355,10 @@ class MCDropout(InferenceBackend):
         self.lr = check_positive_float("lr", lr)
         self.length_scale = None if length_scale is None else check_positive_float("length_scale", length_scale)
         if weight_decay is not None:
-            weight_decay = 0.0 if weight_decay == 0 else check_positive_float("weight_decay", weight_decay)
+            ok = isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool)
+            if not (ok and math.isfinite(weight_decay) and weight_decay >= 0):
+                raise InvalidParameterError(f"weight_decay must be a non-negative number or None, got {weight_decay!r}")
+            weight_decay = float(weight_decay)
         self.weight_decay = weight_decay
         self.precision = None if precision is None else check_positive_float("precision", precision)
         self.num_particles = check_positive_int("num_particles", num_particles)
@@ -360,6 +382,20 @@ class MCDropout(InferenceBackend):
             elif not isinstance(prior, NormalPrior):
                 raise unsupported("MCDropout", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
 
+    @staticmethod
+    def _warn_heavy_tails(model: BayesianNetwork) -> None:
+        for layer in model.layers:
+            prior = layer.prior
+            if isinstance(prior, ScaleMixturePrior) and not math.isfinite(prior.noise.second_moment):
+                warnings.warn(
+                    f"MCDropout: the {prior.noise!r} noise of {layer.name} has E[lambda^2] = inf, so the "
+                    "expected squared error of training is infinite for every function that depends on "
+                    "the noisy units: the fit drifts toward ignoring them and the predictive mean and "
+                    "standard deviation do not exist (use medians or quantiles of the samples, or a "
+                    "noise model with a finite second moment; SVI learns the scales instead)",
+                    stacklevel=3,
+                )
+
     def _decays(self, model: BayesianNetwork) -> dict[str, _Decay]:
         return {
             layer.name: _Decay(
@@ -372,6 +408,7 @@ class MCDropout(InferenceBackend):
 
     def fit(self, model: BayesianNetwork, X, y) -> MCDropoutPosterior:
         X, y, seeds = self.prepare(model, X, y)
+        self._warn_heavy_tails(model)
         dev, dt, R = model.device, model.dtype, model.replicas
         net = _NoisyNet(model, ReplicaRandom(_stream_seeds(seeds, "init"), dev))
         batch_rng = ReplicaRandom(_stream_seeds(seeds, "batches"), dev)
@@ -404,7 +441,7 @@ class MCDropout(InferenceBackend):
                 half_tau_wd = {k: 0.5 * tau * d.coefficient(N, tau) for k, d in decays.items()}
                 const = -0.5 * out * tau.log() - lik.precision_prior(dev, dt).log_prob(tau) / N
             else:
-                wd = {k: d.coefficient(N, tau) for k, d in decays.items()}
+                wd = {k: d.coefficient(N, fixed) for k, d in decays.items()}
             for j in range(per_epoch):
                 idx = perm[:, j * B:(j + 1) * B]
                 Xb, yb = X[rows, idx], y[rows, idx]
@@ -461,7 +498,9 @@ class MCDropout(InferenceBackend):
             "loss_history": history,
             "precision": per_replica(tau),
             "precision_learned": learned,
-            "weight_decay": {k: per_replica(d.coefficient(N, tau)) for k, d in decays.items()},
+            "weight_decay": {
+                k: per_replica(d.coefficient(N, tau.double() if learned else fixed)) for k, d in decays.items()
+            },
             "length_scale": {k: d.length_scale for k, d in decays.items()},
             "keep_probability": {k: d.keep for k, d in decays.items()},
             "noise_mean": {
