@@ -66,6 +66,7 @@ from inference.scale_updates import CLOSED_FORM_NOISE, map_variance
 from models.networks import BayesianNetwork, Layer
 
 GUIDES = ("mean-field", "variational-dropout")
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
 
 
@@ -74,25 +75,30 @@ def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
     return -(_K1 * torch.sigmoid(_K2 + _K3 * log_alpha) - 0.5 * torch.nn.functional.softplus(-log_alpha) - _K1)
 
 
-def normal_kl(loc: torch.Tensor, var: torch.Tensor, prior_std: torch.Tensor | float) -> torch.Tensor:
-    """``KL(N(loc, var) || N(0, prior_std^2))``, elementwise."""
-    prior_var = prior_std**2 if torch.is_tensor(prior_std) else torch.tensor(float(prior_std) ** 2, device=loc.device)
-    return 0.5 * ((var + loc**2) / prior_var - 1.0 - torch.log(var) + torch.log(prior_var))
+def normal_kl(loc: torch.Tensor, var: torch.Tensor, prior_std: torch.Tensor | float, log_var=None) -> torch.Tensor:
+    """``KL(N(loc, var) || N(0, prior_std^2))``, elementwise (``log_var`` saves a log when known)."""
+    log_var = torch.log(var) if log_var is None else log_var
+    if torch.is_tensor(prior_std):
+        prior_var = prior_std**2
+        return 0.5 * ((var + loc**2) / prior_var - 1.0 - log_var + torch.log(prior_var))
+    prior_var = float(prior_std) ** 2
+    return 0.5 * ((var + loc**2) / prior_var - 1.0 - log_var + math.log(prior_var))
 
 
 @dataclass(frozen=True)
 class _ScaleSite:
-    """One scale tensor of a layer, e.g. ``layer0.unit_scale`` of shape ``(in, 1)``."""
+    """One scale tensor of a layer, e.g. ``layer0.unit_scale`` of shape ``(in, 1)``.
+
+    ``prior`` is the noise distribution ``p(lambda)`` on the model's device, built once.
+    """
 
     name: str
     layer: str
     kind: str
     shape: tuple[int, int]
     noise: NoiseModel
-
-    @property
-    def positive(self) -> bool:
-        return self.noise.support is not constraints.real
+    prior: dist.TorchDistribution
+    positive: bool
 
 
 class _Variational:
@@ -123,7 +129,11 @@ class _Variational:
             sites = []
             if isinstance(prior, ScaleMixturePrior):
                 for kind, s in prior.scale_shapes(layer.in_features, layer.out_features).items():
-                    site = _ScaleSite(f"{layer.name}.{kind}", layer.name, kind, s, prior.noise)
+                    noise = prior.noise.noise(dev, dt)
+                    site = _ScaleSite(
+                        f"{layer.name}.{kind}", layer.name, kind, s, prior.noise, noise,
+                        positive=noise.support is not constraints.real,
+                    )
                     sites.append(site)
                     center = _noise_center(prior.noise)
                     if em:
@@ -140,12 +150,17 @@ class _Variational:
 
     # ------------------------------------------------------------- moments of q(w)
     def weight_moments(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, _, var = self.weight_moments_log(layer)
+        return loc, var
+
+    def weight_moments_log(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, log-variance and variance of ``q(w)``."""
         loc = self.params[f"{layer.name}.weight.loc"]
         if self.guide == "mean-field":
-            var = torch.exp(2 * self.params[f"{layer.name}.weight.log_std"])
+            log_var = 2 * self.params[f"{layer.name}.weight.log_std"]
         else:
-            var = torch.exp(self.params[f"{layer.name}.weight.log_alpha"]) * loc**2
-        return loc, var
+            log_var = self.params[f"{layer.name}.weight.log_alpha"] + torch.log(loc**2)
+        return loc, log_var, torch.exp(log_var)
 
     def bias_moments(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
         return self.params[f"{layer.name}.bias.loc"], torch.exp(2 * self.params[f"{layer.name}.bias.log_std"])
@@ -169,10 +184,10 @@ class _Variational:
                 eps = rng.randn((S, *site.shape), loc.dtype, axis=1)
                 z = loc + log_std.exp() * eps
                 value = z.exp() if site.positive else z
-                log_q = (dist.Normal(loc, log_std.exp()).log_prob(z) - (z if site.positive else 0.0)).sum((-2, -1))
-                log_p = site.noise.noise(loc.device, loc.dtype).log_prob(value).sum((-2, -1))
+                # log q(lambda): the Normal density of z (plus the log-Jacobian -z of lambda = e^z).
+                log_q = -0.5 * eps**2 - log_std - _HALF_LOG_2PI - (z if site.positive else 0.0)
                 values[site.name] = value
-                kl = kl + log_q - log_p
+                kl = kl + (log_q - site.prior.log_prob(value)).sum((-2, -1))
         return values, kl
 
     def sample_precision(self, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,11 +195,14 @@ class _Variational:
         dev, dt = self.model.device, self.model.dtype
         if not lik.learned:
             return torch.full((S, R), lik.precision, device=dev, dtype=dt), torch.zeros((S, R), device=dev, dtype=dt)
-        loc, std = self.params["precision.loc"], self.params["precision.log_std"].exp()
-        z = loc + std * rng.randn((S,), dt, axis=1)
+        loc, log_std = self.params["precision.loc"], self.params["precision.log_std"]
+        eps = rng.randn((S,), dt, axis=1)
+        z = loc + log_std.exp() * eps
         tau = z.exp()
-        kl = dist.Normal(loc, std).log_prob(z) - z - lik.precision_prior(dev, dt).log_prob(tau)
-        return tau, kl
+        log_q = -0.5 * eps**2 - log_std - _HALF_LOG_2PI - z
+        a, b = lik.concentration, lik.rate
+        log_p = a * math.log(b) - math.lgamma(a) + (a - 1) * z - b * tau  # Gamma(a, b) density at tau = e^z
+        return tau, log_q - log_p
 
     def prior_std(self, layer: Layer, scales: dict[str, torch.Tensor]) -> torch.Tensor | float:
         prior = layer.prior
@@ -192,17 +210,16 @@ class _Variational:
             return prior.weight_std({s.kind: scales[s.name] for s in self.sites[layer.name]})
         return prior.sigma0
 
-    def weight_kl(self, layer: Layer, scales: dict[str, torch.Tensor]) -> torch.Tensor:
+    def weight_kl(self, layer: Layer, scales: dict[str, torch.Tensor], moments) -> torch.Tensor:
         """``KL(q(w) || p(w | scales))`` summed over the matrix: shape ``(S, R)`` or ``(R,)``."""
-        loc, var = self.weight_moments(layer)
+        loc, log_var, var = moments
         if isinstance(layer.prior, LogUniformPrior):
-            return log_uniform_kl(torch.log(var) - torch.log(loc**2)).sum((-2, -1))
-        return normal_kl(loc, var, self.prior_std(layer, scales)).sum((-2, -1))
+            return log_uniform_kl(log_var - torch.log(loc**2)).sum((-2, -1))
+        return normal_kl(loc, var, self.prior_std(layer, scales), log_var).sum((-2, -1))
 
-    def bias_kl(self) -> torch.Tensor:
+    def bias_kl(self, bias_moments) -> torch.Tensor:
         total = 0.0
-        for layer in self.model.layers:
-            loc, var = self.bias_moments(layer)
+        for loc, var in bias_moments.values():
             total = total + normal_kl(loc, var, self.model.bias_scale).sum(-1)
         return total
 
@@ -212,9 +229,12 @@ class _Variational:
         scales, kl_scales = self.sample_scales(S, rng)
         tau, kl_tau = self.sample_precision(S, rng)
 
+        moments = {layer.name: self.weight_moments_log(layer) for layer in self.model.layers}
+        bias_moments = {layer.name: self.bias_moments(layer) for layer in self.model.layers}
+
         def linear(layer: Layer, h: torch.Tensor) -> torch.Tensor:
-            loc, var = self.weight_moments(layer)
-            b_loc, b_var = self.bias_moments(layer)
+            loc, _, var = moments[layer.name]
+            b_loc, b_var = bias_moments[layer.name]
             if local_reparam:
                 mean = h @ loc + b_loc.unsqueeze(-2)
                 std = ((h * h) @ var + b_var.unsqueeze(-2)).sqrt()
@@ -225,9 +245,9 @@ class _Variational:
 
         f = self.model.forward_with(X, linear)
         loglik = self.model.likelihood.log_prob(f, y, tau) * (data_size / X.shape[-2])
-        kl_w = sum(self.weight_kl(layer, scales) for layer in self.model.layers)
+        kl_w = sum(self.weight_kl(layer, scales, moments[layer.name]) for layer in self.model.layers)
         elbo = loglik - kl_w - kl_scales - kl_tau
-        return elbo.mean(0) - self.bias_kl()
+        return elbo.mean(0) - self.bias_kl(bias_moments)
 
     def elbo_from_samples(self, samples: dict[str, torch.Tensor], X, y, data_size: int) -> torch.Tensor:
         """``log p(y, z) - log q(z)`` per replica for given draws ``z`` named as the Pyro sites."""
@@ -239,7 +259,7 @@ class _Variational:
                 value = samples[site.name]
                 scales[site.name] = value
                 if not self.em:
-                    total = total + site.noise.noise(value.device, value.dtype).log_prob(value).sum((-2, -1))
+                    total = total + site.prior.log_prob(value).sum((-2, -1))
                     total = total - self._site_q(site).log_prob(value).sum((-2, -1))
         params = {}
         for layer in model.layers:
