@@ -106,7 +106,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -232,14 +232,41 @@ def keep_probability(prior: WeightPrior) -> float:
     return 1.0
 
 
+def _number_or_numbers(label: str, value, allow_zero: bool) -> float | tuple[float, ...] | None:
+    """``None``, one number, or one number per replica (all finite, and positive or >= 0)."""
+    if value is None:
+        return None
+    scalar = not isinstance(value, (list, tuple)) and not (torch.is_tensor(value) and value.dim())
+    out = []
+    for v in [value] if scalar else list(value):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        if isinstance(v, bool) or not math.isfinite(f) or (f < 0 if allow_zero else f <= 0):
+            bound = "non-negative" if allow_zero else "positive"
+            raise InvalidParameterError(f"{label} must be a {bound} number, one per replica, or None; got {value!r}")
+        out.append(f)
+    return out[0] if scalar else tuple(out)
+
+
+def _per_replica(value, R: int, label: str, dev, dt) -> torch.Tensor | None:
+    if value is None:
+        return None
+    t = torch.as_tensor(value, device=dev, dtype=dt).reshape(-1)
+    if t.numel() not in (1, R):
+        raise InvalidParameterError(f"{label} has {t.numel()} values for a model with {R} replicas")
+    return t.expand(R).clone()
+
+
 # -------------------------------------------------------------------------- the net
 @dataclass
 class _Decay:
-    """Per layer: the length-scale ``l``, Gal's ``c`` and, when given, the weight decay."""
+    """Per layer: the length-scale ``l``, Gal's ``c`` and, when given, the weight decay (per replica)."""
 
     length_scale: float
     keep: float
-    given: float | None
+    given: torch.Tensor | None
 
     def coefficient(self, data_size: int, tau: torch.Tensor | float) -> torch.Tensor | float:
         """Gal's ``wd`` for precision ``tau``: ``l^2 c / (2 N tau)``, or the given value."""
@@ -342,8 +369,8 @@ class MCDropout(InferenceBackend):
         batch_size: int = 128,
         lr: float = 1e-3,
         length_scale: float | None = None,
-        weight_decay: float | None = None,
-        precision: float | None = None,
+        weight_decay: float | Sequence[float] | None = None,
+        precision: float | Sequence[float] | None = None,
         num_particles: int = 1,
         device="cpu",
         seed: int = 0,
@@ -354,13 +381,8 @@ class MCDropout(InferenceBackend):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.lr = check_positive_float("lr", lr)
         self.length_scale = None if length_scale is None else check_positive_float("length_scale", length_scale)
-        if weight_decay is not None:
-            ok = isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool)
-            if not (ok and math.isfinite(weight_decay) and weight_decay >= 0):
-                raise InvalidParameterError(f"weight_decay must be a non-negative number or None, got {weight_decay!r}")
-            weight_decay = float(weight_decay)
-        self.weight_decay = weight_decay
-        self.precision = None if precision is None else check_positive_float("precision", precision)
+        self.weight_decay = _number_or_numbers("weight_decay", weight_decay, allow_zero=True)
+        self.precision = _number_or_numbers("precision", precision, allow_zero=False)
         self.num_particles = check_positive_int("num_particles", num_particles)
 
     def check_model(self, model: BayesianNetwork) -> None:
@@ -396,12 +418,13 @@ class MCDropout(InferenceBackend):
                     stacklevel=3,
                 )
 
-    def _decays(self, model: BayesianNetwork) -> dict[str, _Decay]:
+    def _decays(self, model: BayesianNetwork, R: int, dev, dt) -> dict[str, _Decay]:
+        given = _per_replica(self.weight_decay, R, "weight_decay", dev, dt)
         return {
             layer.name: _Decay(
                 self.length_scale if self.length_scale is not None else 1.0 / layer.prior.sigma0,
                 keep_probability(layer.prior),
-                self.weight_decay,
+                given,
             )
             for layer in model.layers
         }
@@ -414,10 +437,10 @@ class MCDropout(InferenceBackend):
         batch_rng = ReplicaRandom(_stream_seeds(seeds, "batches"), dev)
         noise_rng = ReplicaRandom(_stream_seeds(seeds, "noise"), dev)
         lik = model.likelihood
-        fixed = self.precision if self.precision is not None else lik.precision
+        fixed = _per_replica(self.precision if self.precision is not None else lik.precision, R, "precision", dev, dt)
         learned = fixed is None
-        tau = torch.full((R,), lik.concentration / lik.rate if learned else fixed, device=dev, dtype=dt)
-        decays = self._decays(model)
+        tau = torch.full((R,), lik.concentration / lik.rate, device=dev, dtype=dt) if learned else fixed
+        decays = self._decays(model, R, dev, dt)
         N, out = X.shape[1], model.out_features
         B = min(self.batch_size, N)
         per_epoch = math.ceil(N / B)
@@ -465,8 +488,9 @@ class MCDropout(InferenceBackend):
             if learned:
                 with torch.no_grad():
                     extra = 0.0
-                    if self.weight_decay is not None:
-                        extra = N * self.weight_decay * sum(net.squared_norms().values())
+                    given = next(iter(decays.values())).given
+                    if given is not None:
+                        extra = N * given * sum(net.squared_norms().values())
                     tau = ((N * out + 2.0 * (a - 1.0)) / (sse + extra + 2.0 * b)).clamp_min(1e-12)
             bad = int(first_bad)
             if bad >= 0 or not bool(torch.isfinite(tau).all()):
@@ -499,7 +523,10 @@ class MCDropout(InferenceBackend):
             "precision": per_replica(tau),
             "precision_learned": learned,
             "weight_decay": {
-                k: per_replica(d.coefficient(N, tau.double() if learned else fixed)) for k, d in decays.items()
+                k: (list(self.weight_decay) if isinstance(self.weight_decay, tuple) else self.weight_decay)
+                if self.weight_decay is not None
+                else per_replica(d.coefficient(N, (tau if learned else fixed).double()))
+                for k, d in decays.items()
             },
             "length_scale": {k: d.length_scale for k, d in decays.items()},
             "keep_probability": {k: d.keep for k, d in decays.items()},
