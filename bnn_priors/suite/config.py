@@ -9,7 +9,9 @@ option dicts: the results store is keyed by it, so a rerun finds what is done.
 
 Where a run executes (``device``) and what it is called in a table (``label``)
 are not part of the hash: the same configuration on another device or under
-another name is the same run.
+another name is the same run. ``holdout`` (a validation part cut from the
+training split) is hashed only when set, so the hashes of runs without one are
+those of earlier versions.
 
 :func:`expand_grid` takes the product of list options and validates every name up
 front, before any work: an unknown data set, noise model, structure, inference
@@ -121,7 +123,10 @@ class RunConfig:
     ``{"lr": 0.001}``); ``prior`` the keyword arguments of
     :func:`bnn_priors.prior` besides noise and structure (``sigma0`` and the noise
     parameters, e.g. ``{"p": 0.05}``). ``label`` names the method in tables and is
-    not hashed.
+    not hashed. ``holdout`` (a fraction in (0, 1), or None) trains on the first
+    ``1 - holdout`` of the training split in file order and records the metrics
+    of the rest (validation) beside the test metrics (see
+    :meth:`bnn_priors.data.Dataset.split`).
     """
 
     dataset: str
@@ -136,6 +141,7 @@ class RunConfig:
     prior: dict[str, Any] = field(default_factory=dict)
     eval_samples: int = DEFAULT_EVAL_SAMPLES
     label: str | None = field(default=None, compare=False)
+    holdout: float | None = None
 
     def __post_init__(self) -> None:
         def put(name, value):
@@ -155,6 +161,7 @@ class RunConfig:
         put("structure", check_structure(self.structure))
         put("inference", check_inference(self.inference))
         put("arch", check_arch(self.arch))
+        put("holdout", check_holdout(self.holdout))
         put("options", _canonical_dict("options", self.options))
         put("prior", _canonical_dict("prior", self.prior))
         n = dataset_splits(self.dataset)
@@ -167,8 +174,8 @@ class RunConfig:
 
     # --------------------------------------------------------------- identity
     def hashed_fields(self) -> dict[str, Any]:
-        """Everything that decides the run's numbers (not ``label``)."""
-        return {
+        """Everything that decides the run's numbers (not ``label``; ``holdout`` only when set)."""
+        fields = {
             "dataset": self.dataset,
             "split": self.split,
             "noise": self.noise,
@@ -181,6 +188,9 @@ class RunConfig:
             "prior": self.prior,
             "eval_samples": self.eval_samples,
         }
+        if self.holdout is not None:
+            fields["holdout"] = self.holdout
+        return fields
 
     @property
     def hash(self) -> str:
@@ -221,7 +231,8 @@ class RunConfig:
 
     def describe(self) -> str:
         """A short human-readable summary: ``diabetes/0 half-cauchy/ard mlp-1x50 svi``."""
-        return f"{self.dataset}/{self.split} {self.noise}/{self.structure} {self.arch} {self.inference}"
+        text = f"{self.dataset}/{self.split} {self.noise}/{self.structure} {self.arch} {self.inference}"
+        return text if self.holdout is None else f"{text} holdout {self.holdout:g}"
 
 
 def canonical_json(value: Any) -> str:
@@ -315,6 +326,16 @@ def check_dataset(name: str) -> str:
     return key
 
 
+def check_holdout(value: Any) -> float | None:
+    """``None``, or a validation fraction strictly between 0 and 1 (as a float)."""
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not math.isfinite(float(value)) or not 0 < float(value) < 1:
+        raise InvalidParameterError(f"holdout must be a fraction strictly between 0 and 1 (e.g. 0.2), got {value!r}")
+    return float(value)
+
+
 def check_noise(name: str) -> str:
     key = normalize_name(name)
     if key not in PRIOR_NAMES:
@@ -352,6 +373,7 @@ def expand_grid(
     prior: Mapping[str, Any] | None = None,
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     label: str | None = None,
+    holdout: float | None = None,
 ) -> list[RunConfig]:
     """The product of the list options as :class:`RunConfig` objects, every name checked first.
 
@@ -362,7 +384,7 @@ def expand_grid(
     each method's default. Structures are crossed with noise models except for
     the ``normal`` and ``log-uniform`` priors, which have no shared scales and
     take structure ``none`` only: for them the structure axis collapses to
-    ``none``.
+    ``none``. ``holdout`` (a fraction, or None) is set on every run.
     """
     from bnn_priors.suite.methods import get_method
 
@@ -373,6 +395,7 @@ def expand_grid(
         "arch": [check_arch(a) for a in parse_list(arch)],
         "inference": [check_inference(i) for i in parse_list(inference)],
     }
+    holdout = check_holdout(holdout)
     seed_list = parse_int_list("seeds", seeds)
     if not seed_list or any(s < 0 for s in seed_list):
         raise InvalidParameterError(f"seeds must be non-negative integers, got {seeds!r}")
@@ -412,7 +435,7 @@ def expand_grid(
             cfg = RunConfig(
                 dataset=dataset, split=split, noise=nz, structure=st, arch=ar, inference=inf,
                 budget=budget_for(inf), seed=seed, options=dict(options or {}), prior=dict(prior or {}),
-                eval_samples=eval_samples, label=label,
+                eval_samples=eval_samples, label=label, holdout=holdout,
             )
             if cfg.hash not in seen:
                 seen.add(cfg.hash)
@@ -426,6 +449,7 @@ __all__ = [
     "DEFAULT_EVAL_SAMPLES",
     "RunConfig",
     "canonical_json",
+    "check_holdout",
     "config_hash",
     "expand_grid",
     "parse_arch",

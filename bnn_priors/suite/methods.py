@@ -18,22 +18,45 @@ installed fails with a clear error only when it is asked for.
 (``backend.check_model(model)``) before any training, so an unsupported
 combination (NUTS or SVI with Bernoulli noise, MC dropout with the log-uniform
 prior, EM updates without a closed form) is known up front.
+
+Data options (:data:`DATA_OPTIONS`) are options of a config that the runner
+turns into backend options with each split's training data
+(:func:`resolve_options`) instead of passing them on:
+
+``gal_tau`` (``mc-dropout`` with Bernoulli noise)
+    Gal & Ghahramani's model precision ``tau`` in the target's ORIGINAL units, a
+    value of a data set's ``tau_values.txt`` grid. As in Gal's code, the backend
+    gets ``weight_decay = l^2 (1 - p) / (2 N tau)`` (``N`` the training points
+    the model sees, ``l`` the ``length_scale`` option, ``p`` the dropout rate)
+    with tau as given although the targets are standardized, and the precision
+    for prediction ``precision = tau * y_std^2`` per replica (standardized units;
+    ``y_std`` the training part's, ddof=0), so the test log-likelihood is Gal's,
+    computed with ``tau`` in original units. See
+    :mod:`bnn_priors.suite.protocols`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import bnn_priors
-from bnn_priors.errors import InvalidParameterError, UnknownNameError, UnsupportedCombinationError
+from bnn_priors.errors import (
+    BNNPriorsError,
+    InvalidParameterError,
+    UnknownNameError,
+    UnsupportedCombinationError,
+)
 from bnn_priors.suite.config import RunConfig, normalize_name
 
 #: Options the runner sets itself: a config's ``options`` may not hold them.
 RESERVED_OPTIONS = ("seed", "device", "progress")
+#: Options of a config that the runner turns into backend options with the data (:func:`resolve_options`).
+DATA_OPTIONS = ("gal_tau",)
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,60 @@ def build_model(config: RunConfig, in_features: int, replicas: int = 1):
     return cls(in_features, 1, hidden=arch.hidden, prior=build_prior(config), replicas=replicas)
 
 
+# ------------------------------------------------------------------- data options
+def resolve_options(config: RunConfig, n_train: int, y_std: Sequence[float]) -> dict[str, Any]:
+    """The backend options of ``config`` for a job whose replicas train on ``n_train`` points each,
+    with training targets of standard deviations ``y_std`` (one per replica, original units).
+
+    Options other than :data:`DATA_OPTIONS` are passed as they are; ``gal_tau`` becomes
+    ``weight_decay`` and ``precision`` (:func:`bnn_priors.suite.protocols.gal_backend_options`):
+    one precision for one replica, a list of one per replica otherwise.
+    """
+    options = dict(config.options)
+    if "gal_tau" not in options:
+        return options
+    from bnn_priors.suite.protocols import gal_backend_options
+
+    tau = options.pop("gal_tau")
+    if config.inference != "mc-dropout" or config.noise != "bernoulli":
+        raise InvalidParameterError(
+            f"option gal_tau (Gal & Ghahramani's precision in original units) needs inference mc-dropout "
+            f"with bernoulli noise, got {config.inference} with {config.noise} noise"
+        )
+    clash = sorted({"weight_decay", "precision"} & set(options))
+    if clash:
+        raise InvalidParameterError(f"option gal_tau sets {' and '.join(clash)}: leave {' and '.join(clash)} out")
+    prior = build_prior(config)
+    length_scale = options.get("length_scale")
+    if length_scale is None:  # the backend's rule: l = 1 / sigma0
+        length_scale = 1.0 / prior.sigma0
+    options.update(gal_backend_options(prior.noise.params["p"], tau, n_train, y_std, length_scale))
+    return options
+
+
+def per_replica_options(config: RunConfig) -> bool:
+    """Whether ``config``'s backend options differ between the replicas (splits) of a job."""
+    return "gal_tau" in config.options
+
+
+@functools.cache
+def accepts_replica_precision(method_name: str) -> bool:
+    """Whether the method's backend takes ``precision`` as a sequence of one value per replica.
+
+    When it does not, the runner trains the runs that need a precision per split
+    (:func:`per_replica_options`) one split per job.
+    """
+    method = get_method(method_name)
+    try:
+        cls = method.backend_class()
+        if "precision" not in inspect.signature(cls.__init__).parameters:
+            return False
+        cls(precision=[1.0, 2.0], progress=False)
+    except (BNNPriorsError, TypeError, ValueError):
+        return False
+    return True
+
+
 def heatmap_layer(config: RunConfig) -> str:
     """The weight matrix kept for heat maps: the first hidden-to-hidden one (``layer1``),
     or the first weight matrix (``layer0``) of a one-hidden-layer network."""
@@ -187,7 +264,9 @@ def check_support(configs: Iterable[RunConfig], in_features: Mapping[str, int]) 
 
     Builds one model per distinct (method, prior, architecture, input size) and
     calls ``backend.check_model``. Invalid options or an unavailable backend raise
-    at once (a user mistake that no grid can skip).
+    at once (a user mistake that no grid can skip). Data options are resolved
+    for a stand-in training set (one point, unit target scale): only their
+    validity matters here.
     """
     verdicts: dict[tuple[str, int], str | None] = {}
     refused = []
@@ -195,7 +274,7 @@ def check_support(configs: Iterable[RunConfig], in_features: Mapping[str, int]) 
         key = (cfg.method_key, in_features[cfg.dataset])
         if key not in verdicts:
             method = get_method(cfg.inference)
-            backend = method.make_backend(cfg.budget, cfg.options, seed=0)
+            backend = method.make_backend(cfg.budget, resolve_options(cfg, 1, [1.0]), seed=0)
             try:
                 model = build_model(cfg, in_features[cfg.dataset])
                 backend.check_model(model)

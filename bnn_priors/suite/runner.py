@@ -16,7 +16,9 @@
    (:func:`plan_jobs`): one model with ``replicas=R``, the splits stacked on the
    replica axis (each standardized on its own training part), one seed per
    replica. Backends guarantee that a replica trained in a batch equals the same
-   run trained alone;
+   run trained alone. Runs whose backend options differ per split (option
+   ``gal_tau``: a precision per split) are batched only when the backend takes
+   one precision per replica, else they train one split per job;
 4. run the jobs on an executor and write each job's rows, in one transaction, as
    soon as it finishes. A job that raises records its runs as ``failed`` with the
    message and the suite goes on; when a batched job diverges
@@ -25,7 +27,11 @@
 
 Metrics are in the target's original units: the test RMSE and the test
 log-likelihood (``log mean_s N(y | f_s(x), 1/tau_s)`` per point, averaged) from
-``Posterior.evaluate(..., y_scale=y_std)``.
+``Posterior.evaluate(..., y_scale=y_std)``. A hold-out run (``holdout``) trains
+on the first part of its training split (standardized with that part) and
+records the same metrics on the held-out rest (``val_rmse``,
+``val_log_likelihood``) as well. Large evaluation sets are evaluated in chunks
+of points with the same function samples (:data:`EVAL_CHUNK_ELEMENTS`).
 """
 
 from __future__ import annotations
@@ -55,16 +61,23 @@ from bnn_priors.errors import (
 from bnn_priors.suite.config import RunConfig, canonical_json
 from bnn_priors.suite.executors import make_executor
 from bnn_priors.suite.methods import (
+    accepts_replica_precision,
     build_model,
     check_support,
     get_method,
     heatmap_layer,
     method_label,
+    per_replica_options,
+    resolve_options,
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
 
 #: The most runs batched into one job (one model with this many replicas).
 DEFAULT_MAX_REPLICAS = 64
+#: Evaluation in chunks of points: at most this many hidden activations (samples x points x
+#: widest layer) per replica at a time. Every backend draws its function samples independently of
+#: the points, so the chunks see the same functions and the metrics equal the unchunked ones.
+EVAL_CHUNK_ELEMENTS = 2**21
 
 
 # ----------------------------------------------------------------------- data
@@ -138,6 +151,8 @@ def plan_jobs(
 
     Runs are grouped only when their splits have equal train and test sizes (as
     all splits of a UCI set do), since they are stacked on one replica axis.
+    Runs that need backend options per split (:func:`~bnn_priors.suite.methods.per_replica_options`)
+    are grouped across splits only if the backend takes a precision per replica.
     Jobs keep the order in which their first config appears.
     """
     if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or max_replicas < 1:
@@ -145,7 +160,8 @@ def plan_jobs(
     groups: OrderedDict[tuple, list[RunConfig]] = OrderedDict()
     for cfg in configs:
         size = infos[cfg.dataset].sizes[cfg.split] if infos else None
-        groups.setdefault((cfg.group_key(), size), []).append(cfg)
+        alone = per_replica_options(cfg) and not accepts_replica_precision(cfg.inference)
+        groups.setdefault((cfg.group_key(), size, cfg.split if alone else None), []).append(cfg)
     jobs = []
     for members in groups.values():
         members = sorted(members, key=lambda c: (c.split, c.seed))
@@ -212,6 +228,7 @@ def _base_row(cfg: RunConfig) -> dict[str, Any]:
         "budget": cfg.budget,
         "budget_unit": get_method(cfg.inference).budget_unit,
         "seed": cfg.seed,
+        "holdout": cfg.holdout,
     }
 
 
@@ -254,6 +271,29 @@ def _per_replica_info(info: dict, r: int, R: int) -> dict[str, Any]:
     return out
 
 
+def evaluate(posterior, X: np.ndarray, y: np.ndarray, num_samples: int, y_scale: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """RMSE and log-likelihood per replica (original units) of ``(R, N, D)`` inputs, in chunks of points.
+
+    A chunk holds at most :data:`EVAL_CHUNK_ELEMENTS` activations per replica
+    (``num_samples`` x points x ``width``); the chunks' metrics are combined
+    exactly (weighted mean squared error and mean log-likelihood).
+    """
+    R, N = X.shape[0], X.shape[1]
+    chunk = max(1, EVAL_CHUNK_ELEMENTS // (num_samples * max(width, 1)))
+    scale = np.asarray(y_scale, dtype=np.float64).reshape(-1)
+    sq = np.zeros(R)
+    ll = np.zeros(R)
+    for start in range(0, N, chunk):
+        stop = min(N, start + chunk)
+        m = posterior.evaluate(X[:, start:stop], y[:, start:stop], num_samples=num_samples, y_scale=y_scale)
+        if stop - start == N:
+            return (np.atleast_1d(np.asarray(m["rmse"], dtype=np.float64)),
+                    np.atleast_1d(np.asarray(m["log_likelihood"], dtype=np.float64)))
+        sq += (stop - start) * (np.atleast_1d(np.asarray(m["rmse"], dtype=np.float64)) / scale) ** 2
+        ll += (stop - start) * np.atleast_1d(np.asarray(m["log_likelihood"], dtype=np.float64))
+    return np.sqrt(sq / N) * scale, ll / N
+
+
 def fit_job(job: Job) -> list[dict[str, Any]]:
     """Train and evaluate one batched job; raises what the backend raises."""
     from bnn_priors.data import stack_splits
@@ -261,19 +301,22 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
     cfg0 = job.configs[0]
     R = len(job.configs)
     dataset = _load(cfg0.dataset, job.data_dir)
-    data = stack_splits(dataset, [c.split for c in job.configs])
+    data = stack_splits(dataset, [c.split for c in job.configs], holdout=cfg0.holdout)
     method = get_method(cfg0.inference)
     seeds = [c.seed for c in job.configs]
+    options = resolve_options(cfg0, data.X_train.shape[1], data.y_std)
+    width = max(dataset.X.shape[1], *cfg0.architecture.hidden)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        backend = method.make_backend(cfg0.budget, cfg0.options, seed=seeds, device=job.device, progress=False)
+        backend = method.make_backend(cfg0.budget, options, seed=seeds, device=job.device, progress=False)
         model = build_model(cfg0, dataset.X.shape[1], replicas=R)
         start = time.perf_counter()
         posterior = backend.fit(model, data.X_train, data.y_train)
         seconds = time.perf_counter() - start
-        metrics = posterior.evaluate(data.X_test, data.y_test, num_samples=cfg0.eval_samples, y_scale=data.y_std)
-    rmse = np.atleast_1d(np.asarray(metrics["rmse"], dtype=np.float64))
-    ll = np.atleast_1d(np.asarray(metrics["log_likelihood"], dtype=np.float64))
+        rmse, ll = evaluate(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
+        val_rmse = val_ll = np.full(R, np.nan)
+        if data.X_val is not None:
+            val_rmse, val_ll = evaluate(posterior, data.X_val, data.y_val, cfg0.eval_samples, data.y_std, width)
     layer = heatmap_layer(cfg0)
     try:
         weights = np.asarray(posterior.weight_means()[layer])
@@ -290,12 +333,15 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         if notes:
             info["warnings"] = notes
         ok = bool(np.isfinite(rmse[r]) and np.isfinite(ll[r]))
+        val_ok = cfg.holdout is None or bool(np.isfinite(val_rmse[r]) and np.isfinite(val_ll[r]))
         rows.append({
             **_base_row(cfg),
-            "status": "ok" if ok else "failed",
-            "error": None if ok else "the test metrics are NaN or infinite",
+            "status": "ok" if ok and val_ok else "failed",
+            "error": None if ok and val_ok else f"the {'test' if not ok else 'validation'} metrics are NaN or infinite",
             "rmse": float(rmse[r]),
             "log_likelihood": float(ll[r]),
+            "val_rmse": None if cfg.holdout is None else float(val_rmse[r]),
+            "val_log_likelihood": None if cfg.holdout is None else float(val_ll[r]),
             "train_seconds": seconds,
             "replicas": R,
             "device": device,

@@ -13,13 +13,19 @@ table column a run belongs to), one column per grid axis (``dataset``, ``split``
 ``noise``, ``structure``, ``arch``, ``inference``, ``budget`` with
 ``budget_unit``, ``seed``), ``status`` (``ok``/``failed``), ``error`` (one line)
 and ``traceback`` (for failures that are not user errors), ``rmse`` and
-``log_likelihood`` (test set, original units), ``train_seconds`` (wall time of the
+``log_likelihood`` (test set, original units), ``holdout`` (the run's validation
+fraction, NULL for none) with ``val_rmse`` and ``val_log_likelihood`` (the same
+metrics on the held-out validation part; NULL without one), ``train_seconds`` (wall time of the
 fit of the run's batched job) and ``replicas`` (runs in that job: a run's share
 is ``train_seconds / replicas``), ``device``, package versions (``torch_version``,
 ``pyro_version``, ``bnn_priors_version``, ``python_version``), ``timestamp`` (UTC,
 ISO 8601), ``weights`` (posterior mean of the first hidden-to-hidden weight matrix,
 ``.npy`` bytes) with ``weights_layer``, and ``backend_info`` (JSON: backend facts such as
 the final loss, and warnings).
+
+A results file written before a column existed gets it (NULL for its old rows)
+when it is opened for writing; reading an older file gives the missing columns
+as empty.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("traceback", "TEXT"),
     ("rmse", "REAL"),
     ("log_likelihood", "REAL"),
+    ("holdout", "REAL"),
+    ("val_rmse", "REAL"),
+    ("val_log_likelihood", "REAL"),
     ("train_seconds", "REAL"),
     ("replicas", "INTEGER"),
     ("device", "TEXT"),
@@ -126,9 +135,16 @@ class ResultsStore:
         cols = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
         with self.conn:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n  {cols}\n)")
+            present = self._columns()
+            for name, kind in COLUMNS:  # a file from before a column existed: add it (nullable columns only)
+                if name not in present:
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             for axis in ("dataset", "status", "method_key"):
                 self.conn.execute(f"CREATE INDEX IF NOT EXISTS runs_{axis} ON runs ({axis})")
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(runs)").fetchall()}
 
     # ------------------------------------------------------------------ life
     def close(self) -> None:
@@ -175,13 +191,20 @@ class ResultsStore:
 
     def frame(self, status: str | None = None, with_weights: bool = False) -> pd.DataFrame:
         """All runs (or those with ``status``) as a DataFrame, one row per run."""
-        cols = ["id", *(c for c in COLUMN_NAMES if with_weights or c not in HEAVY_COLUMNS)]
+        wanted = ["id", *(c for c in COLUMN_NAMES if with_weights or c not in HEAVY_COLUMNS)]
+        present = self._columns()
+        cols = [c for c in wanted if c in present]
         sql = f"SELECT {', '.join(cols)} FROM runs"
         params: tuple = ()
         if status is not None:
             sql += " WHERE status = ?"
             params = (status,)
-        return pd.read_sql_query(sql + " ORDER BY id", self.conn, params=params)
+        df = pd.read_sql_query(sql + " ORDER BY id", self.conn, params=params)
+        kinds = dict(COLUMNS)
+        for c in wanted:  # an older file: its missing columns are empty
+            if c not in df:
+                df[c] = np.nan if kinds.get(c, "").startswith(("REAL", "INTEGER")) else None
+        return df[wanted]
 
     def weights(self, config_hash: str) -> np.ndarray | None:
         row = self.conn.execute("SELECT weights FROM runs WHERE config_hash = ?", (config_hash,)).fetchone()

@@ -17,6 +17,11 @@ label derived from the config such as ``SVI-EM (half-cauchy/ard-add, resnet-2x50
 When one label covers runs of different configurations (e.g. two budgets), the
 budget, else a short config key, is appended so they are not mixed.
 
+``split="validation"`` tabulates the metrics of the held-out validation parts
+of hold-out runs (``val_rmse``, ``val_log_likelihood``) instead of the test
+metrics; runs without a hold-out have none and are left out, and published
+(test) figures cannot be shown beside them.
+
 Formats: ``markdown`` (GitHub pipe table), ``latex`` (booktabs ``tabular``),
 ``html`` and ``csv``. The CSV is the tidy form for further analysis, one line per
 (data set, method): ``dataset, method, source, mean, se, n, rank, best``.
@@ -43,16 +48,28 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "ll": ("log_likelihood", "test log-likelihood", True),
 }
 FORMATS = ("markdown", "latex", "csv", "html")
+#: Which part of each split the metrics are of: the test split, or the hold-out validation part.
+SPLITS = ("test", "validation")
 RANK_ROW = "average rank"
 
 
-def _metric(metric: str) -> tuple[str, str, bool]:
+def _metric(metric: str, split: str = "test") -> tuple[str, str, bool]:
     key = str(metric).strip().lower()
     if key in ("log_likelihood", "log-likelihood", "loglik"):
         key = "ll"
     if key not in METRICS:
         raise UnknownNameError("metric", metric, METRICS)
-    return METRICS[key]
+    column, name, higher = METRICS[key]
+    if check_split(split) == "validation":
+        return f"val_{column}", name.replace("test ", "validation "), higher
+    return column, name, higher
+
+
+def check_split(split: str) -> str:
+    key = str(split).strip().lower()
+    if key not in SPLITS:
+        raise UnknownNameError("split", split, SPLITS)
+    return key
 
 
 def _dataset_order(names: Iterable[str]) -> list[str]:
@@ -82,19 +99,20 @@ def method_columns(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def summarize(df: pd.DataFrame, metric: str = "rmse") -> pd.DataFrame:
+def summarize(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd.DataFrame:
     """One line per (dataset, method): ``mean``, ``se`` and ``n`` (splits) of the metric.
 
     ``df`` needs ``dataset``, ``split``, ``label`` and the metric's column
-    (``rmse`` or ``log_likelihood``); ``status``, ``seed``, ``method_key`` are used
+    (``rmse`` or ``log_likelihood``; with ``split="validation"`` ``val_rmse`` or
+    ``val_log_likelihood``); ``status``, ``seed``, ``method_key`` are used
     when present (only ``ok`` runs count).
     """
-    column, _, _ = _metric(metric)
+    column, _, _ = _metric(metric, split)
     missing = {"dataset", "split", column} - set(df.columns)
     if missing:
         raise InvalidParameterError(f"results need the columns {sorted(missing)}")
     runs = df if "status" not in df else df[df["status"] == "ok"]
-    runs = runs[np.isfinite(runs[column].astype(float))].copy()
+    runs = runs[np.isfinite(pd.to_numeric(runs[column], errors="coerce").astype(float))].copy()
     out_cols = ["dataset", "method", "mean", "se", "n"]
     if runs.empty:
         return pd.DataFrame(columns=out_cols)
@@ -121,6 +139,7 @@ class ComparisonTable:
     best: set[tuple[str, str]] = field(default_factory=set)
     ranks: dict[tuple[str, str], float] = field(default_factory=dict)  # (dataset, method) -> rank
     average_rank: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    split: str = "test"  # or "validation": the hold-out parts
 
     @property
     def columns(self) -> list[str]:
@@ -132,15 +151,26 @@ class ComparisonTable:
 
 
 def comparison_table(
-    df: pd.DataFrame, metric: str = "rmse", references: Sequence[str] = (), datasets: Sequence[str] | None = None
+    df: pd.DataFrame,
+    metric: str = "rmse",
+    references: Sequence[str] = (),
+    datasets: Sequence[str] | None = None,
+    split: str = "test",
 ) -> ComparisonTable:
     """Summarize runs into a :class:`ComparisonTable` (see the module docstring for the rules)."""
-    _, _, higher = _metric(metric)
+    _, _, higher = _metric(metric, split)
     key = "ll" if higher else "rmse"
-    summary = summarize(df, metric)
+    split = check_split(split)
+    if split == "validation" and references:
+        raise InvalidParameterError(
+            "published figures are test-set figures: show them with the test metrics (--split test), "
+            "not beside validation metrics"
+        )
+    summary = summarize(df, metric, split)
     if datasets is not None:
         summary = summary[summary["dataset"].isin(list(datasets))]
-    table = ComparisonTable(key, _dataset_order(summary["dataset"]), list(dict.fromkeys(summary["method"])))
+    table = ComparisonTable(key, _dataset_order(summary["dataset"]), list(dict.fromkeys(summary["method"])),
+                            split=split)
     for row in summary.itertuples(index=False):
         table.cells[(row.dataset, row.method)] = (float(row.mean), float(row.se), int(row.n))
     for ref in references:
@@ -187,7 +217,7 @@ def _cell_text(mean: float, se: float, decimals: int, pm: str) -> str:
 
 
 def _caption(table: ComparisonTable) -> str:
-    _, name, higher = _metric(table.metric)
+    _, name, higher = _metric(table.metric, table.split)
     ns = sorted({c[2] for (d, m), c in table.cells.items() if m in table.methods})
     nsplits = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     text = (
@@ -270,6 +300,10 @@ def format_table(table: ComparisonTable, fmt: str = "markdown", decimals: int | 
     if fmt not in FORMATS:
         raise UnknownNameError("table format", fmt, FORMATS)
     if not table.datasets:
+        if table.split == "validation":
+            raise InvalidParameterError(
+                "there are no successful hold-out runs with validation metrics to tabulate (run bench with --holdout)"
+            )
         raise InvalidParameterError("there are no successful runs to tabulate")
     if fmt == "csv":
         buf = io.StringIO()
@@ -322,14 +356,16 @@ def results_table(
     hashes: Iterable[str] | None = None,
     datasets: Sequence[str] | None = None,
     decimals: int | None = None,
+    split: str = "test",
 ) -> str:
     """The formatted comparison table of a results file (or DataFrame of runs).
 
-    ``hashes`` keeps only those runs (e.g. the grid a suite just ran).
+    ``hashes`` keeps only those runs (e.g. the grid a suite just ran); ``split``
+    is ``test`` or ``validation`` (the hold-out parts).
     """
     from bnn_priors.suite.store import read_results
 
     df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok")
     if hashes is not None and "config_hash" in df:
         df = df[df["config_hash"].isin(set(hashes))]
-    return format_table(comparison_table(df, metric, references, datasets), fmt, decimals)
+    return format_table(comparison_table(df, metric, references, datasets, split), fmt, decimals)
