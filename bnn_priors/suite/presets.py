@@ -70,8 +70,11 @@ NALISNICK_HYPERPRIORS = ("inverse-nakagami", "half-cauchy")
 NALISNICK_MC_DROPOUT_EPOCHS = 400
 NALISNICK_MC_DROPOUT_P = 0.05
 NALISNICK_MC_DROPOUT_OPTIONS: dict[str, Any] = {"batch_size": 128, "lr": 1e-3}
-NALISNICK_SVI_STEPS = 10000
-NALISNICK_SVI_OPTIONS: dict[str, Any] = {"lr": 0.01, "batch_size": 128}
+#: Chosen on validation data only (benchmarks/validation_study.py: boston and yacht, splits 0-4,
+#: a random 20% of each training split held out): full-batch 3000 steps at lr 0.01 was as good as
+#: 10000 steps with batches of 128 or full batches (within one standard error) at a third of the cost.
+NALISNICK_SVI_STEPS = 3000
+NALISNICK_SVI_OPTIONS: dict[str, Any] = {"lr": 0.01}
 
 # --------------------------------------------------------------- gal2016 preset
 GAL_DATASETS = ("boston", "concrete", "energy", "kin8nm", "naval", "power", "protein", "wine", "yacht")
