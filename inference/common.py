@@ -61,8 +61,13 @@ def replica_seeds(seed: int | Sequence[int], replicas: int) -> list[int]:
     """One seed per replica: a sequence is taken as given, an int ``s`` gives ``s, s+1, ...``."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         seeds = [int(seed) + r for r in range(replicas)]
+    elif isinstance(seed, Sequence) and not isinstance(seed, str):
+        seeds = list(seed)
+        for s in seeds:
+            seed_everything(s)  # validates each
+        seeds = [int(s) for s in seeds]
     else:
-        seeds = [int(s) for s in seed]
+        raise InvalidParameterError(f"seed must be a non-negative integer or one per replica, got {seed!r}")
     if len(seeds) != replicas:
         raise InvalidParameterError(f"got {len(seeds)} seeds for a model with {replicas} replicas")
     return seeds

@@ -15,6 +15,7 @@ weights, the local reparameterization, point weights with multiplicative noise).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ class BayesianNetwork(PyroModule):
         if activation not in ACTIVATIONS:
             raise UnknownNameError("activation", activation, ACTIVATIONS)
         self.activation = activation
-        if not (isinstance(bias_scale, (int, float)) and bias_scale > 0):
+        if isinstance(bias_scale, bool) or not (isinstance(bias_scale, (int, float)) and math.isfinite(bias_scale) and bias_scale > 0):
             raise InvalidParameterError(f"bias_scale must be a positive number, got {bias_scale!r}")
         self.bias_scale = float(bias_scale)
         self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()

@@ -1,0 +1,640 @@
+"""Hamiltonian Monte Carlo with the No-U-Turn sampler (Pyro's ``NUTS`` and ``MCMC``).
+
+The Pyro model of the network (``model(X, y)``) is sampled as it is declared, with
+one choice made here: the parametrization of the weights.
+
+``centered``
+    ``w ~ N(0, sigma0^2 prod_k lambda_k^2)`` as the model declares it. Under a
+    heavy-tailed scale prior this is Neal's funnel: where the scales are small
+    the weights must be tiny, where they are large the weights spread out, and no
+    single step size suits both.
+``non-centered``
+    ``w = sigma0 prod_k lambda_k * z`` with ``z ~ N(0, 1)``: Pyro's
+    ``LocScaleReparam(centered=0.0)`` on every weight site, so the sampler moves
+    the independent ``z`` and the scales instead.
+``auto`` (default)
+    non-centered for the layers with a scale-mixture prior (the funnel), centered
+    for the others (a plain ``N(0, sigma0^2)`` prior has no funnel).
+
+Either way the stored samples are those of the model's own sites: ``<layer>.weight``
+(recomputed from ``z`` and the scales when non-centered), ``<layer>.bias``,
+``<layer>.<kind>`` for the scales and ``likelihood.precision`` when it is learned.
+
+Replicas are sampled one after another, each with its own step size and mass
+matrix: replica ``r`` runs on a copy of the model with ``replicas=1`` on its data
+``X[r], y[r]`` after ``pyro.set_rng_seed(seeds[r])``, so a batched fit is exactly a
+stack of one-at-a-time fits with the same seeds. Chains of one replica also run
+one after another in this process (deterministic under the seed; no
+multiprocessing), continuing that replica's random stream.
+
+Refused up front: Bernoulli noise (discrete scales have no gradient) and the
+improper log-uniform prior (the posterior may be improper).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer.reparam import LocScaleReparam
+
+from bnn_priors.errors import BNNPriorsError, FitDivergedError, InvalidParameterError
+from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior
+from inference.common import (
+    InferenceBackend,
+    Posterior,
+    ReplicaRandom,
+    check_positive_int,
+    raise_diverged,
+    unsupported,
+)
+from models.networks import BayesianNetwork
+
+PARAMETRIZATIONS = ("auto", "centered", "non-centered")
+_DRAW_CHUNK = 256  # draws per vectorized replay when recomputing non-centered weights
+
+
+def _check_parametrization(value) -> str:
+    key = str(value).strip().lower().replace("_", "-").replace("noncentered", "non-centered")
+    if key not in PARAMETRIZATIONS:
+        raise InvalidParameterError(
+            f"unknown parametrization {value!r}; valid choices are: {', '.join(PARAMETRIZATIONS)}"
+        )
+    return key
+
+
+def _check_bool(label: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{label} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _import_arviz():
+    """ArviZ, imported on first use (it is slow to import and warns about its coming refactor)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+@contextlib.contextmanager
+def _quiet_arviz():
+    """Silence ArviZ's "shape validation failed" log lines (one chain is a valid input here)."""
+    logger = logging.getLogger("arviz")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def rhat(draws: np.ndarray) -> np.ndarray:
+    """Rank-normalized split R-hat of ``draws`` shaped ``(chains, draws, *element)``, per element.
+
+    With two or more chains this is ArviZ's ``az.rhat`` (which splits every chain in
+    half). ArviZ returns NaN for a single chain, so a single chain is cut into its
+    two halves, passed to ``az.rhat`` as two chains (which ArviZ splits again):
+    the single-chain split R-hat. Fewer than 4 draws per chain (8 for a single
+    chain) give NaN.
+    """
+    az = _import_arviz()
+    draws = np.asarray(draws, dtype=np.float64)
+    if draws.shape[0] == 1:
+        half = draws.shape[1] // 2
+        draws = np.concatenate([draws[:, :half], draws[:, draws.shape[1] - half:]], axis=0)
+    with _quiet_arviz():
+        out = az.rhat(az.convert_to_dataset({"x": draws}), method="rank")["x"].values
+    return np.asarray(out, dtype=np.float64).reshape(draws.shape[2:])
+
+
+def ess(draws: np.ndarray, method: str = "bulk") -> np.ndarray:
+    """ArviZ's bulk or tail effective sample size of ``draws`` ``(chains, draws, *element)``, per element."""
+    az = _import_arviz()
+    draws = np.asarray(draws, dtype=np.float64)
+    with _quiet_arviz():
+        out = az.ess(az.convert_to_dataset({"x": draws}), method=method)["x"].values
+    return np.asarray(out, dtype=np.float64).reshape(draws.shape[2:])
+
+
+@dataclass
+class _ReplicaRun:
+    """What the sampler gave for one replica."""
+
+    chains: dict[str, torch.Tensor]  # site -> (C, D, *shape), thinned
+    divergences: list[list[int]]  # per chain: post-warmup iterations (before thinning)
+    step_size: list[float] = field(default_factory=list)
+    acceptance_rate: list[float] = field(default_factory=list)  # fraction of iterations that moved
+    mean_accept_prob: list[float] = field(default_factory=list)  # mean NUTS acceptance statistic
+    seconds: float = 0.0
+
+
+class NUTSPosterior(Posterior):
+    """Posterior samples from NUTS: predictions, weight means, diagnostics and ArviZ export.
+
+    ``samples`` holds every latent site of the model with shape ``(D, R, *site)``,
+    ``D = num_chains * ceil(num_samples / thin)`` draws, chain after chain.
+
+    Predictions (``predict``, ``evaluate``, ``sample_functions``) use ``num_samples``
+    of the stored draws per replica, drawn with that replica's random stream: a
+    random subset without replacement when ``num_samples <= D``; otherwise every
+    stored draw is used ``num_samples // D`` or one more times (a random
+    permutation, cycled). Asking for ``D`` draws uses each stored draw exactly once.
+    """
+
+    def __init__(
+        self,
+        model: BayesianNetwork,
+        chains: dict[str, torch.Tensor],
+        divergences: list[list[list[int]]],
+        thin: int,
+        seeds: Sequence[int],
+        info: dict,
+    ):
+        self.chains = chains  # site -> (C, D_chain, R, *shape)
+        self.samples = {name: t.reshape(-1, *t.shape[2:]) for name, t in chains.items()}
+        self.divergences = divergences  # [replica][chain] -> iterations
+        self.thin = thin
+        self._diagnostics_cache: dict[str, dict[str, np.ndarray]] | None = None
+        super().__init__(
+            model,
+            "nuts",
+            self._sample,
+            seeds=seeds,
+            info=info,
+            weight_means=lambda: {
+                layer.name: self.samples[f"{layer.name}.weight"].mean(0) for layer in model.layers
+            },
+        )
+
+    # ------------------------------------------------------------------ samples
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.chains.values())).shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        """Stored draws per replica, all chains together."""
+        return next(iter(self.samples.values())).shape[0]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.samples)
+
+    def get_samples(self, group_by_chain: bool = False) -> dict[str, torch.Tensor]:
+        """The stored draws: ``{site: (D, R, *shape)}``, or ``(C, D / C, R, *shape)`` by chain."""
+        return dict(self.chains if group_by_chain else self.samples)
+
+    def _draw_indices(self, num_samples: int, rng: ReplicaRandom) -> torch.Tensor:
+        D = self.num_draws
+        steps = torch.arange(num_samples, device=rng.device) % D
+        idx = [torch.randperm(D, generator=g, device=rng.device)[steps] for g in rng.generators]
+        return torch.stack(idx, 1)  # (S, R)
+
+    def _sample(self, X: torch.Tensor, num_samples: int, rng: ReplicaRandom):
+        model = self.model
+        idx = self._draw_indices(num_samples, rng).to(model.device)
+        rows = torch.arange(model.replicas, device=model.device)
+        params = {}
+        for layer in model.layers:
+            for kind in ("weight", "bias"):
+                params[f"{layer.name}.{kind}"] = self.samples[f"{layer.name}.{kind}"][idx, rows]
+        f = model.forward_params(X, params)
+        lik = model.likelihood
+        if lik.learned:
+            precision = self.samples[lik.site][idx, rows]
+        else:
+            precision = torch.full((num_samples, model.replicas), lik.precision, device=f.device, dtype=f.dtype)
+        return f, precision
+
+    # -------------------------------------------------------------- diagnostics
+    def _elementwise(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per site: R-hat, bulk and tail ESS per replica and element, shape ``(R, *site)``."""
+        if self._diagnostics_cache is None:
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for name, t in self.chains.items():
+                a = t.detach().cpu().double().numpy()  # (C, D, R, *shape)
+                out[name] = {
+                    "r_hat": rhat(a),
+                    "ess_bulk": ess(a, "bulk"),
+                    "ess_tail": ess(a, "tail"),
+                }
+            self._diagnostics_cache = out
+        return self._diagnostics_cache
+
+    def diagnostics(self, elementwise: bool = False):
+        """Convergence diagnostics as a :class:`pandas.DataFrame`, one row per replica and site.
+
+        Columns: ``replica``, ``site``, ``size`` (elements), ``r_hat_max`` (the largest
+        rank-normalized split R-hat over the site's elements; with one chain, over the
+        chain's two halves, see :func:`rhat`), ``ess_bulk_min``, ``ess_bulk_median``,
+        ``ess_tail_min`` (ArviZ's ``az.ess``), ``draws`` and ``divergences`` (the
+        replica's divergent post-warmup iterations, all chains, before thinning: the
+        same number on every row of a replica). ``elementwise=True`` gives one row per
+        element instead (``index``, ``r_hat``, ``ess_bulk``, ``ess_tail``).
+        """
+        import pandas as pd
+
+        stats = self._elementwise()
+        rows = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN statistics of very short chains
+            for r in range(self.model.replicas):
+                rows += self._rows(stats, r, elementwise)
+        df = pd.DataFrame(rows)
+        df.attrs["r_hat"] = (
+            f"rank-normalized split R-hat over {self.num_chains} chains"
+            if self.num_chains > 1
+            else "rank-normalized split R-hat of one chain (its two halves as two chains)"
+        )
+        return df
+
+    def _rows(self, stats, r: int, elementwise: bool) -> list[dict]:
+        rows = []
+        n_div = sum(len(c) for c in self.divergences[r])
+        for name, s in stats.items():
+            r_hat, bulk, tail = s["r_hat"][r], s["ess_bulk"][r], s["ess_tail"][r]
+            if elementwise:
+                for index in np.ndindex(r_hat.shape):
+                    rows.append({
+                        "replica": r, "site": name, "index": index, "r_hat": float(r_hat[index]),
+                        "ess_bulk": float(bulk[index]), "ess_tail": float(tail[index]),
+                    })
+                continue
+            rows.append({
+                "replica": r,
+                "site": name,
+                "size": int(r_hat.size),
+                "r_hat_max": float(np.nanmax(r_hat)),
+                "ess_bulk_min": float(np.nanmin(bulk)),
+                "ess_bulk_median": float(np.nanmedian(bulk)),
+                "ess_tail_min": float(np.nanmin(tail)),
+                "draws": self.num_draws,
+                "divergences": n_div,
+            })
+        return rows
+
+    def to_arviz(self):
+        """The draws as an :class:`arviz.InferenceData`.
+
+        The ``posterior`` group holds every site named as in the model
+        (``layer0.weight`` with dims ``chain, draw, layer0.weight_dim_0, ...``). With
+        replicas (R > 1) every variable has a ``replica`` dimension right after
+        ``draw`` (coordinates ``0..R-1``), so ``idata.posterior.sel(replica=r)`` is
+        replica ``r``; for R = 1 there is none, as in :meth:`predict`.
+        ``sample_stats.diverging`` marks the kept draws whose iteration diverged.
+        Replicas are independent posteriors: compute diagnostics per replica (or use
+        :meth:`diagnostics`), not pooled over them.
+        """
+        az = _import_arviz()
+        R = self.model.replicas
+        posterior, dims = {}, {}
+        for name, t in self.chains.items():
+            a = t.detach().cpu().numpy()
+            if R == 1:
+                a = a[:, :, 0]
+            else:
+                dims[name] = ["replica"] + [f"{name}_dim_{i}" for i in range(a.ndim - 3)]
+            posterior[name] = a
+        C, D = next(iter(self.chains.values())).shape[:2]
+        diverging = np.zeros((C, D, R), dtype=bool)
+        for r, per_chain in enumerate(self.divergences):
+            for c, its in enumerate(per_chain):
+                for it in its:
+                    if it % self.thin == 0 and it // self.thin < D:
+                        diverging[c, it // self.thin, r] = True
+        sample_stats = {"diverging": diverging[..., 0] if R == 1 else diverging}
+        if R > 1:
+            dims["diverging"] = ["replica"]
+        coords = {"replica": np.arange(R)} if R > 1 else None
+        attrs = {"inference_library": "pyro", "sampler": "NUTS", "backend": "bnn-priors nuts"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return az.from_dict(posterior=posterior, sample_stats=sample_stats, coords=coords, dims=dims, attrs=attrs)
+
+
+class NUTS(InferenceBackend):
+    """The No-U-Turn sampler: ``NUTS(num_samples=200, warmup=200).fit(model, X, y)``.
+
+    Parameters: ``num_samples`` (draws kept per chain before thinning), ``warmup``
+    (adaptation iterations per chain, discarded; 0 for none), ``num_chains`` (run one
+    after another), ``thin`` (keep every ``thin``-th draw: ``ceil(num_samples / thin)``
+    per chain), ``target_accept`` (step-size adaptation target, in (0, 1)),
+    ``max_tree_depth`` (at most ``2**max_tree_depth`` leapfrog steps per iteration),
+    ``jit_compile`` (trace the potential with the PyTorch JIT; if that fails for a
+    model, sampling falls back to no JIT with a warning), ``parametrization``
+    (``"auto"``, ``"centered"`` or ``"non-centered"``, see :mod:`inference.nuts`),
+    and ``device``, ``seed`` (one int, replica ``r`` gets ``seed + r``, or one per
+    replica) and ``progress`` (Pyro's progress bar).
+
+    Initialisation is Pyro's default (``init_to_uniform``: uniform in (-2, 2) in
+    the unconstrained space). ``info`` reports ``seconds`` (wall time of warmup and
+    sampling, JIT compilation included), ``divergences``, ``ess_per_second`` (median
+    bulk ESS of the first layer's weights per second of that replica's run, median
+    over replicas), ``step_size`` (adapted, per replica and chain),
+    ``mean_accept_prob`` (mean NUTS acceptance statistic after warmup, to compare
+    with ``target_accept``), ``acceptance_rate`` (Pyro's fraction of iterations
+    that moved, near 1 for NUTS) and a ``per_replica`` list of the same per replica.
+
+    Supports every prior with continuous scales (Gaussian, Rayleigh, inverse
+    Nakagami, half-Cauchy noise, and the normal prior) on every model.
+    """
+
+    name = "nuts"
+
+    def __init__(
+        self,
+        num_samples: int = 200,
+        warmup: int = 200,
+        num_chains: int = 1,
+        thin: int = 1,
+        target_accept: float = 0.8,
+        max_tree_depth: int = 10,
+        jit_compile: bool = True,
+        parametrization: str = "auto",
+        device="cpu",
+        seed: int | Sequence[int] = 0,
+        progress: bool = True,
+    ):
+        super().__init__(device, seed, progress)
+        self.num_samples = check_positive_int("num_samples", num_samples)
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+            raise InvalidParameterError(f"warmup must be a non-negative integer, got {warmup!r}")
+        self.warmup = int(warmup)
+        self.num_chains = check_positive_int("num_chains", num_chains)
+        self.thin = check_positive_int("thin", thin)
+        if (
+            isinstance(target_accept, bool)
+            or not isinstance(target_accept, (int, float, np.floating))
+            or not 0.0 < target_accept < 1.0
+        ):
+            raise InvalidParameterError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
+        self.target_accept = float(target_accept)
+        self.max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
+        if self.max_tree_depth > 20:
+            raise InvalidParameterError(
+                f"max_tree_depth must be at most 20 (2**20 leapfrog steps per iteration), got {max_tree_depth!r}"
+            )
+        self.jit_compile = _check_bool("jit_compile", jit_compile)
+        self.parametrization = _check_parametrization(parametrization)
+        self.progress = _check_bool("progress", progress)
+
+    def __repr__(self) -> str:
+        return (
+            f"NUTS(num_samples={self.num_samples}, warmup={self.warmup}, num_chains={self.num_chains}, "
+            f"thin={self.thin}, target_accept={self.target_accept:g}, max_tree_depth={self.max_tree_depth}, "
+            f"jit_compile={self.jit_compile}, parametrization={self.parametrization!r})"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def check_model(self, model: BayesianNetwork) -> None:
+        for layer in model.layers:
+            prior = layer.prior
+            if isinstance(prior, ScaleMixturePrior) and prior.noise.discrete:
+                p = prior.noise.params.get("p")
+                alpha = f" = {p / (1 - p):.4g}" if p is not None else ""
+                raise unsupported(
+                    "NUTS",
+                    f"the {prior.describe()} prior of {layer.name}",
+                    f"{prior.noise.name} scales are discrete, and Hamiltonian Monte Carlo needs a "
+                    "differentiable density over continuous latent variables",
+                    "inference.MCDropout (dropout as approximate inference), or the 'gaussian' noise model "
+                    f"with alpha = p / (1 - p){alpha} (Gaussian dropout, continuous scales NUTS can sample)",
+                )
+            if isinstance(prior, LogUniformPrior):
+                raise unsupported(
+                    "NUTS",
+                    f"the log-uniform prior of {layer.name}",
+                    "it is improper (p(w) ∝ 1/|w| does not integrate), so the posterior may be improper "
+                    "and a sampler has no distribution to converge to",
+                    "SVI(guide='variational-dropout') (its KL approximation is well defined)",
+                )
+            if not isinstance(prior, (ScaleMixturePrior, NormalPrior)):
+                raise unsupported("NUTS", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
+
+    def layer_parametrization(self, model: BayesianNetwork) -> dict[str, str]:
+        """How each layer's weights are sampled: ``{layer: "centered" | "non-centered"}``."""
+        out = {}
+        for layer in model.layers:
+            if self.parametrization == "auto":
+                out[layer.name] = "non-centered" if isinstance(layer.prior, ScaleMixturePrior) else "centered"
+            else:
+                out[layer.name] = self.parametrization
+        return out
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, model: BayesianNetwork, X, y) -> NUTSPosterior:
+        X, y, seeds = self.prepare(model, X, y)
+        forms = self.layer_parametrization(model)
+        noncentered = {f"{name}.weight" for name, form in forms.items() if form == "non-centered"}
+        single = copy.copy(model)
+        single.replicas = 1
+        pyro_model = _reparametrized(single, noncentered)
+        start = time.perf_counter()
+        jit = self.jit_compile
+        try:
+            runs = self._sample_replicas(pyro_model, X, y, seeds, jit, noncentered)
+        except (BNNPriorsError, FitDivergedError):
+            raise
+        except Exception as exc:  # any failure of the traced potential: sample again without the JIT
+            if not jit:
+                raise
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            warnings.warn(
+                f"NUTS: sampling with jit_compile=True failed for this model ({type(exc).__name__}: "
+                f"{first_line}); sampling again without the JIT (slower)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            jit = False
+            runs = self._sample_replicas(pyro_model, X, y, seeds, jit, noncentered)
+        elapsed = time.perf_counter() - start
+        chains = {name: torch.cat([run.chains[name] for run in runs], dim=2) for name in _site_order(model, runs[0])}
+        chains = {name: t.to(model.device) for name, t in chains.items()}
+        info = self._info(model, runs, chains, forms, jit, elapsed, seeds)
+        return NUTSPosterior(model, chains, [run.divergences for run in runs], self.thin, seeds, info)
+
+    def _sample_replicas(self, pyro_model, X, y, seeds, jit: bool, noncentered: set[str]) -> list[_ReplicaRun]:
+        """Every replica in turn, each on its own data and seed; weights recomputed and checked."""
+        runs = []
+        for r, seed in enumerate(seeds):
+            Xr, yr = X[r : r + 1], y[r : r + 1]
+            run = self._run_replica(pyro_model, Xr, yr, seed, jit)
+            _fill_weights(run, pyro_model, Xr, yr, noncentered)
+            _check_finite(run, r, self.thin)
+            runs.append(run)
+        return runs
+
+    def _run_replica(self, pyro_model, X, y, seed: int, jit: bool) -> _ReplicaRun:
+        pyro.set_rng_seed(seed)
+        t0 = time.perf_counter()
+        per_chain: list[dict[str, torch.Tensor]] = []
+        run = _ReplicaRun(chains={}, divergences=[])
+        for _ in range(self.num_chains):
+            kernel = pyro.infer.NUTS(
+                pyro_model,
+                target_accept_prob=self.target_accept,
+                max_tree_depth=self.max_tree_depth,
+                jit_compile=jit,
+                ignore_jit_warnings=True,
+            )
+            accept = {"mean": math.nan}
+
+            def hook(kernel, params, stage, i, accept=accept):
+                # The running mean of the acceptance statistic, read before MCMC resets the kernel.
+                if stage.startswith("Sample"):
+                    accept["mean"] = float(getattr(kernel, "_mean_accept_prob", math.nan))
+
+            mcmc = pyro.infer.MCMC(
+                kernel,
+                num_samples=self.num_samples,
+                warmup_steps=self.warmup,
+                disable_progbar=not self.progress,
+                hook_fn=hook,
+            )
+            with warnings.catch_warnings():
+                # torch >= 2.10 deprecates torch.jit.trace, which Pyro's jit_compile uses.
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated", category=DeprecationWarning)
+                mcmc.run(X, y)
+            samples = mcmc.get_samples()
+            per_chain.append({k: v[:: self.thin].detach() for k, v in samples.items()})
+            diag = mcmc.diagnostics()
+            run.divergences.append(sorted(int(i) for i in diag["divergences"]["chain 0"]))
+            run.acceptance_rate.append(float(diag["acceptance rate"]["chain 0"]))
+            run.step_size.append(float(kernel.step_size))
+            run.mean_accept_prob.append(accept["mean"])
+        run.chains = {k: torch.stack([c[k] for c in per_chain]) for k in per_chain[0]}
+        run.seconds = time.perf_counter() - t0
+        return run
+
+    def _info(self, model, runs, chains, forms, jit, elapsed, seeds) -> dict:
+        first = f"{model.layers[0].name}.weight"
+        per_replica = []
+        for r, run in enumerate(runs):
+            a = chains[first][:, :, r].detach().cpu().double().numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all NaN for very short chains
+                med = float(np.nanmedian(ess(a, "bulk")))
+            per_replica.append({
+                "seed": seeds[r],
+                "seconds": run.seconds,
+                "divergences": sum(len(c) for c in run.divergences),
+                "step_size": run.step_size,
+                "acceptance_rate": run.acceptance_rate,
+                "mean_accept_prob": run.mean_accept_prob,
+                "ess_bulk_median_first_layer": med,
+                "ess_per_second": med / run.seconds,
+            })
+        return {
+            "seconds": elapsed,
+            "num_samples": self.num_samples,
+            "warmup": self.warmup,
+            "num_chains": self.num_chains,
+            "thin": self.thin,
+            "draws": next(iter(chains.values())).shape[0] * next(iter(chains.values())).shape[1],
+            "divergences": sum(p["divergences"] for p in per_replica),
+            "parametrization": forms,
+            "jit_compile": jit,
+            "target_accept": self.target_accept,
+            "max_tree_depth": self.max_tree_depth,
+            "step_size": [p["step_size"] for p in per_replica],
+            "acceptance_rate": [p["acceptance_rate"] for p in per_replica],
+            "mean_accept_prob": [p["mean_accept_prob"] for p in per_replica],
+            "ess_bulk_median_first_layer": float(np.median([p["ess_bulk_median_first_layer"] for p in per_replica])),
+            "ess_per_second": float(np.median([p["ess_per_second"] for p in per_replica])),
+            "per_replica": per_replica,
+        }
+
+
+# ---------------------------------------------------------------------- helpers
+def _unwrap(fn):
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+def _reparametrized(model: BayesianNetwork, noncentered: set[str]):
+    """The Pyro model with ``LocScaleReparam(centered=0.0)`` on the weight sites in ``noncentered``."""
+    if not noncentered:
+        return model
+
+    def config(msg):
+        if msg["name"] in noncentered and isinstance(_unwrap(msg["fn"]), dist.Normal):
+            return LocScaleReparam(centered=0.0)
+        return None
+
+    return poutine.reparam(model, config=config)
+
+
+def _site_order(model: BayesianNetwork, run: _ReplicaRun) -> list[str]:
+    """The model's latent sites in declaration order: per layer scales, weight, bias; then the precision."""
+    names = []
+    for layer in model.layers:
+        names += [f"{layer.name}.{kind}" for kind in layer.prior.scale_shapes(layer.in_features, layer.out_features)]
+        names += [f"{layer.name}.weight", f"{layer.name}.bias"]
+    if model.likelihood.learned:
+        names.append(model.likelihood.site)
+    return [n for n in names if n in run.chains]
+
+
+def _check_finite(run: _ReplicaRun, replica: int, thin: int = 1) -> None:
+    """Raise :class:`FitDivergedError` naming the first site with a NaN or infinite draw.
+
+    The step reported is the post-warmup iteration of that draw.
+    """
+    for name, t in run.chains.items():
+        bad = ~torch.isfinite(t.reshape(t.shape[0], t.shape[1], -1)).all(-1)  # (C, D)
+        if bool(bad.any()):
+            chain, draw = (int(i) for i in bad.nonzero()[0])
+            raise_diverged(
+                "NUTS",
+                draw * thin,
+                f"samples of {name} (replica {replica}, chain {chain})",
+                "a heavy-tailed scale may be running away; try parametrization='non-centered', a larger "
+                "target_accept, or a lighter-tailed prior",
+            )
+
+
+@torch.no_grad()
+def _fill_weights(run: _ReplicaRun, pyro_model, X, y, noncentered: set[str]) -> None:
+    """Recompute non-centered weight sites ``w = loc + scale * z`` from the draws of ``z`` and the scales.
+
+    The model is replayed once per chunk of draws, vectorized over a plate of draws
+    (dim -2, outside the model's replica plate) and conditioned on the sampled sites.
+    """
+    if not noncentered:
+        return
+    C, D = next(iter(run.chains.values())).shape[:2]
+    latent = {k: v.reshape(C * D, *v.shape[2:]) for k, v in run.chains.items()}
+    found: dict[str, list[torch.Tensor]] = {name: [] for name in noncentered}
+    for start in range(0, C * D, _DRAW_CHUNK):
+        part = {k: v[start : start + _DRAW_CHUNK] for k, v in latent.items()}
+        n = next(iter(part.values())).shape[0]
+
+        def vectorized(n=n):
+            with pyro.plate("_nuts_draws", n, dim=-2):
+                return pyro_model(X, y)
+
+        trace = poutine.trace(poutine.condition(vectorized, data=part)).get_trace()
+        for name in noncentered:
+            value = trace.nodes[name]["value"]
+            found[name].append(value.expand(n, *value.shape[-3:]))
+    for name, parts in found.items():
+        w = torch.cat(parts)
+        run.chains[name] = w.reshape(C, D, *w.shape[1:])
+    for name in [k for k in run.chains if k.endswith("_decentered")]:
+        del run.chains[name]

@@ -1,0 +1,287 @@
+"""The NUTS backend: fits, replicas, seeding, refusals, diagnostics, parametrizations.
+
+Fits are kept tiny (one hidden layer of 5 units, 40 points, a few dozen draws and a
+shallow tree) so the whole file runs in well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+import bnn_priors as bp
+from bnn_priors.errors import FitDivergedError, InvalidParameterError, UnsupportedCombinationError
+from inference.nuts import (
+    NUTS,
+    NUTSPosterior,
+    _check_finite,
+    _fill_weights,
+    _reparametrized,
+    _ReplicaRun,
+)
+from models import BayesianMLP, BayesianResNet, GaussianLikelihood
+
+TINY = dict(num_samples=15, warmup=15, max_tree_depth=4, jit_compile=False, progress=False)
+
+
+def _data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 1, generator=g) * 3 - 1.5
+    y = torch.sin(2 * X[:, 0]) + 0.1 * torch.randn(n, generator=g)
+    return X, y
+
+
+def _mlp(prior="half-cauchy", replicas=1, **kw):
+    p = bp.prior(prior) if isinstance(prior, str) else prior
+    return BayesianMLP(1, 1, hidden=(5,), prior=p, replicas=replicas, **kw)
+
+
+@pytest.fixture(scope="module")
+def fit1d():
+    X, y = _data()
+    model = _mlp()
+    post = NUTS(num_samples=60, warmup=60, max_tree_depth=5, jit_compile=True, progress=False, seed=1).fit(model, X, y)
+    return model, X, y, post
+
+
+@pytest.fixture(scope="module")
+def batched():
+    """R = 2 with two chains and seeds [3, 8], and the same replicas fitted alone."""
+    X, y = _data()
+    X2 = torch.stack([X, X + 0.1])
+    y2 = torch.stack([y, y * 0.5])
+    kw = dict(TINY, num_chains=2)
+    both = NUTS(seed=[3, 8], **kw).fit(_mlp(replicas=2), X2, y2)
+    alone = [NUTS(seed=s, **kw).fit(_mlp(), X2[r], y2[r]) for r, s in enumerate([3, 8])]
+    return both, alone, (X2, y2, kw)
+
+
+# ------------------------------------------------------------------------ fits
+def test_fit_beats_prior_and_is_uncertain_away_from_data(fit1d):
+    model, X, y, post = fit1d
+    assert isinstance(post, NUTSPosterior) and post.backend == "nuts"
+    rmse = post.evaluate(X, y, num_samples=60)["rmse"]
+    # The prior is symmetric in the weights: its predictive mean is 0, RMSE = rms(y).
+    pyro.set_rng_seed(0)
+    prior_f = pyro.infer.Predictive(model, num_samples=200)(X)["f"][:, 0, :, 0]
+    prior_rmse = float(((prior_f.mean(0) - y) ** 2).mean().sqrt())
+    rms_y = float(y.pow(2).mean().sqrt())
+    assert rmse < 0.5 * rms_y and rmse < prior_rmse
+    far = post.predict(torch.tensor([[-6.0], [6.0]]), num_samples=60).std
+    near = post.predict(torch.tensor([[-0.5], [0.0], [0.5]]), num_samples=60).std
+    assert far.min() > 2 * near.max()
+
+
+def test_samples_shapes_and_info(fit1d):
+    model, X, y, post = fit1d
+    assert post.num_draws == 60
+    expect = {
+        "layer0.unit_scale": (60, 1, 1, 1),
+        "layer0.weight": (60, 1, 1, 5),
+        "layer0.bias": (60, 1, 5),
+        "output.unit_scale": (60, 1, 5, 1),
+        "output.weight": (60, 1, 5, 1),
+        "output.bias": (60, 1, 1),
+        "likelihood.precision": (60, 1),
+    }
+    assert {k: tuple(v.shape) for k, v in post.samples.items()} == expect
+    assert all(v.device == model.device for v in post.samples.values())
+    assert (post.samples["layer0.unit_scale"] > 0).all() and (post.samples["likelihood.precision"] > 0).all()
+    f, tau = post.sample_functions(X, num_samples=7)
+    assert f.shape == (7, 1, 40, 1) and tau.shape == (7, 1)
+    assert post.weight_means()["layer0"].shape == (1, 5)
+    info = post.info
+    for key in ("seconds", "num_samples", "warmup", "divergences", "parametrization", "ess_per_second"):
+        assert key in info
+    assert info["num_samples"] == 60 and info["warmup"] == 60 and info["jit_compile"] is True
+    assert info["parametrization"] == {"layer0": "non-centered", "output": "non-centered"}
+    assert info["seconds"] > 0 and info["ess_per_second"] > 0 and math.isfinite(info["ess_per_second"])
+    assert isinstance(info["divergences"], int) and 0 <= info["divergences"] <= 60
+    assert 0 < info["mean_accept_prob"][0][0] <= 1 and info["step_size"][0][0] > 0
+
+
+def test_prediction_draws_cycle_or_subsample(fit1d):
+    post = fit1d[3]
+    from inference.common import ReplicaRandom
+
+    idx = post._draw_indices(150, ReplicaRandom([5], torch.device("cpu")))[:, 0]
+    counts = torch.bincount(idx, minlength=60)
+    assert counts.min() == 2 and counts.max() == 3  # 150 = 2 * 60 + 30: every draw used 2 or 3 times
+    idx = post._draw_indices(40, ReplicaRandom([5], torch.device("cpu")))[:, 0]
+    assert len(set(idx.tolist())) == 40  # no replacement
+
+
+# -------------------------------------------------------------- replicas, seeds
+def test_batched_equals_one_at_a_time(batched):
+    both, alone, _ = batched
+    assert both.num_draws == 30 and both.num_chains == 2
+    for name, t in both.samples.items():
+        for r in range(2):
+            assert torch.equal(t[:, r], alone[r].samples[name][:, 0])
+    assert both.info["divergences"] == sum(a.info["divergences"] for a in alone)
+    X2, _, _ = batched[2]
+    torch.testing.assert_close(
+        both.sample_functions(X2, 10, seed=[4, 9])[0][:, 1],
+        alone[1].sample_functions(X2[1], 10, seed=9)[0][:, 0],
+    )
+
+
+def test_same_seed_same_samples_different_seed_differs(batched):
+    both, alone, (X2, y2, kw) = batched
+    again = NUTS(seed=3, **kw).fit(_mlp(), X2[0], y2[0])
+    for name in again.samples:
+        assert torch.equal(again.samples[name], alone[0].samples[name])
+    seeds_differ = NUTS(seed=4, **kw).fit(_mlp(), X2[0], y2[0])
+    assert not torch.equal(seeds_differ.samples["layer0.weight"], alone[0].samples["layer0.weight"])
+
+
+# --------------------------------------------------------------------- refusals
+def test_refuses_bernoulli_before_sampling():
+    X, y = _data()
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedCombinationError, match="MCDropout") as err:
+        NUTS(**TINY).fit(_mlp(bp.prior("bernoulli", p=0.2)), X, y)
+    assert "'gaussian'" in str(err.value) and "0.25" in str(err.value) and "discrete" in str(err.value)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_refuses_log_uniform_before_sampling():
+    X, y = _data()
+    model = BayesianMLP(1, 1, hidden=(5,), prior=[bp.prior("normal"), bp.prior("log-uniform")])
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedCombinationError, match="variational-dropout") as err:
+        NUTS(**TINY).fit(model, X, y)
+    assert "improper" in str(err.value) and "output" in str(err.value)
+    assert time.perf_counter() - start < 1.0
+    assert not NUTS().supports(model) and NUTS().supports(_mlp())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_samples=0), dict(num_samples=2.5), dict(warmup=-1), dict(warmup=True), dict(num_chains=0),
+        dict(thin=0), dict(target_accept=1.0), dict(target_accept=0), dict(target_accept="high"),
+        dict(max_tree_depth=0), dict(max_tree_depth=25), dict(jit_compile="yes"), dict(parametrization="funnel"),
+        dict(progress=None), dict(seed=-1), dict(device="tpu"),
+    ],
+)
+def test_invalid_arguments(kwargs):
+    with pytest.raises(InvalidParameterError):
+        NUTS(**kwargs)
+
+
+# ------------------------------------------------------------------- diagnostics
+def test_diagnostics_single_chain(fit1d):
+    post = fit1d[3]
+    df = post.diagnostics()
+    assert list(df["site"]) == list(post.samples)
+    for col in ("r_hat_max", "ess_bulk_min", "ess_bulk_median", "ess_tail_min", "divergences"):
+        assert col in df
+    assert np.isfinite(df["r_hat_max"]).all() and (df["r_hat_max"] > 0.9).all()
+    assert (df["ess_bulk_min"] > 0).all() and (df["ess_bulk_median"] <= 10 * post.num_draws).all()
+    assert (df["divergences"] == post.info["divergences"]).all()
+    assert "one chain" in df.attrs["r_hat"]
+    per_element = post.diagnostics(elementwise=True)
+    assert len(per_element) == sum(v[0, 0].numel() for v in post.samples.values())
+
+
+def test_diagnostics_and_arviz_with_chains_and_replicas(batched):
+    both = batched[0]
+    df = both.diagnostics()
+    assert sorted(set(df["replica"])) == [0, 1] and "2 chains" in df.attrs["r_hat"]
+    assert np.isfinite(df["r_hat_max"]).all() and (df["ess_tail_min"] > 0).all()
+    for r in range(2):
+        n = sum(len(c) for c in both.divergences[r])
+        assert (df[df["replica"] == r]["divergences"] == n).all()
+    idata = both.to_arviz()
+    w = idata.posterior["layer0.weight"]
+    assert w.dims[:3] == ("chain", "draw", "replica") and w.shape == (2, 15, 2, 1, 5)
+    assert idata.sample_stats["diverging"].shape == (2, 15, 2)
+
+
+def test_to_arviz_single_replica(fit1d):
+    import arviz as az
+
+    post = fit1d[3]
+    idata = post.to_arviz()
+    assert isinstance(idata, az.InferenceData)
+    for layer in ("layer0", "output"):
+        assert f"{layer}.weight" in idata.posterior
+    assert idata.posterior["layer0.weight"].shape == (1, 60, 1, 5)
+    assert int(idata.sample_stats["diverging"].sum()) <= post.info["divergences"]
+    np.testing.assert_allclose(
+        idata.posterior["output.weight"].values[0], post.samples["output.weight"][:, 0].numpy()
+    )
+
+
+# --------------------------------------------------------------- parametrizations
+def test_centered_and_non_centered_give_the_same_sites():
+    X, y = _data()
+    prior = {"layer0": bp.prior("half-cauchy", structure="ard-add"), "output": bp.prior("normal")}
+    posts = {
+        form: NUTS(parametrization=form, **TINY).fit(BayesianMLP(1, 1, hidden=(5,), prior=prior), X, y)
+        for form in ("centered", "non-centered", "auto")
+    }
+    sites = {form: set(p.samples) for form, p in posts.items()}
+    assert sites["centered"] == sites["non-centered"] == sites["auto"]
+    assert {"layer0.weight", "output.weight", "layer0.unit_scale", "layer0.layer_scale"} <= sites["centered"]
+    assert not any("decentered" in s for s in sites["centered"])
+    assert posts["auto"].info["parametrization"] == {"layer0": "non-centered", "output": "centered"}
+    for p in posts.values():
+        assert p.samples["layer0.weight"].shape == (15, 1, 1, 5) and torch.isfinite(p.samples["layer0.weight"]).all()
+
+
+def test_non_centered_weights_are_scale_times_z():
+    """The replay that recomputes w from the sampled z and scales: w = sigma0 * |lambda| * z."""
+    model = BayesianMLP(2, 1, hidden=(3,), prior=bp.prior("gaussian", structure="ard-add", sigma0=0.5),
+                        likelihood=GaussianLikelihood(precision=4.0))
+    X, y = torch.randn(1, 6, 2), torch.randn(1, 6, 1)
+    names = {"layer0.weight", "output.weight"}
+    g = torch.Generator().manual_seed(0)
+    chains = {}
+    for layer in model.layers:
+        i, o = layer.in_features, layer.out_features
+        chains[f"{layer.name}.unit_scale"] = torch.randn(2, 3, 1, i, 1, generator=g)
+        chains[f"{layer.name}.layer_scale"] = torch.randn(2, 3, 1, 1, 1, generator=g)
+        chains[f"{layer.name}.weight_decentered"] = torch.randn(2, 3, 1, i, o, generator=g)
+        chains[f"{layer.name}.bias"] = torch.randn(2, 3, 1, o, generator=g)
+    run = _ReplicaRun(chains=dict(chains), divergences=[[], []])
+    _fill_weights(run, _reparametrized(model, names), X, y, names)
+    for layer in model.layers:
+        expect = 0.5 * chains[f"{layer.name}.unit_scale"].abs() * chains[f"{layer.name}.layer_scale"].abs()
+        expect = expect * chains[f"{layer.name}.weight_decentered"]
+        torch.testing.assert_close(run.chains[f"{layer.name}.weight"], expect)
+        assert f"{layer.name}.weight_decentered" not in run.chains
+
+
+def test_resnet_with_fixed_precision():
+    X, y = _data()
+    model = BayesianResNet(1, 1, hidden=(3, 3), prior=bp.prior("rayleigh"), likelihood=GaussianLikelihood(precision=50.0))
+    post = NUTS(**dict(TINY, thin=3)).fit(model, X, y)
+    assert post.num_draws == 5 and post.info["draws"] == 5  # every third of 15 draws
+    assert "likelihood.precision" not in post.samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = post.diagnostics()  # too short for R-hat: NaN, quietly
+    assert df["r_hat_max"].isna().all() and (df["draws"] == 5).all()
+    assert set(post.info["parametrization"].values()) == {"non-centered"}
+    f, tau = post.sample_functions(X, num_samples=5)
+    assert f.shape == (5, 1, 40, 1) and torch.all(tau == 50.0)
+
+
+def test_nan_samples_raise_fit_diverged():
+    run = _ReplicaRun(chains={"layer0.bias": torch.zeros(1, 4, 1, 3), "layer0.weight": torch.zeros(1, 4, 1, 2, 3)},
+                      divergences=[[]])
+    _check_finite(run, 0)
+    run.chains["layer0.weight"][0, 2, 0, 1, 1] = math.inf
+    with pytest.raises(FitDivergedError, match="layer0.weight") as err:
+        _check_finite(run, 0)
+    assert "step 2" in str(err.value) and "replica 0" in str(err.value)
+    with pytest.raises(FitDivergedError, match="step 6"):
+        _check_finite(run, 0, thin=3)
