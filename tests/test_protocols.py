@@ -261,7 +261,7 @@ def test_gal2016_preset_follows_each_data_sets_files(uci_dir):
         assert set(rows["arch"]) == {f"mlp-1x{int(np.loadtxt(folder / 'n_hidden.txt'))}"}
         assert set(rows["budget"]) == {int(np.loadtxt(folder / "n_epochs.txt")) * GAL_EPOCH_MULTIPLIER}
     assert set(by_set[by_set.dataset == "protein"]["arch"]) == {"mlp-1x100"}
-    assert set(by_set[by_set.dataset == "boston"]["budget"]) == {400} and GAL_EPOCH_MULTIPLIER == 10
+    assert set(by_set[by_set.dataset == "boston"]["budget"]) == {40 * GAL_EPOCH_MULTIPLIER} and GAL_EPOCH_MULTIPLIER == 500
     assert set(by_set["holdout"]) == {0.2} and set(by_set["eval_samples"]) == {GAL_EVAL_SAMPLES} == {1000}
     assert set(zip(by_set.noise, by_set.structure, by_set.inference)) == {("bernoulli", "ard", "mc-dropout")}
     opts = json.loads(by_set["options"].iloc[0])
