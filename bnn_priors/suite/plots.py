@@ -23,9 +23,13 @@ from bnn_priors.suite.tables import _dataset_order, _metric, summarize
 
 
 def _pyplot():
+    """pyplot, on the file-only Agg backend unless a session (a notebook) already chose one."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
