@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -45,11 +44,6 @@ README_TABLE = {
 }
 
 
-def _shared_uci_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci"
-    return Path(os.environ.get("BNN_PRIORS_SHARED_UCI") or default)
-
-
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No user directory, a private cache and an unreachable download address by default."""
@@ -57,14 +51,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BNN_PRIORS_CACHE", str(tmp_path / "default-cache"))
     monkeypatch.setenv("BNN_PRIORS_DATA_URL", "http://127.0.0.1:9/unreachable")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
-@pytest.fixture(scope="session")
-def uci_dir() -> Path:
-    path = _shared_uci_dir()
-    if not (path / "yacht" / "data.txt").is_file():
-        pytest.skip(f"no local copy of the UCI files at {path} (set BNN_PRIORS_SHARED_UCI)")
-    return path
 
 
 @pytest.fixture
