@@ -180,17 +180,18 @@ class BayesianNetwork(PyroModule):
     def check_targets(self, y, X: torch.Tensor) -> torch.Tensor:
         """Targets as a ``(R, N, out)`` tensor matching inputs ``X`` of shape ``(R, N, D)``."""
         y = _as_tensor("y", y, self.device, self.dtype)
+        given = tuple(y.shape)
         R, N, out = self.replicas, X.shape[1], self.out_features
         if y.dim() == 1:
             y = y.reshape(1, -1, 1)
         elif y.dim() == 2:
-            if y.shape == (N, out) and (out != 1 or R == 1):
-                y = y.unsqueeze(0)
+            if out == 1 and y.shape[1] == N and y.shape[0] in (1, R):
+                y = y.unsqueeze(-1)  # (R, N)
             else:
-                y = y.unsqueeze(-1)
+                y = y.unsqueeze(0)  # (N, out)
         if y.dim() != 3 or y.shape[1:] != (N, out) or y.shape[0] not in (1, R):
             raise DataError(
-                f"y has shape {tuple(y.shape)}, which does not match X with {N} points, "
+                f"y has shape {given}, which does not match X with {N} points, "
                 f"{R} replicas and out_features={out}; expected (N,), (N, out), (R, N) or (R, N, out)"
             )
         return y.expand(R, N, out)

@@ -114,6 +114,7 @@ def test_data_checks_name_the_problem():
     assert X.shape == (2, 5, 3)
     assert model.check_targets(np.zeros(5), X).shape == (2, 5, 1)
     assert model.check_targets(np.zeros((2, 5)), X).shape == (2, 5, 1)
+    assert model.check_targets(np.zeros((5, 1)), X).shape == (2, 5, 1)  # a column vector
     with pytest.raises(DataError, match="y has shape"):
         model.check_targets(np.zeros((3, 5)), X)
 
