@@ -30,7 +30,6 @@ the best validation score and reports that run's test metrics.
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
@@ -252,7 +251,7 @@ def _cell(mean: float, se: float, decimals: int, pm: str) -> str:
 
 def format_gal_table(summary: pd.DataFrame, fmt: str = "markdown", decimals: int | None = None) -> str:
     """Render :func:`gal_summary` as ``markdown``, ``latex``, ``csv`` or ``html``."""
-    from bnn_priors.suite.tables import FORMATS, _decimals, _latex_escape
+    from bnn_priors.suite.tables import FORMATS, _decimals, _latex_escape, html_table
 
     fmt = str(fmt).strip().lower()
     if fmt not in FORMATS:
@@ -292,13 +291,7 @@ def format_gal_table(summary: pd.DataFrame, fmt: str = "markdown", decimals: int
             lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
         return "\n".join(lines) + "\n"
-    out = ["<table>", f"<caption>{html.escape(_caption())}</caption>", "<thead><tr>"]
-    out += [f"<th>{html.escape(h)}</th>" for h in HEADER]
-    out.append("</tr></thead>\n<tbody>")
-    for row in body:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody>\n</table>")
-    return "\n".join(out) + "\n"
+    return html_table(_caption(), HEADER, [[(c, False) for c in row] for row in body])
 
 
 def protocol_table(

@@ -338,10 +338,15 @@ def format_table(table: ComparisonTable, fmt: str = "markdown", decimals: int | 
             lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
         return "\n".join(lines) + "\n"
-    out = ["<table>", f"<caption>{html.escape(_caption(table))}</caption>", "<thead><tr>"]
+    return html_table(_caption(table), header, _grid(table, decimals, " ± "))
+
+
+def html_table(caption: str, header: Sequence[str], rows: Iterable[Sequence[tuple[str, bool]]]) -> str:
+    """An HTML table of ``(text, bold)`` cells with a caption (every text escaped)."""
+    out = ["<table>", f"<caption>{html.escape(caption)}</caption>", "<thead><tr>"]
     out += [f"<th>{html.escape(h)}</th>" for h in header]
     out.append("</tr></thead>\n<tbody>")
-    for row in _grid(table, decimals, " ± "):
+    for row in rows:
         cells = "".join(f"<td><b>{html.escape(t)}</b></td>" if b else f"<td>{html.escape(t)}</td>" for t, b in row)
         out.append(f"<tr>{cells}</tr>")
     out.append("</tbody>\n</table>")
