@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +29,16 @@ from models.networks import BayesianNetwork
 Sampler = Callable[[torch.Tensor, int, "ReplicaRandom"], tuple[torch.Tensor, torch.Tensor]]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy, torch and Pyro: the same seed on CPU gives the same numbers."""
+def check_seed(seed) -> int:
+    """A seed as an int; a clear error for anything but a non-negative integer."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, torch and Pyro: the same seed on CPU gives the same numbers."""
+    seed = check_seed(seed)
     random.seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))
@@ -60,12 +66,9 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 def replica_seeds(seed: int | Sequence[int], replicas: int) -> list[int]:
     """One seed per replica: a sequence is taken as given, an int ``s`` gives ``s, s+1, ...``."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        seeds = [int(seed) + r for r in range(replicas)]
+        seeds = [check_seed(seed) + r for r in range(replicas)]
     elif isinstance(seed, Sequence) and not isinstance(seed, str):
-        seeds = list(seed)
-        for s in seeds:
-            seed_everything(s)  # validates each
-        seeds = [int(s) for s in seeds]
+        seeds = [check_seed(s) for s in seed]
     else:
         raise InvalidParameterError(f"seed must be a non-negative integer or one per replica, got {seed!r}")
     if len(seeds) != replicas:
@@ -224,7 +227,7 @@ class InferenceBackend(ABC):
     def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True):
         self.device = resolve_device(device)
         for s in [seed] if isinstance(seed, (int, np.integer)) else seed:
-            seed_everything(s)  # validates
+            check_seed(s)
         self.seed = seed
         self.progress = bool(progress)
 
@@ -262,6 +265,3 @@ class InferenceBackend(ABC):
 def unsupported(backend: str, what: str, why: str, instead: str) -> UnsupportedCombinationError:
     return UnsupportedCombinationError(f"{backend} cannot fit {what}: {why}. Use {instead} instead.")
 
-
-def layers_with(model: BayesianNetwork, predicate) -> Iterable:
-    return [layer for layer in model.layers if predicate(layer.prior)]
