@@ -9,8 +9,14 @@ preset's SVI-EM settings were chosen with:
         --settings 3000:0.01:full:half-cauchy:ard 10000:0.01:128:half-cauchy:ard \\
                    10000:0.01:full:half-cauchy:ard 3000:0.01:full:inverse-nakagami:ard
 
-A setting is ``steps:lr:batch:noise:structure`` (batch ``full`` or a size), fitted
-with ``SVI(scale_updates="em")`` on ``resnet-2x50``.
+A setting is ``steps:lr:batch:noise:structure[:guide]`` (batch ``full`` or a size;
+guide ``mean-field``, the default, or ``map``), fitted with
+``SVI(scale_updates="em", guide=guide)`` on ``resnet-2x50``. The ``map-em`` method
+(point-estimate weights, Nalisnick et al.'s EM) was compared with:
+
+    python benchmarks/validation_study.py boston yacht concrete --splits 0-4 \
+        --settings 3000:0.01:full:half-cauchy:ard 3000:0.01:full:half-cauchy:ard:map \
+                   10000:0.01:full:half-cauchy:ard:map 3000:0.01:full:inverse-nakagami:ard:map
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ def main() -> None:
                                validation=0.2, seed=0)
         R, _, D = stacked.X_train.shape
         for setting in args.settings:
-            steps, lr, batch, noise, structure = setting.split(":")
+            steps, lr, batch, noise, structure, *rest = setting.split(":")
+            guide = rest[0] if rest else "mean-field"
             model = BayesianResNet(D, 1, hidden=(50, 50), prior=bp.prior(noise, structure), replicas=R)
             start = time.perf_counter()
             posterior = SVI(steps=int(steps), lr=float(lr), batch_size=None if batch == "full" else int(batch),
-                            scale_updates="em", progress=False, seed=list(range(R))).fit(
+                            scale_updates="em", guide=guide, progress=False, seed=list(range(R))).fit(
                 model, stacked.X_train, stacked.y_train)
             ev = posterior.evaluate(stacked.X_test, stacked.y_test, y_scale=stacked.y_std, num_samples=200)
             print(f"{name:8} {setting:38} validation RMSE {ev['rmse'].mean():.3f} ± "

@@ -27,6 +27,16 @@ Guide families (``guide=``):
     ``q(w) = N(theta, alpha theta^2)`` with ``alpha`` learned per weight
     (``alpha="weight"``, Kingma et al.'s "uncorrelated" case) or per input unit
     (``alpha="unit"``, the "correlated" one, the ARD case).
+``map``
+    Point estimates (a Delta guide, as Pyro's ``AutoDelta``): weights, biases and
+    the log-precision maximise ``log p(y | w, tau) + log p(w | lambda) + log p(b)
+    + log p(log tau)``; the scales need ``scale_updates="em"``. With those updates
+    this is Nalisnick et al.'s (2019) EM for the marginal MAP of the weights: the
+    closed-form step sets each scale given the current weights and the gradient
+    step fits the weights under the resulting adaptive (ARD/ADD) weight decay. For
+    the inverse-gamma variance prior the step is exactly the E-step
+    ``E[lambda^-2 | w]`` of that EM (see :mod:`inference.scale_updates`).
+    Predictions use the one network (no weight uncertainty) and the fitted noise.
 
 Under the improper log-uniform prior (``bnn_priors.prior("log-uniform")``) the
 KL of either family is the approximation of Molchanov et al. 2017 ("Variational
@@ -65,7 +75,7 @@ from inference.common import (
 from inference.scale_updates import CLOSED_FORM_NOISE, map_variance
 from models.networks import BayesianNetwork, Layer
 
-GUIDES = ("mean-field", "variational-dropout")
+GUIDES = ("mean-field", "variational-dropout", "map")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
 
@@ -120,11 +130,12 @@ class _Variational:
             param(f"{layer.name}.weight.loc", init)
             if guide == "mean-field":
                 param(f"{layer.name}.weight.log_std", torch.full(shape, math.log(init_std)))
-            else:
+            elif guide == "variational-dropout":
                 a_shape = shape if alpha == "weight" else (R, layer.in_features, 1)
                 param(f"{layer.name}.weight.log_alpha", torch.full(a_shape, 2 * math.log(init_std)))
             param(f"{layer.name}.bias.loc", torch.zeros(R, layer.out_features))
-            param(f"{layer.name}.bias.log_std", torch.full((R, layer.out_features), math.log(init_std)))
+            if guide != "map":
+                param(f"{layer.name}.bias.log_std", torch.full((R, layer.out_features), math.log(init_std)))
             prior = layer.prior
             sites = []
             if isinstance(prior, ScaleMixturePrior):
@@ -146,7 +157,8 @@ class _Variational:
         lik = model.likelihood
         if lik.learned:
             param("precision.loc", torch.full((R,), math.log(lik.concentration / lik.rate)))
-            param("precision.log_std", torch.full((R,), math.log(0.1)))
+            if guide != "map":
+                param("precision.log_std", torch.full((R,), math.log(0.1)))
 
     # ------------------------------------------------------------- moments of q(w)
     def weight_moments(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,8 +166,10 @@ class _Variational:
         return loc, var
 
     def weight_moments_log(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean, log-variance and variance of ``q(w)``."""
+        """Mean, log-variance and variance of ``q(w)`` (for ``map``: the point, ``None`` and zeros)."""
         loc = self.params[f"{layer.name}.weight.loc"]
+        if self.guide == "map":
+            return loc, None, torch.zeros_like(loc)
         if self.guide == "mean-field":
             log_var = 2 * self.params[f"{layer.name}.weight.log_std"]
         else:
@@ -163,7 +177,10 @@ class _Variational:
         return loc, log_var, torch.exp(log_var)
 
     def bias_moments(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.params[f"{layer.name}.bias.loc"], torch.exp(2 * self.params[f"{layer.name}.bias.log_std"])
+        loc = self.params[f"{layer.name}.bias.loc"]
+        if self.guide == "map":
+            return loc, torch.zeros_like(loc)
+        return loc, torch.exp(2 * self.params[f"{layer.name}.bias.log_std"])
 
     # ---------------------------------------------------------------- scales, tau
     def _site_q(self, site: _ScaleSite) -> dist.TorchDistribution:
@@ -195,6 +212,8 @@ class _Variational:
         dev, dt = self.model.device, self.model.dtype
         if not lik.learned:
             return torch.full((S, R), lik.precision, device=dev, dtype=dt), torch.zeros((S, R), device=dev, dtype=dt)
+        if self.guide == "map":
+            return self.params["precision.loc"].exp().expand(S, R), torch.zeros((S, R), device=dev, dtype=dt)
         loc, log_std = self.params["precision.loc"], self.params["precision.log_std"]
         eps = rng.randn((S,), dt, axis=1)
         z = loc + log_std.exp() * eps
@@ -249,9 +268,38 @@ class _Variational:
         elbo = loglik - kl_w - kl_scales - kl_tau
         return elbo.mean(0) - self.bias_kl(bias_moments)
 
+    def log_joint(self, X, y, data_size: int) -> torch.Tensor:
+        """The ``map`` objective per replica, shape ``(R,)``: ``log p(y | w, tau)`` (a mini-batch scaled
+        to ``data_size``) ``+ log p(w | lambda) + log p(b) + log p(log tau)`` at the point estimates, the
+        scales held at their closed-form values."""
+        model = self.model
+        scales = {name: torch.exp(0.5 * v) for name, v in self.em_log_var.items()}
+        params = {}
+        total = 0.0
+        for layer in model.layers:
+            w, b = self.params[f"{layer.name}.weight.loc"], self.params[f"{layer.name}.bias.loc"]
+            params[f"{layer.name}.weight"], params[f"{layer.name}.bias"] = w, b
+            std = self.prior_std(layer, scales)
+            log_std = torch.log(std) if torch.is_tensor(std) else math.log(std)
+            total = total + (-0.5 * (w / std) ** 2 - log_std - _HALF_LOG_2PI).sum((-2, -1))
+            total = total + (-0.5 * (b / model.bias_scale) ** 2 - math.log(model.bias_scale) - _HALF_LOG_2PI).sum(-1)
+        lik = model.likelihood
+        if lik.learned:
+            z = self.params["precision.loc"]
+            tau = z.exp()
+            a, r = lik.concentration, lik.rate
+            # the Gamma(a, r) density of tau = e^z times the Jacobian e^z: the mode is taken in log tau
+            total = total + a * math.log(r) - math.lgamma(a) + a * z - r * tau
+        else:
+            tau = torch.tensor(lik.precision, device=model.device, dtype=model.dtype)
+        f = model.forward_params(X, params)
+        return total + lik.log_prob(f, y, tau) * (data_size / X.shape[-2])
+
     def elbo_from_samples(self, samples: dict[str, torch.Tensor], X, y, data_size: int) -> torch.Tensor:
         """``log p(y, z) - log q(z)`` per replica for given draws ``z`` named as the Pyro sites."""
         model, R = self.model, self.model.replicas
+        if self.guide == "map":
+            raise InvalidParameterError("the map guide is a point estimate: it has no Monte Carlo ELBO (use log_joint)")
         total = torch.zeros(R, device=model.device, dtype=model.dtype)
         scales: dict[str, torch.Tensor] = {}
         for sites in self.sites.values():
@@ -311,7 +359,15 @@ class _Variational:
     @torch.no_grad()
     @pyro.validation_enabled(False)
     def sample_functions(self, X: torch.Tensor, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
-        scales, _ = self.sample_scales(S, rng)
+        if self.guide == "map":  # one network: S copies of its output
+            tau, _ = self.sample_precision(S, rng)
+            params = {}
+            for layer in self.model.layers:
+                params[f"{layer.name}.weight"] = self.params[f"{layer.name}.weight.loc"]
+                params[f"{layer.name}.bias"] = self.params[f"{layer.name}.bias.loc"]
+            f = self.model.forward_params(X, params)
+            return f.expand(S, *f.shape), tau
+        self.sample_scales(S, rng)  # unused draws, kept so that the random streams stay as they were
         tau, _ = self.sample_precision(S, rng)
         params = {}
         for layer in self.model.layers:
@@ -334,10 +390,16 @@ class _Variational:
                     else:
                         pyro.sample(site.name, self._site_q(site).to_event(2))
                 loc, var = self.weight_moments(layer)
-                pyro.sample(f"{layer.name}.weight", dist.Normal(loc, var.sqrt()).to_event(2))
                 b_loc, b_var = self.bias_moments(layer)
+                if self.guide == "map":
+                    pyro.sample(f"{layer.name}.weight", dist.Delta(loc, event_dim=2))
+                    pyro.sample(f"{layer.name}.bias", dist.Delta(b_loc, event_dim=1))
+                    continue
+                pyro.sample(f"{layer.name}.weight", dist.Normal(loc, var.sqrt()).to_event(2))
                 pyro.sample(f"{layer.name}.bias", dist.Normal(b_loc, b_var.sqrt()).to_event(1))
-            if model.likelihood.learned:
+            if model.likelihood.learned and self.guide == "map":
+                pyro.sample(model.likelihood.site, dist.Delta(self.params["precision.loc"].exp()))
+            elif model.likelihood.learned:
                 pyro.sample(
                     model.likelihood.site,
                     dist.LogNormal(self.params["precision.loc"], self.params["precision.log_std"].exp()),
@@ -394,7 +456,7 @@ class SVIPosterior(Posterior):
 class SVI(InferenceBackend):
     """Stochastic variational inference: ``SVI(steps=2000).fit(model, X, y)``.
 
-    Parameters: ``guide`` (``"mean-field"`` or ``"variational-dropout"``), ``alpha``
+    Parameters: ``guide`` (``"mean-field"``, ``"variational-dropout"`` or ``"map"``), ``alpha``
     (variational dropout's rate sharing: ``"weight"`` or ``"unit"``),
     ``local_reparam`` (local reparameterization trick, default on), ``num_particles``
     (vectorized), ``steps``, ``lr`` (Adam), ``batch_size`` (``None`` for full batch),
@@ -405,7 +467,8 @@ class SVI(InferenceBackend):
     Supports every prior whose scales are continuous (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise; the normal and log-uniform priors) on every model.
     Bernoulli scales are discrete and have no reparameterized guide: use
-    ``inference.MCDropout``.
+    ``inference.MCDropout``. ``guide="map"`` supports the normal prior and, with
+    ``scale_updates="em"``, the scale mixtures that have closed-form updates.
     """
 
     name = "svi"
@@ -457,6 +520,18 @@ class SVI(InferenceBackend):
                 )
             if not isinstance(prior, (ScaleMixturePrior, NormalPrior, LogUniformPrior)):
                 raise unsupported("SVI", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
+            if self.guide == "map" and isinstance(prior, LogUniformPrior):
+                raise unsupported(
+                    "SVI with guide='map'", f"the log-uniform prior of {layer.name}",
+                    "the prior is improper and its density grows without bound at w = 0, so it has no MAP",
+                    "guide='variational-dropout' or guide='mean-field'",
+                )
+            if self.guide == "map" and isinstance(prior, ScaleMixturePrior) and self.scale_updates != "em":
+                raise unsupported(
+                    "SVI with guide='map'", f"the {prior.describe()} prior of {layer.name}",
+                    "a joint MAP of weights and scales collapses to zero scales; the scales need closed-form updates",
+                    "scale_updates='em' (or guide='mean-field')",
+                )
             if self.scale_updates == "em":
                 if isinstance(prior, LogUniformPrior):
                     raise unsupported(
@@ -508,7 +583,10 @@ class SVI(InferenceBackend):
                 Xb, yb = X, y
             if q.em:
                 q.update_scales()
-            loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng).sum() / N
+            if q.guide == "map":
+                loss = -q.log_joint(Xb, yb, N).sum() / N
+            else:
+                loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng).sum() / N
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip_norm is not None:

@@ -186,6 +186,21 @@ def test_check_support_names_the_refused_combinations():
         check_support([_config(options={"steps": 5})], {"diabetes": 10})
 
 
+def test_map_em_runs_through_the_suite_and_refuses_priors_without_a_map(tmp_path):
+    db = tmp_path / "r.sqlite"
+    configs = expand_grid("diabetes", "0-1", noise="inverse-nakagami", structure="ard-add", arch="resnet-2x50",
+                          inference="map-em", budget={"steps": 300})
+    report = run_suite(configs, db, progress=False)
+    assert report.ok == 2
+    df = read_results(db)
+    assert set(df["label"]) == {"MAP-EM (inverse-nakagami/ard-add, resnet-2x50)"}
+    # a point estimate beats the constant predictor (diabetes targets have std about 77)
+    assert (df["rmse"] < 70).all() and np.isfinite(df["log_likelihood"]).all()
+    refused = check_support(expand_grid("diabetes", "0", noise="gaussian,log-uniform,normal", inference="map-em",
+                                        budget=TINY), {"diabetes": 10})
+    assert {c.noise for c, _ in refused} == {"gaussian", "log-uniform"}
+
+
 def test_unsupported_grid_is_refused_up_front_or_skipped(tmp_path):
     db = tmp_path / "r.sqlite"
     only_bad = expand_grid("diabetes", "0", noise="bernoulli", inference="nuts", budget=TINY)

@@ -258,3 +258,72 @@ def test_posterior_predictions_and_pyro_guide():
     assert means["layer0"].shape == (2, 10)
     samples = pyro.infer.Predictive(model, guide=post.guide, num_samples=7)(X[0])
     assert samples["f"].shape == (7, 1, 50, 1)
+
+
+# ------------------------------------------------------------------ the map guide
+def test_map_log_joint_is_pyros_log_density_at_the_point():
+    """The map objective is Pyro's log p(y, w, b, tau) at the point estimates, with the EM scales held
+    fixed (their prior left out) and the log-Jacobian of tau = e^z added (the mode is taken in log tau)."""
+    model = BayesianResNet(2, 1, hidden=(6, 6), prior=bp.prior("inverse-nakagami", "ard-add"), replicas=2)
+    X, y = _data(R=2)
+    q = _variational(model, guide="map", em=True)
+    q.update_scales()
+    guide_tr = pyro.poutine.trace(q.pyro_guide).get_trace(X, y)
+    model_tr = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_tr)).get_trace(X, y)
+    model_tr.compute_log_prob()
+    scales = sum(model_tr.nodes[n]["log_prob"].sum() for n in model_tr.nodes if n.endswith("_scale"))
+    tau = model_tr.nodes[model.likelihood.site]["value"]
+    Xc = model.check_inputs(X)
+    direct = q.log_joint(Xc, model.check_targets(y, Xc), 40)
+    assert direct.shape == (2,)
+    expected = model_tr.log_prob_sum() - scales + torch.log(tau).sum()
+    assert torch.allclose(direct.sum(), expected, rtol=1e-5), (direct.sum(), expected)
+
+
+def test_map_of_a_linear_model_with_a_normal_prior_is_ridge_regression():
+    """No hidden layer, a normal prior and a fixed precision: the MAP is the ridge solution in closed form."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(80, 3, generator=g)
+    y = X @ torch.tensor([1.5, -2.0, 0.5]) + 0.3 + 0.5 * torch.randn(80, generator=g)
+    sigma0, tau = 0.4, 4.0
+    model = BayesianMLP(3, 1, hidden=(), prior=bp.prior("normal", sigma0=sigma0),
+                        likelihood=GaussianLikelihood(precision=tau))
+    post = SVI(guide="map", steps=4000, lr=0.02, progress=False).fit(model, X, y)
+    A = torch.cat([X, torch.ones(80, 1)], 1).double()  # the bias has its N(0, bias_scale^2) prior
+    penalty = torch.diag(torch.tensor([1 / sigma0**2] * 3 + [1 / model.bias_scale**2], dtype=torch.float64))
+    exact = torch.linalg.solve(tau * A.T @ A + penalty, tau * A.T @ y.double()).float()
+    q = post.variational
+    fitted = torch.cat([q.params["output.weight.loc"][0, :, 0], q.params["output.bias.loc"][0]]).detach()
+    torch.testing.assert_close(fitted, exact, rtol=1e-3, atol=1e-4)
+    pred = post.predict(X[:5], num_samples=4)
+    np.testing.assert_array_equal(pred.samples, np.broadcast_to(pred.samples[:1], pred.samples.shape))  # one network
+    np.testing.assert_allclose(pred.mean, (A[:5].float() @ exact).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_map_em_reaches_the_em_fixed_point_of_the_student_t_prior():
+    """With inverse-gamma variances the closed-form step is EM's E-step E[1/lambda^2 | w] =
+    (a + J/2) / (b + sum w^2 / (2 sigma0^2)): at convergence the scales are that of the final weights."""
+    noise_prior = bp.prior("inverse-nakagami", "ard", shape=2.0, spread=1.0)
+    model = BayesianMLP(2, 1, hidden=(12,), prior=noise_prior)
+    X, y = _data(n=80)
+    post = SVI(guide="map", scale_updates="em", steps=3000, lr=0.01, progress=False).fit(model, X, y)
+    q = post.variational
+    a, b, s2 = 2.0, 2.0 / 1.0, noise_prior.sigma0**2
+    for layer in model.layers:
+        w = q.params[f"{layer.name}.weight.loc"].detach()
+        J = w.shape[-1]
+        e_inv = (a + J / 2) / (b + (w**2).sum(-1, keepdim=True) / (2 * s2))
+        v = torch.exp(q.em_log_var[f"{layer.name}.unit_scale"])
+        torch.testing.assert_close(1 / v, e_inv, rtol=2e-3, atol=1e-6)
+    assert post.evaluate(X, y)["rmse"] < 0.5 * float(y.std())
+
+
+def test_map_refuses_what_has_no_map():
+    X, y = _data()
+    with pytest.raises(UnsupportedCombinationError, match="scale_updates='em'"):
+        SVI(guide="map", steps=5, progress=False).fit(BayesianMLP(2, 1, prior=bp.prior("half-cauchy", "ard")), X, y)
+    with pytest.raises(UnsupportedCombinationError, match="log-uniform"):
+        SVI(guide="map", steps=5, progress=False).fit(BayesianMLP(2, 1, prior=bp.prior("log-uniform")), X, y)
+    q = _variational(BayesianMLP(2, 1, prior=bp.prior("normal")), guide="map")
+    with pytest.raises(InvalidParameterError, match="point estimate"):
+        q.elbo_from_samples({}, *_data(), 40)

@@ -258,13 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "half-cauchy, normal, log-uniform (default half-cauchy)")
     grid.add_argument("--structure", help="structures: none, ard, add, ard-add (default ard)")
     grid.add_argument("--arch", help="architectures {mlp|resnet}-{depth}x{width}, e.g. mlp-1x50 (default)")
-    grid.add_argument("--inference", help="methods: svi, svi-em, vd, nuts, mc-dropout (default svi)")
+    grid.add_argument("--inference", help="methods: svi, svi-em, map-em, vd, nuts, mc-dropout (default svi)")
     grid.add_argument("--seed", default="0", help="seeds, e.g. 0 or 0,1,2 (default 0)")
     grid.add_argument("--holdout", type=float, metavar="FRACTION",
                       help="train on the first 1-FRACTION of each training split (file order) and record the metrics "
                       "of the rest (validation) beside the test metrics, e.g. 0.2 (default: none, or the preset's)")
     budget = bench.add_argument_group("training budget (each applies to the methods counting in that unit)")
-    budget.add_argument("--steps", type=int, help="optimisation steps of svi, svi-em, vd")
+    budget.add_argument("--steps", type=int, help="optimisation steps of svi, svi-em, map-em, vd")
     budget.add_argument("--epochs", type=int, help="epochs of mc-dropout (gal2016: n_epochs.txt x 10)")
     budget.add_argument("--samples", type=int, help="posterior samples of nuts (and as many warm-up steps)")
     budget.add_argument("--option", action="append", metavar="KEY=VALUE",

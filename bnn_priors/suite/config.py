@@ -117,7 +117,7 @@ class RunConfig:
     """One run of the benchmark.
 
     ``budget`` is the training budget in the method's own unit
-    (:attr:`budget_unit`): optimisation steps for SVI (``svi``, ``svi-em``,
+    (:attr:`budget_unit`): optimisation steps for SVI (``svi``, ``svi-em``, ``map-em``,
     ``vd``), epochs for ``mc-dropout``, posterior samples for ``nuts``.
     ``options`` are extra keyword arguments of the inference backend (e.g.
     ``{"lr": 0.001}``); ``prior`` the keyword arguments of

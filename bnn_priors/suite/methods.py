@@ -6,6 +6,9 @@ name       backend                          budget unit  defaults
 svi        ``inference.SVI``                steps        mean-field guide, local reparameterization
 svi-em     ``inference.SVI``                steps        as ``svi``, scales by closed-form EM
                                                          updates (``scale_updates="em"``)
+map-em     ``inference.SVI``                steps        ``guide="map"``: point-estimate weights,
+                                                         scales by the same EM updates (Nalisnick
+                                                         et al. 2019's marginal MAP)
 vd         ``inference.SVI``                steps        ``guide="variational-dropout"``
 nuts       ``inference.nuts.NUTS``          samples      warm-up steps = the number of samples
 mc-dropout ``inference.mc_dropout.MCDropout`` epochs     the backend's (batch 128, Adam 1e-3)
@@ -135,6 +138,11 @@ METHODS: dict[str, Method] = {
             "svi-em", "SVI-EM", "inference.svi:SVI", "steps", "steps", 2000,
             {"guide": "mean-field", "local_reparam": True, "scale_updates": "em"},
             "mean-field SVI on the weights, scales by closed-form EM (type-II MAP) updates",
+        ),
+        Method(
+            "map-em", "MAP-EM", "inference.svi:SVI", "steps", "steps", 2000,
+            {"guide": "map", "scale_updates": "em"},
+            "point-estimate weights and closed-form EM scale updates: the MAP under the marginal prior",
         ),
         Method(
             "vd", "VD", "inference.svi:SVI", "steps", "steps", 2000,

@@ -87,7 +87,7 @@ def heatmap_runs(df: pd.DataFrame) -> pd.DataFrame:
     runs = df[(df["status"] == "ok") & df["weights"].notna()] if "status" in df else df[df["weights"].notna()]
     if runs.empty:
         return runs
-    order = {"svi-em": 0, "svi": 1, "nuts": 2, "vd": 3, "mc-dropout": 4}
+    order = {"svi-em": 0, "map-em": 1, "svi": 2, "nuts": 3, "vd": 4, "mc-dropout": 5}
     runs = runs.assign(_pref=runs["inference"].map(order).fillna(9))
     runs = runs.sort_values(["_pref", "id" if "id" in runs else "split"], kind="stable")
     return runs.groupby("structure", sort=False).head(1).drop(columns="_pref")
