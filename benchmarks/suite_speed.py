@@ -1,7 +1,7 @@
 """Wall time of benchmark rows, one run at a time versus all splits batched as replicas.
 
-Runs the yacht and power rows of the ``nalisnick2019`` preset (MC dropout and the
-six SVI-EM shrinkage priors, 20 splits each) twice through the same runner
+Runs the yacht and power rows of the ``nalisnick2019`` preset (MC dropout, the
+six SVI-EM and the three MAP-EM shrinkage priors, 20 splits each) twice through the same runner
 (:func:`bnn_priors.suite.run_suite`): with ``max_replicas=1`` (one model per
 split, as a plain loop would) and batched (all splits of a configuration as the
 replicas of one model). Prints wall time, runs per second, training steps per
@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="yacht,power")
     parser.add_argument("--splits", default="all")
-    parser.add_argument("--steps", type=int, default=500, help=f"SVI-EM steps (preset: {NALISNICK_SVI_STEPS})")
+    parser.add_argument("--steps", type=int, default=500, help=f"SVI-EM and MAP-EM steps (preset: {NALISNICK_SVI_STEPS})")
     parser.add_argument("--epochs", type=int, default=20, help=f"MC dropout epochs (preset: {NALISNICK_MC_DROPOUT_EPOCHS})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "uci"))

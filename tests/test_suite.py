@@ -167,7 +167,10 @@ def test_method_labels_and_presets():
     # command-line values override the preset's
     small = preset_configs("nalisnick2019", datasets="yacht", splits="0-1", budget={"steps": 10, "epochs": 2})
     assert {(c.dataset, c.split) for c in small} == {("yacht", 0), ("yacht", 1)}
-    assert {(c.inference, c.budget) for c in small} == {("svi-em", 10), ("mc-dropout", 2)}
+    assert {(c.inference, c.budget) for c in small} == {("svi-em", 10), ("map-em", 10), ("mc-dropout", 2)}
+    assert {(c.noise, c.structure) for c in paper if c.inference == "map-em"} == {
+        ("inverse-nakagami", s) for s in ("ard", "add", "ard-add")
+    }
     relabelled = preset_configs("quick", noise="rayleigh", inference="svi")
     assert {c.noise for c in relabelled} == {"rayleigh"} and all(c.label is None for c in relabelled)
     with pytest.raises(UnknownNameError, match="quick"):
