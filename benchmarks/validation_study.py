@@ -10,7 +10,8 @@ preset's SVI-EM settings were chosen with:
                    10000:0.01:full:half-cauchy:ard 3000:0.01:full:inverse-nakagami:ard
 
 A setting is ``steps:lr:batch:noise:structure[:guide]`` (batch ``full`` or a size;
-guide ``mean-field``, the default, or ``map``), fitted with
+noise a name with optional parameters, e.g. ``inverse-nakagami/shape=1``; guide
+``mean-field``, the default, or ``map``), fitted with
 ``SVI(scale_updates="em", guide=guide)`` on ``resnet-2x50``. The ``map-em`` method
 (point-estimate weights, Nalisnick et al.'s EM) was compared with:
 
@@ -52,7 +53,9 @@ def main() -> None:
         for setting in args.settings:
             steps, lr, batch, noise, structure, *rest = setting.split(":")
             guide = rest[0] if rest else "mean-field"
-            model = BayesianResNet(D, 1, hidden=(50, 50), prior=bp.prior(noise, structure), replicas=R)
+            noise, *params = noise.split("/")
+            kwargs = {k: float(v) for k, v in (p.split("=") for p in params)}
+            model = BayesianResNet(D, 1, hidden=(50, 50), prior=bp.prior(noise, structure, **kwargs), replicas=R)
             start = time.perf_counter()
             posterior = SVI(steps=int(steps), lr=float(lr), batch_size=None if batch == "full" else int(batch),
                             scale_updates="em", guide=guide, progress=False, seed=list(range(R))).fit(

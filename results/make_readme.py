@@ -8,11 +8,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnn_priors.suite import protocol_table, read_results, results_table
+from bnn_priors.suite.protocols import gal_select, gal_summary
 
 HERE = Path(__file__).resolve().parent
 NALISNICK = HERE / "nalisnick2019.sqlite"
 GAL = HERE / "gal2016.sqlite"
 GAL_GRID_RUNS = 12 * 20  # 4 dropout rates x 3 tau values x 20 splits (the five small sets)
+GAL_FULL_EPOCHS = 20000  # the reference script's budget: n_epochs.txt (40) x 500
+
+
+def verdict(ours: float, published: float, se: float, higher_is_better: bool, decimals: int) -> str:
+    """'better', 'within 1 SE' (of the published figure) or 'worse by X (Y%)'."""
+    gap = (published - ours) if higher_is_better else (ours - published)
+    if gap <= 0:
+        return "better"
+    if gap <= se:
+        return "within 1 SE"
+    return f"worse by {gap:.{decimals}f} ({100 * gap / abs(published):.0f}%)"
+
+
+def gal_rows(runs) -> str:
+    """The markdown rows of the Gal comparison in README.tail.md (GAL_ROWS)."""
+    lines = []
+    for r in gal_summary(gal_select(runs)).itertuples():
+        d = 3 if r.published_rmse_mean < 1 else 2
+        lines.append(
+            f"  | {r.dataset} | {r.rmse_mean:.{d}f} ± {r.rmse_se:.{d}f} | {r.published_rmse_mean:.{d}f} ± "
+            f"{r.published_rmse_se:.{d}f} | {r.ll_mean:.2f} ± {r.ll_se:.2f} | {r.published_ll_mean:.2f} ± "
+            f"{r.published_ll_se:.2f} | RMSE {verdict(r.rmse_mean, r.published_rmse_mean, r.published_rmse_se, False, d)}, "
+            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 2)} |"
+        )
+    return "\n".join(lines).lstrip()
 
 
 def main() -> None:
@@ -28,11 +54,13 @@ def main() -> None:
         "\n## Nalisnick et al. (2019) grid: test log-likelihood\n",
         results_table(NALISNICK, "ll"),
     ]
+    complete_runs = {}
     for epochs in sorted(gal["budget"].unique()):
         runs = gal[gal["budget"] == epochs]
         # Only data sets whose whole (p, tau) grid ran on every split: a partial grid would select from less.
         counts = runs.groupby("dataset")["config_hash"].nunique()
         complete = [d for d, n in counts.items() if n == GAL_GRID_RUNS]
+        complete_runs[epochs] = runs[runs["dataset"].isin(complete)]
         sections += [
             f"\n## Gal & Ghahramani (2016) grid-search protocol, {epochs} epochs\n",
             f"Command: `bnn-priors bench --preset gal2016 --datasets {','.join(complete)} --epochs {epochs} "
@@ -40,7 +68,8 @@ def main() -> None:
             "`bnn-priors table --protocol gal2016 --results results/gal2016.sqlite`\n",
             protocol_table(runs[runs["dataset"].isin(complete)], "gal2016"),
         ]
-    sections.append((HERE / "README.tail.md").read_text())
+    tail = (HERE / "README.tail.md").read_text()
+    sections.append(tail.replace("GAL_ROWS", gal_rows(complete_runs[GAL_FULL_EPOCHS])))
     (HERE / "README.md").write_text("\n".join(sections))
 
 
