@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import pyro
@@ -60,7 +61,7 @@ import torch
 from torch.distributions import constraints
 
 from bnn_priors.errors import InvalidParameterError
-from bnn_priors.noise_models import NoiseModel
+from bnn_priors.noise_models import HalfCauchy, NoiseModel
 from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior
 from inference.common import (
     InferenceBackend,
@@ -547,6 +548,8 @@ class SVI(InferenceBackend):
 
     def fit(self, model: BayesianNetwork, X, y) -> SVIPosterior:
         X, y, seeds = self.prepare(model, X, y)
+        if self.guide == "map":
+            self._warn_pole(model)
         rng = ReplicaRandom(seeds, model.device)
         q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, rng)
         opt = torch.optim.Adam(list(q.params.values()), lr=self.lr)
@@ -568,6 +571,19 @@ class SVI(InferenceBackend):
             "guide": self.guide,
         }
         return SVIPosterior(model, q, seeds, info)
+
+    @staticmethod
+    def _warn_pole(model: BayesianNetwork) -> None:
+        for layer in model.layers:
+            prior = layer.prior
+            if isinstance(prior, ScaleMixturePrior) and isinstance(prior.noise, HalfCauchy):
+                warnings.warn(
+                    f"SVI(guide='map'): the horseshoe marginal of {layer.name}'s {prior.describe()} prior has "
+                    "a pole at w = 0, so its MAP shrinks whole groups of weights away and fits poorly; "
+                    "the inverse-nakagami noise model (a Student-t marginal, bounded density) has a proper "
+                    "MAP, or use guide='mean-field' for the horseshoe",
+                    stacklevel=3,
+                )
 
     def _train(self, q: _Variational, opt, X, y, rng: ReplicaRandom, bar, losses: list[float]) -> None:
         """The optimisation loop; one device sync every ``report_every`` steps."""
