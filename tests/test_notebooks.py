@@ -190,7 +190,8 @@ def test_03_uci_benchmark(kernel_dirs, notebook_env, uci_dir, monkeypatch):
     assert {row["dataset"] for row in suite} == {"yacht", "boston"}
     assert {row["dataset"] for row in published} == {"yacht", "boston"}
     methods = {row["method"] for row in suite}
-    assert len(methods) == 7 and any(m.startswith("MC dropout") for m in methods)
+    assert len(methods) == 10 and any(m.startswith("MC dropout") for m in methods)
+    assert sum("MAP-EM" in m for m in methods) == 3
     for row in suite:
         assert row["n"] == len(out["splits"]) and finite(row["mean"]) and row["mean"] > 0, row
     # Most methods beat the constant predictor (RMSE about the standard deviation of the target).
