@@ -36,7 +36,7 @@ def gal_rows(runs) -> str:
             f"  | {r.dataset} | {r.rmse_mean:.{d}f} ± {r.rmse_se:.{d}f} | {r.published_rmse_mean:.{d}f} ± "
             f"{r.published_rmse_se:.{d}f} | {r.ll_mean:.2f} ± {r.ll_se:.2f} | {r.published_ll_mean:.2f} ± "
             f"{r.published_ll_se:.2f} | RMSE {verdict(r.rmse_mean, r.published_rmse_mean, r.published_rmse_se, False, d)}, "
-            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 2)} |"
+            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 3)} |"
         )
     return "\n".join(lines).lstrip()
 
