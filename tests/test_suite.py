@@ -384,6 +384,24 @@ def test_plan_groups_runs_that_differ_only_in_split_or_seed():
     assert len(plan_jobs(configs, max_replicas=4)) == 6
 
 
+def test_on_a_cpu_jobs_batch_as_many_rows_per_step_as_pay():
+    """On a CPU the default batches at most CPU_BATCH_ROWS rows per step: all replicas of a small set or
+    of a mini-batch method, few of a large full-batch one; on a GPU up to DEFAULT_MAX_REPLICAS."""
+    from bnn_priors.suite.runner import CPU_BATCH_ROWS, DEFAULT_MAX_REPLICAS, DataInfo
+
+    svi = expand_grid("diabetes", "0-9", noise="half-cauchy", seeds="0,1", budget=TINY)  # full batch
+    mcd = expand_grid("diabetes", "0-9", noise="bernoulli", inference="mc-dropout", seeds="0,1", budget=TINY)
+    large = {"diabetes": DataInfo("diabetes", 10, tuple((8000, 2000) for _ in range(20)))}
+    small = {"diabetes": DataInfo("diabetes", 10, tuple((300, 100) for _ in range(20)))}
+    per_job = CPU_BATCH_ROWS // 8000
+    assert [len(j.configs) for j in plan_jobs(svi, large)] == [per_job] * (20 // per_job)
+    assert [len(j.configs) for j in plan_jobs(mcd, large)] == [20]  # batches of 128 rows
+    assert [len(j.configs) for j in plan_jobs(svi, small)] == [20]
+    assert [len(j.configs) for j in plan_jobs(svi, large, device="cuda")] == [20]
+    assert [len(j.configs) for j in plan_jobs(svi, large, max_replicas=3)] == [3] * 6 + [2]
+    assert DEFAULT_MAX_REPLICAS >= 20
+
+
 def _metrics(report_db, hashes):
     df = read_results(report_db).set_index("config_hash").loc[list(hashes)]
     return df

@@ -278,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="parallel jobs: 1 runs in this process (default)")
     run.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes or Ray")
     run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
-    run.add_argument("--max-replicas", type=int, default=64, help="most runs batched into one model (default 64)")
+    run.add_argument("--max-replicas", type=int, default=None,
+                     help="most runs batched into one model (default: 64 on a GPU; on a CPU as many as keep "
+                          "a step under 16384 rows)")
     run.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
     run.add_argument("--data-dir", help="folder holding the UCI data sets (default: $BNN_PRIORS_DATA, else the cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
