@@ -79,7 +79,7 @@ DEFAULT_MAX_REPLICAS = 64
 #: Batching saves per-step overhead, which dominates small data sets; on large ones a CPU is
 #: compute-bound and gains nothing (``benchmarks/suite_speed.py``: the yacht row 3.7x faster
 #: batched, the power row slower batched by 20 and 1.4x faster with this cap). Measured
-#: SVI-EM time per step and replica on resnet-2x50: 500 points 2.7 / 1.7 / 1.1 ms at 1 / 4 / 20
+#: SVI-EM time per step and replica on resnet-2x50 (``benchmarks/replica_scaling.py``): 500 points 2.7 / 1.7 / 1.1 ms at 1 / 4 / 20
 #: replicas; 2000 points 4.8 / 3.6 / 4.9 ms; 7654 points 15.8 / 19.4 / 18.5 ms.
 CPU_BATCH_ROWS = 16384
 
