@@ -28,14 +28,20 @@ Guide families (``guide=``):
     (``alpha="weight"``, Kingma et al.'s "uncorrelated" case) or per input unit
     (``alpha="unit"``, the "correlated" one, the ARD case).
 ``map``
-    Point estimates (a Delta guide, as Pyro's ``AutoDelta``): weights, biases and
-    the log-precision maximise ``log p(y | w, tau) + log p(w | lambda) + log p(b)
-    + log p(log tau)``; the scales need ``scale_updates="em"``. With those updates
-    this is Nalisnick et al.'s (2019) EM for the marginal MAP of the weights: the
-    closed-form step sets each scale given the current weights and the gradient
-    step fits the weights under the resulting adaptive (ARD/ADD) weight decay. For
-    the inverse-gamma variance prior the step is exactly the E-step
-    ``E[lambda^-2 | w]`` of that EM (see :mod:`inference.scale_updates`).
+    Point estimates (a Delta guide; unlike Pyro's ``AutoDelta`` the precision's
+    mode is taken in ``log tau``): weights, biases and the log-precision maximise
+    ``log p(y | w, tau) + log p(w | lambda) + log p(b) + log p(log tau)``; the
+    scales need ``scale_updates="em"``, which sets each scale in closed form given
+    the current weights, so the gradient steps fit the weights under an adaptive
+    (ARD/ADD) weight decay. With inverse-Nakagami noise (an inverse-gamma variance
+    prior) and one scale per group (ARD or ADD) the closed-form step is exactly the
+    E-step ``E[lambda^-2 | w]`` of the EM for the marginal (Student-t) MAP of the
+    weights that Nalisnick et al. (2019) use: its scales have a floor ``b / (a +
+    J/2)``. For half-Cauchy and Rayleigh noise the step is the joint mode in
+    ``(w, log lambda^2)``, whose profile over a group of ``J > 2`` weights grows
+    like ``-(J-2)/2 log sum w^2`` at zero: it shrinks whole units away (the backend
+    warns). ``num_particles``, ``local_reparam``, ``init_std`` and ``alpha`` do not
+    apply to point estimates.
     Predictions use the one network (no weight uncertainty) and the fitted noise.
 
 Under the improper log-uniform prior (``bnn_priors.prior("log-uniform")``) the
@@ -61,7 +67,7 @@ import torch
 from torch.distributions import constraints
 
 from bnn_priors.errors import InvalidParameterError
-from bnn_priors.noise_models import HalfCauchy, NoiseModel
+from bnn_priors.noise_models import InverseNakagami, NoiseModel
 from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior
 from inference.common import (
     InferenceBackend,
@@ -576,12 +582,13 @@ class SVI(InferenceBackend):
     def _warn_pole(model: BayesianNetwork) -> None:
         for layer in model.layers:
             prior = layer.prior
-            if isinstance(prior, ScaleMixturePrior) and isinstance(prior.noise, HalfCauchy):
+            if isinstance(prior, ScaleMixturePrior) and not isinstance(prior.noise, InverseNakagami):
                 warnings.warn(
-                    f"SVI(guide='map'): the horseshoe marginal of {layer.name}'s {prior.describe()} prior has "
-                    "a pole at w = 0, so its MAP shrinks whole groups of weights away and fits poorly; "
-                    "the inverse-nakagami noise model (a Student-t marginal, bounded density) has a proper "
-                    "MAP, or use guide='mean-field' for the horseshoe",
+                    f"SVI(guide='map'): with the {prior.describe()} prior of {layer.name} the closed-form "
+                    "scale step is a joint mode of weights and scales, whose objective grows without bound "
+                    "as a group of weights goes to zero, so the fit shrinks whole units away; the "
+                    "inverse-nakagami noise model (a Student-t marginal) has a proper MAP, or use "
+                    "guide='mean-field'",
                     stacklevel=3,
                 )
 

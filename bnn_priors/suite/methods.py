@@ -7,8 +7,9 @@ svi        ``inference.SVI``                steps        mean-field guide, local
 svi-em     ``inference.SVI``                steps        as ``svi``, scales by closed-form EM
                                                          updates (``scale_updates="em"``)
 map-em     ``inference.SVI``                steps        ``guide="map"``: point-estimate weights,
-                                                         scales by the same EM updates (Nalisnick
-                                                         et al. 2019's marginal MAP)
+                                                         scales by the same closed-form updates
+                                                         (Nalisnick et al. 2019's EM for the
+                                                         marginal MAP with inverse-gamma scales)
 vd         ``inference.SVI``                steps        ``guide="variational-dropout"``
 nuts       ``inference.nuts.NUTS``          samples      warm-up steps = the number of samples
 mc-dropout ``inference.mc_dropout.MCDropout`` epochs     the backend's (batch 128, Adam 1e-3)
@@ -142,7 +143,7 @@ METHODS: dict[str, Method] = {
         Method(
             "map-em", "MAP-EM", "inference.svi:SVI", "steps", "steps", 2000,
             {"guide": "map", "scale_updates": "em"},
-            "point-estimate weights and closed-form EM scale updates: the MAP under the marginal prior",
+            "point-estimate weights and closed-form scale updates: with inverse-gamma variances, EM for the marginal MAP",
         ),
         Method(
             "vd", "VD", "inference.svi:SVI", "steps", "steps", 2000,
