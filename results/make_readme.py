@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from bnn_priors.suite import protocol_table, read_results, results_table
@@ -17,26 +18,31 @@ GAL_GRID_RUNS = 12 * 20  # 4 dropout rates x 3 tau values x 20 splits (the five 
 GAL_FULL_EPOCHS = 20000  # the reference script's budget: n_epochs.txt (40) x 500
 
 
-def verdict(ours: float, published: float, se: float, higher_is_better: bool, decimals: int) -> str:
-    """'better', 'within 1 SE' (of the published figure) or 'worse by X (Y%)'."""
-    gap = (published - ours) if higher_is_better else (ours - published)
-    if gap <= 0:
-        return "better"
-    if gap <= se:
-        return "within 1 SE"
-    return f"worse by {gap:.{decimals}f} ({100 * gap / abs(published):.0f}%)"
+def verdict(ours: float, published: float, se: float, higher_is_better: bool, decimals: int,
+            relative: bool = True) -> str:
+    """Where ours stands against a published mean ± SE: 'better by X' / 'worse by X' beyond one
+    published SE, else 'within 1 SE' (with the side it falls on)."""
+    if not (math.isfinite(published) and math.isfinite(se)):
+        return "no published figure"
+    gap = (published - ours) if higher_is_better else (ours - published)  # > 0: ours is worse
+    if abs(gap) <= se:
+        return f"within 1 SE ({'worse' if gap > 0 else 'better'})"
+    size = f"{abs(gap):.{decimals}f}" + (f" ({100 * abs(gap) / abs(published):.0f}%)" if relative else "")
+    return f"{'worse' if gap > 0 else 'better'} by {size}"
 
 
 def gal_rows(runs) -> str:
     """The markdown rows of the Gal comparison in README.tail.md (GAL_ROWS)."""
+    if runs is None or runs.empty:
+        return "  | (no complete 20000-epoch grid yet) | | | | | |"
     lines = []
     for r in gal_summary(gal_select(runs)).itertuples():
         d = 3 if r.published_rmse_mean < 1 else 2
         lines.append(
             f"  | {r.dataset} | {r.rmse_mean:.{d}f} ± {r.rmse_se:.{d}f} | {r.published_rmse_mean:.{d}f} ± "
-            f"{r.published_rmse_se:.{d}f} | {r.ll_mean:.2f} ± {r.ll_se:.2f} | {r.published_ll_mean:.2f} ± "
-            f"{r.published_ll_se:.2f} | RMSE {verdict(r.rmse_mean, r.published_rmse_mean, r.published_rmse_se, False, d)}, "
-            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 3)} |"
+            f"{r.published_rmse_se:.{d}f} | {r.ll_mean:.3f} ± {r.ll_se:.3f} | {r.published_ll_mean:.2f} ± "
+            f"{r.published_ll_se:.2f} | RMSE {verdict(r.rmse_mean, r.published_rmse_mean, r.published_rmse_se, False, d)}; "
+            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 3, relative=False)} |"
         )
     return "\n".join(lines).lstrip()
 
@@ -69,7 +75,7 @@ def main() -> None:
             protocol_table(runs[runs["dataset"].isin(complete)], "gal2016"),
         ]
     tail = (HERE / "README.tail.md").read_text()
-    sections.append(tail.replace("GAL_ROWS", gal_rows(complete_runs[GAL_FULL_EPOCHS])))
+    sections.append(tail.replace("GAL_ROWS", gal_rows(complete_runs.get(GAL_FULL_EPOCHS))))
     (HERE / "README.md").write_text("\n".join(sections))
 
 
