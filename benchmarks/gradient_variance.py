@@ -63,11 +63,7 @@ def load_boston(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def fitted_variational(model: BayesianMLP, X, y, steps: int, seed: int) -> tuple[_Variational, float]:
     """A ``_Variational`` at the point a short ``inference.SVI`` fit reaches, and that fit's last loss."""
     post = SVI(steps=steps, seed=seed, progress=False).fit(model, X, y)
-    q = _Variational(model, "mean-field", "weight", False, 0.01, ReplicaRandom([seed], model.device))
-    with torch.no_grad():
-        for name, value in post.variational.params.items():
-            q.params[name].copy_(value.detach())
-    return q, post.info["final_loss"]
+    return post.variational, post.info["final_loss"]
 
 
 def gradient_draws(q: _Variational, X, y, batches: list[torch.Tensor | None], local: bool, seed: int) -> dict[str, torch.Tensor]:

@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bnn_priors as bp  # noqa: E402
-from inference.nuts import NUTS, ess, rhat  # noqa: E402
+from bnn_priors.data import load_dataset  # noqa: E402
+from inference.nuts import NUTS  # noqa: E402
 from models import BayesianMLP, GaussianLikelihood  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,22 +52,8 @@ HIDDEN = 50
 
 def load_boston(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Training part of boston split 0, standardized on itself."""
-    try:
-        from bnn_priors.data import load_dataset
-    except ImportError:  # the data registry is optional here: read the files directly
-        load_dataset = None
-    if load_dataset is not None:
-        split = load_dataset("boston", data_dir=data_dir, download=False).split(0)
-        return split.X_train, split.y_train
-    folder = data_dir / "boston"
-    data = np.loadtxt(folder / "data.txt")
-    features = np.loadtxt(folder / "index_features.txt").astype(int)
-    target = int(np.loadtxt(folder / "index_target.txt"))
-    train = np.loadtxt(folder / "index_train_0.txt").astype(int)
-    X, y = data[train][:, features], data[train, target]
-    x_std = X.std(0)
-    x_std[x_std == 0] = 1.0
-    return (X - X.mean(0)) / x_std, (y - y.mean()) / y.std()
+    split = load_dataset("boston", data_dir=data_dir, download=False).split(0)
+    return split.X_train, split.y_train
 
 
 def run(form: str, X: torch.Tensor, y: torch.Tensor, args) -> dict:
@@ -75,18 +62,17 @@ def run(form: str, X: torch.Tensor, y: torch.Tensor, args) -> dict:
     backend = NUTS(num_samples=args.samples, warmup=args.warmup, parametrization=form, seed=args.seed,
                    max_tree_depth=args.max_tree_depth, progress=args.progress)
     post = backend.fit(model, X, y)
-    w = post.get_samples(group_by_chain=True)["layer0.weight"][:, :, 0].cpu().double().numpy()
-    w_ess = ess(w, "bulk")
-    r_hat = max(float(np.nanmax(rhat(t[:, :, 0].cpu().double().numpy()))) for t in post.chains.values())
+    diag = post.diagnostics().set_index("site")  # one replica: one row per site
+    w = diag.loc["layer0.weight"]
     seconds = post.info["seconds"]
     return {
         "parametrization": form,
         "seconds": seconds,
-        "ess_median": float(np.median(w_ess)),
-        "ess_min": float(np.min(w_ess)),
-        "ess_per_s": float(np.median(w_ess)) / seconds,
+        "ess_median": float(w["ess_bulk_median"]),
+        "ess_min": float(w["ess_bulk_min"]),
+        "ess_per_s": float(w["ess_bulk_median"]) / seconds,
         "divergences": post.info["divergences"],
-        "r_hat_max": r_hat,
+        "r_hat_max": float(diag["r_hat_max"].max()),
         "step_size": post.info["step_size"][0][0],
         "accept": post.info["mean_accept_prob"][0][0],
     }

@@ -41,13 +41,13 @@ from bnn_priors.suite.store import read_results
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _steps(cfgs, data_dir) -> int:
-    """Optimisation steps the runs take in total (SVI: steps; MC dropout: epochs x batches)."""
+def _steps(cfgs, n_train: int) -> int:
+    """Optimisation steps the runs of one data set take in total (SVI: steps; MC dropout: epochs x batches)."""
+    batches = -(-n_train // NALISNICK_MC_DROPOUT_OPTIONS["batch_size"])
     total = 0
     for cfg in cfgs:
         if cfg.inference == "mc-dropout":
-            n_train = len(load_dataset(cfg.dataset, data_dir=data_dir).train_index(0))
-            total += cfg.budget * -(-n_train // NALISNICK_MC_DROPOUT_OPTIONS["batch_size"])
+            total += cfg.budget * batches
         else:
             total += cfg.budget
     return total
@@ -92,7 +92,7 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         cfgs = preset_configs("nalisnick2019", datasets=dataset, splits=args.splits,
                               budget={"steps": args.steps, "epochs": args.epochs})
-        steps = _steps(cfgs, args.data_dir)
+        steps = _steps(cfgs, len(load_dataset(dataset, data_dir=args.data_dir).train_index(0)))
         results = {}
         for mode in args.modes.split(","):
             max_replicas = {"one-at-a-time": 1, "batched": 64, "auto": None}[mode]

@@ -470,15 +470,13 @@ def main(argv=None) -> int:
     same_init = all(torch.equal(ref.params[n].detach().reshape(v.shape), v.detach()) for n, v in plain0.params.items())
     print("\nSame objective? -ELBO/N of the full data in nats per data point")
     print(f"  (a) and (b) initial parameters identical: {same_init}")
-    for label, qq, pp in (("initial point", q0, plain0), ("(b)'s fitted point", None, None)):
-        if qq is None:
-            pp = last["(b) plain PyTorch"]["plain"]
-            qq = variational_from_plain(model, pp)
+    pb = last["(b) plain PyTorch"]["plain"]
+    qb = variational_from_plain(model, pb)
+    for label, qq, pp in (("initial point", q0, plain0), ("(b)'s fitted point", qb, pb)):
         worst, biggest = same_draw_difference(qq, pp, X, y, 200, 10_000)
         print(f"  same draws, {label}: largest |project - plain| over 200 one-sample draws {worst:.2e} "
               f"(values up to {biggest:.3g}); gradients: largest difference / largest entry "
               f"{same_draw_gradients(qq, pp, X, y, 20, 20_000):.1e} over 20 draws")
-    qb = variational_from_plain(model, last["(b) plain PyTorch"]["plain"])
     qa = last["(a) inference.SVI"]["posterior"].variational
     print(f"Final -ELBO/N after {args.steps} steps from the same initial point and seed (project estimator, {K} draws):")
     print(f"  (a) inference.SVI   {fmt(project_loss(qa, X, y, K, 5))}   last training loss {last['(a) inference.SVI']['losses'][-1]:.4f}")

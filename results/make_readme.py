@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bnn_priors.suite import protocol_table, read_results, results_table
-from bnn_priors.suite.protocols import gal_select, gal_summary
+from bnn_priors.suite import read_results, results_table
+from bnn_priors.suite.protocols import format_gal_table, gal_select, gal_summary
 
 HERE = Path(__file__).resolve().parent
 NALISNICK = HERE / "nalisnick2019.sqlite"
@@ -31,12 +31,12 @@ def verdict(ours: float, published: float, se: float, higher_is_better: bool, de
     return f"{'worse' if gap > 0 else 'better'} by {size}"
 
 
-def gal_rows(runs) -> str:
-    """The markdown rows of the Gal comparison in README.tail.md (GAL_ROWS)."""
-    if runs is None or runs.empty:
+def gal_rows(summary) -> str:
+    """The markdown rows of the Gal comparison in README.tail.md (GAL_ROWS) from :func:`gal_summary`."""
+    if summary is None or summary.empty:
         return "  | (no complete 20000-epoch grid yet) | | | | | |"
     lines = []
-    for r in gal_summary(gal_select(runs)).itertuples():
+    for r in summary.itertuples():
         d = 3 if r.published_rmse_mean < 1 else 2
         lines.append(
             f"  | {r.dataset} | {r.rmse_mean:.{d}f} ± {r.rmse_se:.{d}f} | {r.published_rmse_mean:.{d}f} ± "
@@ -48,34 +48,34 @@ def gal_rows(runs) -> str:
 
 
 def main() -> None:
-    for db in (NALISNICK, GAL):
-        read_results(db).drop(columns=["weights"], errors="ignore").to_csv(db.with_suffix(".csv"), index=False)
-    gal = read_results(GAL)
+    nalisnick, gal = read_results(NALISNICK), read_results(GAL)  # the successful runs, without weights
+    for db, runs in ((NALISNICK, nalisnick), (GAL, gal)):
+        runs.to_csv(db.with_suffix(".csv"), index=False)
     sections = [
         (HERE / "README.head.md").read_text(),
         "## Nalisnick et al. (2019) grid: test RMSE\n",
         "Command: `bnn-priors bench --preset nalisnick2019 --datasets yacht,boston,energy,concrete,wine "
         "--data-dir ../shared/data/uci --results results/nalisnick2019.sqlite`\n",
-        results_table(NALISNICK, "rmse", references=["nalisnick2019"]),
+        results_table(nalisnick, "rmse", references=["nalisnick2019"]),
         "\n## Nalisnick et al. (2019) grid: test log-likelihood\n",
-        results_table(NALISNICK, "ll"),
+        results_table(nalisnick, "ll"),
     ]
-    complete_runs = {}
+    summaries = {}
     for epochs in sorted(gal["budget"].unique()):
         runs = gal[gal["budget"] == epochs]
         # Only data sets whose whole (p, tau) grid ran on every split: a partial grid would select from less.
         counts = runs.groupby("dataset")["config_hash"].nunique()
         complete = [d for d, n in counts.items() if n == GAL_GRID_RUNS]
-        complete_runs[epochs] = runs[runs["dataset"].isin(complete)]
+        summaries[epochs] = gal_summary(gal_select(runs[runs["dataset"].isin(complete)]))
         sections += [
             f"\n## Gal & Ghahramani (2016) grid-search protocol, {epochs} epochs\n",
             f"Command: `bnn-priors bench --preset gal2016 --datasets {','.join(complete)} --epochs {epochs} "
             "--data-dir ../shared/data/uci --results results/gal2016.sqlite`, then "
             "`bnn-priors table --protocol gal2016 --results results/gal2016.sqlite`\n",
-            protocol_table(runs[runs["dataset"].isin(complete)], "gal2016"),
+            format_gal_table(summaries[epochs]),
         ]
     tail = (HERE / "README.tail.md").read_text()
-    sections.append(tail.replace("GAL_ROWS", gal_rows(complete_runs.get(GAL_FULL_EPOCHS))))
+    sections.append(tail.replace("GAL_ROWS", gal_rows(summaries.get(GAL_FULL_EPOCHS))))
     (HERE / "README.md").write_text("\n".join(sections))
 
 

@@ -402,11 +402,6 @@ def test_on_a_cpu_jobs_batch_as_many_rows_per_step_as_pay():
     assert DEFAULT_MAX_REPLICAS >= 20
 
 
-def _metrics(report_db, hashes):
-    df = read_results(report_db).set_index("config_hash").loc[list(hashes)]
-    return df
-
-
 def test_batched_job_equals_one_at_a_time(tmp_path):
     # (Float rounding differs between batch shapes; Adam's first steps, about lr * sign(g), can
     # amplify it where a gradient is within rounding of zero, so the check uses a net and
