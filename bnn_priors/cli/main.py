@@ -143,7 +143,6 @@ def _table_text(args, results, hashes=None, datasets=None, decimals=None) -> str
     from bnn_priors.suite.protocols import protocol_table
     from bnn_priors.suite.tables import results_table
 
-    _check_table_args(args)
     split = args.split
     if args.protocol:
         return protocol_table(results, args.protocol, fmt=args.format, hashes=hashes, datasets=datasets,
@@ -201,6 +200,7 @@ def _references(value: str | None) -> list[str]:
 def cmd_table(args) -> int:
     from bnn_priors.suite.config import parse_list
 
+    _check_table_args(args)
     text = _table_text(args, args.results, datasets=parse_list(args.datasets), decimals=args.decimals)
     if args.out:
         Path(args.out).write_text(text)

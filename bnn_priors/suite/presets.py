@@ -254,7 +254,7 @@ def preset_configs(
     usual places, see :func:`bnn_priors.data.load_dataset`).
     """
     from bnn_priors.suite.config import parse_list
-    from bnn_priors.suite.methods import get_method
+    from bnn_priors.suite.methods import BUDGET_UNITS
 
     preset = get_preset(name)
     relabel = any(v is not None for v in (noise, structure, arch, inference))
@@ -263,11 +263,9 @@ def preset_configs(
     blocks = preset.make_blocks(parse_list(datasets) if preset.build is not None else None, data_dir)
     for block in blocks:
         methods = inference if inference is not None else ",".join(block.inference)
-        block_budget: dict[str, int] = {}
-        for method in (m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)):
-            m = get_method(method)
-            chosen = (budget or {}).get(m.name) or (budget or {}).get(m.budget_unit)
-            block_budget[m.name] = int(chosen) if chosen is not None else block.budget
+        # the block's budget in every unit, under the caller's (by method name or by unit)
+        given = {key: value for key, value in (budget or {}).items() if value is not None}
+        block_budget = {**dict.fromkeys(BUDGET_UNITS, block.budget), **given}
         kwargs: dict[str, Any] = {}
         chosen_samples = eval_samples if eval_samples is not None else block.eval_samples
         if chosen_samples is not None:

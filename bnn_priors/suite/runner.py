@@ -107,8 +107,13 @@ EVAL_CHUNK_ELEMENTS = 2**21
 
 
 # ----------------------------------------------------------------------- data
+def _load(name: str, data_dir: str | Path | None):
+    """The data set, read once per process for each (name, folder), however the folder is spelled."""
+    return _load_cached(name, None if data_dir is None else str(Path(data_dir).expanduser()))
+
+
 @functools.lru_cache(maxsize=16)
-def _load(name: str, data_dir: str | None):
+def _load_cached(name: str, data_dir: str | None):
     from bnn_priors.data import load_dataset
 
     return load_dataset(name, data_dir=data_dir)
@@ -146,7 +151,7 @@ class Job:
         where = f"split{'s' if len(splits) > 1 else ''} {_ranges(splits)}"
         if len(seeds) > 1 or seeds != [0]:
             where += f" seed{'s' if len(seeds) > 1 else ''} {_ranges(seeds)}"
-        return f"{c.dataset} {where} | {label_of(c)} | {c.budget} {get_method(c.inference).budget_unit}"
+        return f"{c.dataset} {where} | {label_of(c)} | {c.budget} {c.budget_unit}"
 
 
 def _ranges(values: Sequence[int]) -> str:
@@ -256,7 +261,7 @@ def _base_row(cfg: RunConfig) -> dict[str, Any]:
         "arch": cfg.arch,
         "inference": cfg.inference,
         "budget": cfg.budget,
-        "budget_unit": get_method(cfg.inference).budget_unit,
+        "budget_unit": cfg.budget_unit,
         "seed": cfg.seed,
         "holdout": cfg.holdout,
     }
@@ -268,7 +273,7 @@ def failed_rows(job: Job, exc: BaseException) -> list[dict[str, Any]]:
     tb = None
     if not isinstance(exc, (BNNPriorsError, FitDivergedError)):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    stamp = _now()
+    stamp, versions = _now(), _versions()
     return [
         {
             **_base_row(cfg),
@@ -278,7 +283,7 @@ def failed_rows(job: Job, exc: BaseException) -> list[dict[str, Any]]:
             "replicas": len(job.configs),
             "device": job.device,
             "timestamp": stamp,
-            **_versions(),
+            **versions,
         }
         for cfg in job.configs
     ]
