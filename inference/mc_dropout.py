@@ -418,8 +418,7 @@ class MCDropout(InferenceBackend):
                     stacklevel=3,
                 )
 
-    def _decays(self, model: BayesianNetwork, R: int, dev, dt) -> dict[str, _Decay]:
-        given = _per_replica(self.weight_decay, R, "weight_decay", dev, dt)
+    def _decays(self, model: BayesianNetwork, given: torch.Tensor | None) -> dict[str, _Decay]:
         return {
             layer.name: _Decay(
                 self.length_scale if self.length_scale is not None else 1.0 / layer.prior.sigma0,
@@ -440,7 +439,8 @@ class MCDropout(InferenceBackend):
         fixed = _per_replica(self.precision if self.precision is not None else lik.precision, R, "precision", dev, dt)
         learned = fixed is None
         tau = torch.full((R,), lik.concentration / lik.rate, device=dev, dtype=dt) if learned else fixed
-        decays = self._decays(model, R, dev, dt)
+        given = _per_replica(self.weight_decay, R, "weight_decay", dev, dt)  # None: Gal's formula
+        decays = self._decays(model, given)
         N, out = X.shape[1], model.out_features
         B = min(self.batch_size, N)
         per_epoch = math.ceil(N / B)
@@ -488,7 +488,6 @@ class MCDropout(InferenceBackend):
             if learned:
                 with torch.no_grad():
                     extra = 0.0
-                    given = next(iter(decays.values())).given
                     if given is not None:
                         extra = N * given * sum(net.squared_norms().values())
                     tau = ((N * out + 2.0 * (a - 1.0)) / (sse + extra + 2.0 * b)).clamp_min(1e-12)
@@ -505,6 +504,8 @@ class MCDropout(InferenceBackend):
             bar.update(per_epoch)
         bar.close()
         elapsed = time.perf_counter() - start
+
+        user_decay = list(self.weight_decay) if isinstance(self.weight_decay, tuple) else self.weight_decay
 
         def per_replica(t: torch.Tensor | float):
             if not torch.is_tensor(t):
@@ -523,9 +524,7 @@ class MCDropout(InferenceBackend):
             "precision": per_replica(tau),
             "precision_learned": learned,
             "weight_decay": {
-                k: (list(self.weight_decay) if isinstance(self.weight_decay, tuple) else self.weight_decay)
-                if self.weight_decay is not None
-                else per_replica(d.coefficient(N, (tau if learned else fixed).double()))
+                k: user_decay if self.weight_decay is not None else per_replica(d.coefficient(N, tau.double()))
                 for k, d in decays.items()
             },
             "length_scale": {k: d.length_scale for k, d in decays.items()},

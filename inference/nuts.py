@@ -202,8 +202,7 @@ class NUTSPosterior(Posterior):
     def _draw_indices(self, num_samples: int, rng: ReplicaRandom) -> torch.Tensor:
         D = self.num_draws
         steps = torch.arange(num_samples, device=rng.device) % D
-        idx = [torch.randperm(D, generator=g, device=rng.device)[steps] for g in rng.generators]
-        return torch.stack(idx, 1)  # (S, R)
+        return rng.batch_indices(D, D)[:, steps].T  # a permutation of the draws per replica: (S, R)
 
     def _sample(self, X: torch.Tensor, num_samples: int, rng: ReplicaRandom):
         model = self.model
@@ -545,7 +544,7 @@ class NUTS(InferenceBackend):
             "warmup": self.warmup,
             "num_chains": self.num_chains,
             "thin": self.thin,
-            "draws": next(iter(chains.values())).shape[0] * next(iter(chains.values())).shape[1],
+            "draws": math.prod(chains[first].shape[:2]),  # chains x draws per chain
             "divergences": sum(p["divergences"] for p in per_replica),
             "parametrization": forms,
             "jit_compile": jit,

@@ -275,17 +275,24 @@ class _Variational:
         elbo = loglik - kl_w - kl_scales - kl_tau
         return elbo.mean(0) - self.bias_kl(bias_moments)
 
+    def point_params(self) -> dict[str, torch.Tensor]:
+        """The ``map`` guide's network: ``{"<layer>.weight": (R, in, out), "<layer>.bias": (R, out)}``."""
+        params = {}
+        for layer in self.model.layers:
+            for part in ("weight", "bias"):
+                params[f"{layer.name}.{part}"] = self.params[f"{layer.name}.{part}.loc"]
+        return params
+
     def log_joint(self, X, y, data_size: int) -> torch.Tensor:
         """The ``map`` objective per replica, shape ``(R,)``: ``log p(y | w, tau)`` (a mini-batch scaled
         to ``data_size``) ``+ log p(w | lambda) + log p(b) + log p(log tau)`` at the point estimates, the
         scales held at their closed-form values."""
         model = self.model
         scales = {name: torch.exp(0.5 * v) for name, v in self.em_log_var.items()}
-        params = {}
+        params = self.point_params()
         total = 0.0
         for layer in model.layers:
-            w, b = self.params[f"{layer.name}.weight.loc"], self.params[f"{layer.name}.bias.loc"]
-            params[f"{layer.name}.weight"], params[f"{layer.name}.bias"] = w, b
+            w, b = params[f"{layer.name}.weight"], params[f"{layer.name}.bias"]
             std = self.prior_std(layer, scales)
             log_std = torch.log(std) if torch.is_tensor(std) else math.log(std)
             total = total + (-0.5 * (w / std) ** 2 - log_std - _HALF_LOG_2PI).sum((-2, -1))
@@ -368,11 +375,7 @@ class _Variational:
     def sample_functions(self, X: torch.Tensor, S: int, rng: ReplicaRandom) -> tuple[torch.Tensor, torch.Tensor]:
         if self.guide == "map":  # one network: S copies of its output
             tau, _ = self.sample_precision(S, rng)
-            params = {}
-            for layer in self.model.layers:
-                params[f"{layer.name}.weight"] = self.params[f"{layer.name}.weight.loc"]
-                params[f"{layer.name}.bias"] = self.params[f"{layer.name}.bias.loc"]
-            f = self.model.forward_params(X, params)
+            f = self.model.forward_params(X, self.point_params())
             return f.expand(S, *f.shape), tau
         self.sample_scales(S, rng)  # unused draws, kept so that the random streams stay as they were
         tau, _ = self.sample_precision(S, rng)
