@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bnn_priors.errors import DataError, InvalidParameterError
-from bnn_priors.suite.store import npy_to_array, read_results
+from bnn_priors.suite.store import load_runs, npy_to_array
 from bnn_priors.suite.tables import _dataset_order, _metric, summarize
 
 
@@ -46,8 +46,7 @@ def plot_metric(results: str | Path | pd.DataFrame, out: str | Path, metric: str
     """Save a figure of the metric, one panel per data set, methods with standard-error bars."""
     _, name, higher = _metric(metric)
     path = _check_out(out)
-    df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok")
-    summary = summarize(df, metric)
+    summary = summarize(load_runs(results), metric)
     if summary.empty:
         raise DataError("there are no successful runs to plot")
     datasets = _dataset_order(summary["dataset"])
@@ -96,8 +95,7 @@ def heatmap_runs(df: pd.DataFrame) -> pd.DataFrame:
 def plot_heatmaps(results: str | Path | pd.DataFrame, out: str | Path) -> Path:
     """Save heat maps of ``|posterior mean|`` of the stored weight matrix, one run per structure."""
     path = _check_out(out)
-    df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok", with_weights=True)
-    runs = heatmap_runs(df)
+    runs = heatmap_runs(load_runs(results, with_weights=True))
     if runs.empty:
         raise DataError("no successful run has a stored weight matrix to draw")
     structures = ["none", "ard", "add", "ard-add"]

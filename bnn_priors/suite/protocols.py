@@ -139,9 +139,9 @@ def gal_select(results: str | Path | pd.DataFrame) -> pd.DataFrame:
     Returns one row per (data set, setting, split) with the chosen ``p``, ``tau``,
     its validation metrics and its TEST ``rmse`` and ``log_likelihood``.
     """
-    from bnn_priors.suite.store import read_results
+    from bnn_priors.suite.store import load_runs
 
-    df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok")
+    df = load_runs(results)
     missing = {"dataset", "split", "val_log_likelihood", "rmse", "log_likelihood"} - set(df.columns)
     if missing:
         raise InvalidParameterError(f"results need the columns {sorted(missing)}")
@@ -184,13 +184,6 @@ def _setting_names(selected: pd.DataFrame) -> dict[tuple[str, str], str]:
     return names
 
 
-def _mean_se(values: pd.Series) -> tuple[float, float, int]:
-    v = values.astype(float).to_numpy()
-    n = len(v)
-    se = float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return float(np.mean(v)), se, n
-
-
 def _fmt(value: float) -> str:
     return f"{value:g}"
 
@@ -198,7 +191,7 @@ def _fmt(value: float) -> str:
 def gal_summary(selected: pd.DataFrame, datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (data set, setting) of :func:`gal_select`'s result: mean, SE over splits of the test
     RMSE and log-likelihood, the published figures, and the choices with their counts."""
-    from bnn_priors.suite.tables import _dataset_order
+    from bnn_priors.suite.tables import _dataset_order, mean_se
 
     ref = get_reference("gal2016")
     published = {m: next(iter(ref.metric_columns(m).values())) for m in ("rmse", "ll")}
@@ -209,8 +202,8 @@ def gal_summary(selected: pd.DataFrame, datasets: Sequence[str] | None = None) -
     order = {d: i for i, d in enumerate(_dataset_order(selected["dataset"]))}
     for (dataset, setting), part in sorted(selected.groupby(["dataset", "setting"], sort=False),
                                            key=lambda item: order[item[0][0]]):
-        rmse, rmse_se, n = _mean_se(part["rmse"])
-        ll, ll_se, _ = _mean_se(part["log_likelihood"])
+        rmse, rmse_se, n = mean_se(part["rmse"])
+        ll, ll_se, _ = mean_se(part["log_likelihood"])
         counts = part.groupby(["p", "tau"]).size().reset_index(name="count")
         counts = counts.sort_values(["count", "p", "tau"], ascending=[False, True, True], kind="stable")
         choices = "; ".join(f"p={_fmt(r.p)} tau={_fmt(r.tau)}: {r.count}" for r in counts.itertuples())
@@ -306,12 +299,10 @@ def protocol_table(
 
     ``hashes`` keeps only those runs (e.g. the grid a suite just ran).
     """
-    from bnn_priors.suite.store import read_results
+    from bnn_priors.suite.store import load_runs
 
     check_protocol(protocol)
-    df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok")
-    if hashes is not None and "config_hash" in df:
-        df = df[df["config_hash"].isin(set(hashes))]
+    df = load_runs(results, hashes)
     return format_gal_table(gal_summary(gal_select(df), datasets), fmt, decimals)
 
 

@@ -226,3 +226,13 @@ def read_results(path: str | Path, status: str | None = "ok", with_weights: bool
     """The runs of a results file as a DataFrame (by default the successful ones)."""
     with ResultsStore(path, create=False) as store:
         return store.frame(status=status, with_weights=with_weights)
+
+
+def load_runs(results: str | Path | pd.DataFrame, hashes: Iterable[str] | None = None,
+              with_weights: bool = False) -> pd.DataFrame:
+    """The successful runs of a results file, or a DataFrame of runs as given; ``hashes`` keeps only those
+    runs (e.g. the grid a suite just ran). What every table and plot starts from."""
+    df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok", with_weights=with_weights)
+    if hashes is not None and "config_hash" in df:
+        df = df[df["config_hash"].isin(set(hashes))]
+    return df

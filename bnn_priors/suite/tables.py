@@ -99,6 +99,14 @@ def method_columns(df: pd.DataFrame) -> pd.Series:
     return out
 
 
+def mean_se(values) -> tuple[float, float, int]:
+    """Mean, standard error (sample standard deviation with ddof=1 / sqrt(n); NaN for one value) and n."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    se = float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return float(np.mean(v)), se, n
+
+
 def summarize(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd.DataFrame:
     """One line per (dataset, method): ``mean``, ``se`` and ``n`` (splits) of the metric.
 
@@ -194,9 +202,7 @@ def comparison_table(
             per_method[m].append(float(r))
     for m, values in per_method.items():
         if values:
-            n = len(values)
-            se = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-            table.average_rank[m] = (float(np.mean(values)), se, n)
+            table.average_rank[m] = mean_se(values)
     return table
 
 
@@ -368,9 +374,7 @@ def results_table(
     ``hashes`` keeps only those runs (e.g. the grid a suite just ran); ``split``
     is ``test`` or ``validation`` (the hold-out parts).
     """
-    from bnn_priors.suite.store import read_results
+    from bnn_priors.suite.store import load_runs
 
-    df = results if isinstance(results, pd.DataFrame) else read_results(results, status="ok")
-    if hashes is not None and "config_hash" in df:
-        df = df[df["config_hash"].isin(set(hashes))]
+    df = load_runs(results, hashes)
     return format_table(comparison_table(df, metric, references, datasets, split), fmt, decimals)
