@@ -33,12 +33,21 @@ def cli() -> list[str]:
     return [sys.executable, "-m", "bnn_priors.cli.main"]
 
 
+#: A download address that refuses connections at once.
+UNREACHABLE_URL = "http://127.0.0.1:9/unreachable"
+
+
 @pytest.fixture
-def offline_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for subprocesses: a private data cache, no user data folder, no reachable download."""
-    env = dict(os.environ)
-    env.pop("BNN_PRIORS_DATA", None)
-    env["BNN_PRIORS_CACHE"] = str(tmp_path / "cache")
-    env["BNN_PRIORS_DATA_URL"] = "http://127.0.0.1:9/unreachable"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Keep the data look-up of this process (and what it starts) inside ``tmp_path``: no user data
+    folder, a private cache ``tmp_path/cache``, an unreachable download address. Returns ``tmp_path``."""
+    monkeypatch.delenv("BNN_PRIORS_DATA", raising=False)
+    monkeypatch.setenv("BNN_PRIORS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BNN_PRIORS_DATA_URL", UNREACHABLE_URL)
+    return tmp_path
+
+
+@pytest.fixture
+def offline_env(isolated_data: Path) -> dict[str, str]:
+    """Environment for subprocesses: :func:`isolated_data`'s, with unbuffered output."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}

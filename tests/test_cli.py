@@ -88,9 +88,9 @@ def test_unknown_noise_is_one_line_with_exit_2(cli, offline_env, tmp_path):
         (["bench", "--datasets", "diabetes", "--device", "tpu"], "device"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_2(capsys, monkeypatch, tmp_path, args, expected):
+def test_user_errors_are_one_line_with_exit_2(capsys, monkeypatch, isolated_data, args, expected):
+    tmp_path = isolated_data
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BNN_PRIORS_DATA_URL", "http://127.0.0.1:9/unreachable")
     db = tmp_path / "existing.sqlite"
     ResultsStore(db).close()
     try:

@@ -45,11 +45,10 @@ README_TABLE = {
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No user directory, a private cache and an unreachable download address by default."""
-    monkeypatch.delenv("BNN_PRIORS_DATA", raising=False)
-    monkeypatch.setenv("BNN_PRIORS_CACHE", str(tmp_path / "default-cache"))
-    monkeypatch.setenv("BNN_PRIORS_DATA_URL", "http://127.0.0.1:9/unreachable")
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, isolated_data: Path) -> None:
+    """No user directory, a private cache and an unreachable download address by default (the tests
+    below name ``tmp_path / "cache"`` as an explicit cache, so the default one lives elsewhere)."""
+    monkeypatch.setenv("BNN_PRIORS_CACHE", str(isolated_data / "default-cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
 
 

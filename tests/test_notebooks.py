@@ -44,14 +44,12 @@ def kernel_dirs(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture
-def notebook_env(monkeypatch, tmp_path):
+def notebook_env(monkeypatch, isolated_data):
     """The environment the kernel inherits: small budget, nothing written or fetched outside ``tmp_path``."""
+    tmp_path = isolated_data
     monkeypatch.setenv("BNN_PRIORS_NOTEBOOK_BUDGET", "small")
     monkeypatch.setenv("BNN_PRIORS_RESULTS", str(tmp_path / "results.sqlite"))
-    monkeypatch.setenv("BNN_PRIORS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("BNN_PRIORS_DATA_URL", "http://127.0.0.1:9/unreachable")
     monkeypatch.delenv("BNN_PRIORS_FIGURE_DIR", raising=False)  # notebook 01 would save the README figure
-    monkeypatch.delenv("BNN_PRIORS_DATA", raising=False)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend makes the figures outputs
     return tmp_path
 
