@@ -28,6 +28,11 @@ class UnknownNameError(BNNPriorsError):
         )
 
 
+def normalize_name(name: object) -> str:
+    """The spelling every name look-up accepts: case, surrounding spaces and ``_`` for ``-`` do not matter."""
+    return str(name).strip().lower().replace("_", "-")
+
+
 class InvalidParameterError(BNNPriorsError):
     """A parameter value outside its valid range, or a parameter that does not exist."""
 

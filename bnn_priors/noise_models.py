@@ -23,7 +23,7 @@ from torch.distributions import constraints
 
 from bnn_priors.distributions import InverseNakagami as InverseNakagamiDistribution
 from bnn_priors.distributions import Rayleigh as RayleighDistribution
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
+from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def noise_model(name: str | NoiseModel, **params: float) -> NoiseModel:
         if params:
             raise InvalidParameterError("pass parameters either in the noise model or here, not both")
         return name
-    key = str(name).strip().lower().replace("_", "-")
+    key = normalize_name(name)
     if key not in NOISE_MODELS:
         raise UnknownNameError("noise model", name, NOISE_MODELS)
     return NOISE_MODELS[key](**params)

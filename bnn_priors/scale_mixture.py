@@ -25,7 +25,7 @@ import pyro.distributions as dist
 import torch
 
 from bnn_priors.distributions import ImproperLogUniform
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
+from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
 from bnn_priors.noise_models import NOISE_MODELS, NoiseModel, noise_model
 from bnn_priors.structures import check_structure, scale_shapes
 
@@ -193,7 +193,9 @@ class ScaleMixturePrior(WeightPrior):
         return z
 
 
-PRIOR_NAMES = (*NOISE_MODELS, "normal", "log-uniform")
+#: Priors without shared scales (structure ``none`` only).
+UNSTRUCTURED_PRIORS = ("normal", "log-uniform")
+PRIOR_NAMES = (*NOISE_MODELS, *UNSTRUCTURED_PRIORS)
 
 
 def prior(
@@ -209,8 +211,8 @@ def prior(
     """
     if isinstance(noise, NoiseModel):
         return ScaleMixturePrior(noise_model(noise, **noise_params), structure if structure is not None else "ard", sigma0)
-    key = str(noise).strip().lower().replace("_", "-")
-    if key in ("normal", "log-uniform"):
+    key = normalize_name(noise)
+    if key in UNSTRUCTURED_PRIORS:
         if structure is not None and check_structure(structure) != "none":
             raise InvalidParameterError(f"the {key} prior has no shared scales: it takes structure 'none', got {structure!r}")
         if noise_params:

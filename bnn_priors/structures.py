@@ -16,7 +16,7 @@ structure         scale tensors (shape)                            noise it corr
 
 from __future__ import annotations
 
-from bnn_priors.errors import UnknownNameError
+from bnn_priors.errors import UnknownNameError, normalize_name
 
 STRUCTURES: dict[str, tuple[str, ...]] = {
     "none": ("weight_scale",),
@@ -35,7 +35,7 @@ DESCRIPTIONS: dict[str, str] = {
 
 def check_structure(structure: str) -> str:
     """Normalise a structure name, raising a ValueError that lists the valid ones."""
-    key = str(structure).strip().lower().replace("_", "-")
+    key = normalize_name(structure)
     if key not in STRUCTURES:
         raise UnknownNameError("structure", structure, STRUCTURES)
     return key

@@ -49,7 +49,12 @@ import torch
 from pyro import poutine
 from pyro.infer.reparam import LocScaleReparam
 
-from bnn_priors.errors import BNNPriorsError, FitDivergedError, InvalidParameterError
+from bnn_priors.errors import (
+    BNNPriorsError,
+    FitDivergedError,
+    InvalidParameterError,
+    normalize_name,
+)
 from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior
 from inference.common import (
     InferenceBackend,
@@ -66,7 +71,7 @@ _DRAW_CHUNK = 256  # draws per vectorized replay when recomputing non-centered w
 
 
 def _check_parametrization(value) -> str:
-    key = str(value).strip().lower().replace("_", "-").replace("noncentered", "non-centered")
+    key = normalize_name(value).replace("noncentered", "non-centered")
     if key not in PARAMETRIZATIONS:
         raise InvalidParameterError(
             f"unknown parametrization {value!r}; valid choices are: {', '.join(PARAMETRIZATIONS)}"

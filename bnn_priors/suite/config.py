@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
-from bnn_priors.scale_mixture import PRIOR_NAMES
+from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
+from bnn_priors.scale_mixture import PRIOR_NAMES, UNSTRUCTURED_PRIORS
 from bnn_priors.structures import check_structure
 
 #: Bump when the meaning of a field changes, so old results are not reused.
@@ -106,10 +106,6 @@ def _canonical_dict(label: str, value: Mapping[str, Any] | None) -> dict[str, An
     if not isinstance(value, Mapping):
         raise InvalidParameterError(f"{label} must be a dict, got {value!r}")
     return {str(k): _canonical_value(f"{label}[{k!r}]", v) for k, v in sorted(value.items())}
-
-
-def normalize_name(name: str) -> str:
-    return str(name).strip().lower().replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -429,7 +425,7 @@ def expand_grid(
     seen: set[str] = set()
     combos = itertools.product(names["datasets"], names["noise"], names["structure"], names["arch"], names["inference"])
     for dataset, nz, st, ar, inf in combos:
-        if nz in ("normal", "log-uniform"):
+        if nz in UNSTRUCTURED_PRIORS:
             st = "none"
         for split, seed in itertools.product(split_lists[dataset], seed_list):
             cfg = RunConfig(

@@ -54,8 +54,10 @@ from bnn_priors.errors import (
     InvalidParameterError,
     UnknownNameError,
     UnsupportedCombinationError,
+    normalize_name,
 )
-from bnn_priors.suite.config import RunConfig, normalize_name
+from bnn_priors.scale_mixture import UNSTRUCTURED_PRIORS
+from bnn_priors.suite.config import RunConfig
 
 #: Options the runner sets itself: a config's ``options`` may not hold them.
 RESERVED_OPTIONS = ("seed", "device", "progress")
@@ -261,7 +263,7 @@ def method_label(config: RunConfig) -> str:
     noise = config.noise
     if config.prior:
         noise += "(" + ", ".join(f"{k}={_fmt(v)}" for k, v in config.prior.items()) + ")"
-    prior = noise if config.noise in ("normal", "log-uniform") else f"{noise}/{config.structure}"
+    prior = noise if config.noise in UNSTRUCTURED_PRIORS else f"{noise}/{config.structure}"
     defaults = method.default_options()
     extra = [f"{k}={_fmt(v)}" for k, v in config.options.items() if k not in defaults or defaults[k] != v]
     return f"{method.label} ({', '.join([prior, config.arch, *extra])})"
