@@ -244,11 +244,9 @@ def _cell(mean: float, se: float, decimals: int, pm: str) -> str:
 
 def format_gal_table(summary: pd.DataFrame, fmt: str = "markdown", decimals: int | None = None) -> str:
     """Render :func:`gal_summary` as ``markdown``, ``latex``, ``csv`` or ``html``."""
-    from bnn_priors.suite.tables import FORMATS, _decimals, _latex_escape, html_table
+    from bnn_priors.suite.tables import _decimals, _latex_escape, check_format, html_table
 
-    fmt = str(fmt).strip().lower()
-    if fmt not in FORMATS:
-        raise UnknownNameError("table format", fmt, FORMATS)
+    fmt = check_format(fmt)
     if summary.empty:
         raise InvalidParameterError(
             "there are no hold-out runs of the gal2016 grid to select from (run bnn-priors bench --preset gal2016)"

@@ -65,6 +65,13 @@ def _metric(metric: str, split: str = "test") -> tuple[str, str, bool]:
     return column, name, higher
 
 
+def check_format(fmt: str) -> str:
+    key = str(fmt).strip().lower()
+    if key not in FORMATS:
+        raise UnknownNameError("table format", fmt, FORMATS)
+    return key
+
+
 def check_split(split: str) -> str:
     key = str(split).strip().lower()
     if key not in SPLITS:
@@ -302,9 +309,7 @@ def _tidy(table: ComparisonTable) -> pd.DataFrame:
 
 def format_table(table: ComparisonTable, fmt: str = "markdown", decimals: int | None = None) -> str:
     """Render a :class:`ComparisonTable` as ``markdown``, ``latex``, ``csv`` or ``html``."""
-    fmt = str(fmt).strip().lower()
-    if fmt not in FORMATS:
-        raise UnknownNameError("table format", fmt, FORMATS)
+    fmt = check_format(fmt)
     if not table.datasets:
         if table.split == "validation":
             raise InvalidParameterError(
