@@ -29,20 +29,24 @@ from models.networks import BayesianNetwork
 Sampler = Callable[[torch.Tensor, int, "ReplicaRandom"], tuple[torch.Tensor, torch.Tensor]]
 
 
+def check_nonnegative_int(label: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidParameterError(f"{label} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def check_seed(seed) -> int:
     """A seed as an int; a clear error for anything but a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    return check_nonnegative_int("seed", seed)
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy, torch and Pyro: the same seed on CPU gives the same numbers."""
     seed = check_seed(seed)
-    random.seed(int(seed))
-    np.random.seed(int(seed) % 2**32)
-    torch.manual_seed(int(seed))
-    pyro.set_rng_seed(int(seed))
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -60,6 +60,7 @@ from inference.common import (
     InferenceBackend,
     Posterior,
     ReplicaRandom,
+    check_nonnegative_int,
     check_positive_int,
     raise_diverged,
     unsupported,
@@ -376,9 +377,7 @@ class NUTS(InferenceBackend):
     ):
         super().__init__(device, seed, progress)
         self.num_samples = check_positive_int("num_samples", num_samples)
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
-            raise InvalidParameterError(f"warmup must be a non-negative integer, got {warmup!r}")
-        self.warmup = int(warmup)
+        self.warmup = check_nonnegative_int("warmup", warmup)
         self.num_chains = check_positive_int("num_chains", num_chains)
         self.thin = check_positive_int("thin", thin)
         if (
