@@ -34,17 +34,18 @@ mini-batch of ``B`` points; the pre-activation is ``(noise * h) @ M + b``):
 ``ard-add``
     both the unit and the layer noise, multiplied.
 
-Layers whose prior is :class:`~bnn_priors.NormalPrior` get no noise (MAP with
-weight decay). The log-uniform prior is refused: its noise cannot be drawn.
+Layers whose prior has no noise (:class:`~bnn_priors.NormalPrior`) get none (MAP
+with weight decay). Improper priors (log-uniform) are refused: their noise cannot be
+drawn. The noise is the noise model's own sampler (:meth:`bnn_priors.NoiseModel.sample`)
+fed by the replica's stream, so any noise model works here.
 
-Noise convention: ``lambda`` is divided by its mean ``E[lambda]`` where that is
-finite, so that ``E[noise] = 1`` (the inverted-dropout convention of Keras and of
-Gal's code): Bernoulli ``1 - p``, Gaussian ``1``, Rayleigh ``scale sqrt(pi/2)``,
-inverse Nakagami ``E[1/X] = Gamma(m - 1/2) / Gamma(m) sqrt(m / Omega)`` for
-``X ~ Nakagami(m, Omega)`` and ``m > 1/2`` (infinite otherwise). Half-Cauchy noise
-(infinite mean) is used as is. Dividing the noise by a constant is the same model
-with a rescaled sigma0: with decay length-scale ``l`` (``M ~ N(0, 1/l^2)``) the
-implied prior is the layer's scale mixture with ``sigma0' = 1 / (l E[lambda])``.
+Noise convention: ``lambda`` is divided by its mean ``E[lambda]``
+(:attr:`bnn_priors.NoiseModel.mean`) where that is finite, so that ``E[noise] = 1``
+(the inverted-dropout convention of Keras and of Gal's code): Bernoulli ``1 - p``,
+Gaussian ``1``. Noise with an infinite mean (half-Cauchy) is used as is. Dividing
+the noise by a constant is the same model with a rescaled sigma0: with decay
+length-scale ``l`` (``M ~ N(0, 1/l^2)``) the implied prior is the layer's scale
+mixture with ``sigma0' = 1 / (l E[lambda])``.
 
 Objective (Gal & Ghahramani's reference Keras code: batch 128, Adam lr 1e-3, prior
 length-scale ``l = 1e-2``, decay on weights, not biases). With a fixed model
@@ -53,8 +54,9 @@ precision ``tau`` the loss of a mini-batch is
     ``mean_batch ||y - f||^2 + sum_layers wd_l ||M_l||^2``,  ``wd_l = l_l^2 c_l / (2 N tau)``
 
 (``N`` the training-set size, ``||.||^2`` summed over outputs). ``c_l`` is Gal's keep
-probability ``1 - p`` for each Bernoulli scale of the layer (``(1 - p)^2`` for
-``ard-add``) and ``1`` for every other noise model and the normal prior: for those the
+probability (:attr:`bnn_priors.NoiseModel.keep_probability`) per scale tensor of the
+layer: ``1 - p`` for each Bernoulli scale (``(1 - p)^2`` for ``ard-add``) and ``1`` for
+every other noise model and the normal prior: for those the
 Gaussian prior ``z ~ N(0, 1/l^2)`` of the expanded form gives the decay without the
 keep-probability factor. The squared error has no factor ``1/2`` (Keras'
 mean squared error, as in Gal's code), so the decay is half the negative log density
@@ -104,7 +106,6 @@ sample shared by all the points it predicts, so every pass is a function sample
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -113,20 +114,19 @@ import torch
 
 from bnn_priors.errors import InvalidParameterError
 from bnn_priors.noise_models import NoiseModel
-from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior, WeightPrior
+from bnn_priors.scale_mixture import ScaleMixturePrior, WeightPrior
 from inference.common import (
     InferenceBackend,
     Posterior,
     ReplicaRandom,
     check_positive_float,
     check_positive_int,
-    progress_bar,
     raise_diverged,
     unsupported,
 )
+from inference.training import Checkpoint, Shuffled, train
 from models.networks import BayesianNetwork, Layer
 
-NOISE_SAMPLED = ("bernoulli", "gaussian", "rayleigh", "inverse-nakagami", "half-cauchy")
 # Offsets that separate a replica's random streams (initial weights, batch order, noise).
 _STREAMS = {"init": 0, "batches": 0x2545F4914F6CDD1D, "noise": 0x5851F42D4C957F2D}
 
@@ -137,49 +137,8 @@ def _stream_seeds(seeds: list[int], stream: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- noise
 def noise_mean(noise: NoiseModel) -> float:
-    """``E[lambda]`` of a noise model (``inf`` where it does not exist)."""
-    name, p = noise.name, noise.params
-    if name == "bernoulli":
-        return 1.0 - p["p"]
-    if name == "gaussian":
-        return 1.0
-    if name == "rayleigh":
-        return p["scale"] * math.sqrt(math.pi / 2)
-    if name == "inverse-nakagami":
-        m, spread = p["shape"], p["spread"]
-        if m <= 0.5:
-            return math.inf
-        return math.exp(math.lgamma(m - 0.5) - math.lgamma(m)) * math.sqrt(m / spread)
-    if name == "half-cauchy":
-        return math.inf
-    try:
-        return float(noise.noise().mean)
-    except NotImplementedError:
-        return math.inf
-
-
-def _gamma(rng: ReplicaRandom, shape: tuple[int, ...], concentration: float, dtype, axis: int) -> torch.Tensor:
-    """Standard Gamma(concentration) draws of ``shape`` per replica, the replica axis at ``axis``."""
-    alpha = torch.full(shape, concentration, dtype=dtype, device=rng.device)
-    draws = [torch._standard_gamma(alpha, generator=g) for g in rng.generators]
-    return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
-
-
-def sample_lambda(noise: NoiseModel, rng: ReplicaRandom, shape: tuple[int, ...], dtype, axis: int = 0) -> torch.Tensor:
-    """Raw noise ``lambda ~ p(lambda)`` of ``shape`` per replica (replica axis at ``axis``), from ``rng``."""
-    name, p = noise.name, noise.params
-    if name == "bernoulli":
-        return (rng.rand(shape, dtype, axis) < 1.0 - p["p"]).to(dtype)
-    if name == "gaussian":
-        return 1.0 + math.sqrt(p["alpha"]) * rng.randn(shape, dtype, axis)
-    if name == "rayleigh":  # inverse CDF: scale sqrt(-2 log(1 - u))
-        return p["scale"] * torch.sqrt(-2.0 * torch.log1p(-rng.rand(shape, dtype, axis)))
-    if name == "inverse-nakagami":  # 1/X with X^2 = (Omega/m) G, G ~ Gamma(m, 1)
-        g = _gamma(rng, shape, p["shape"], dtype, axis).clamp_min(torch.finfo(dtype).tiny)
-        return torch.sqrt(p["shape"] / (p["spread"] * g))
-    if name == "half-cauchy":  # |Cauchy|: |tan(pi (u - 1/2))|, finite for u in [0, 1)
-        return p["scale"] * torch.tan(math.pi * (rng.rand(shape, dtype, axis) - 0.5)).abs()
-    raise NotImplementedError(f"MCDropout cannot draw {name} noise")
+    """``E[lambda]`` of a noise model (``inf`` where it does not exist), for the posterior's ``info``."""
+    return noise.mean
 
 
 def draw_noise(
@@ -199,17 +158,18 @@ def draw_noise(
     points), ``weight_scale`` ``(*lead, R, in, out)`` (always shared by the points).
     Empty for a prior without noise.
     """
-    if not isinstance(prior, ScaleMixturePrior):
+    noise = prior.noise
+    if noise is None:
         return {}
     shapes = {
         "unit_scale": (points, in_features),
         "layer_scale": (points, 1),
         "weight_scale": (in_features, out_features),
     }
-    mean = noise_mean(prior.noise)
+    mean = noise.mean
     out = {}
     for kind in prior.scale_shapes(in_features, out_features):
-        lam = sample_lambda(prior.noise, rng, tuple(lead) + shapes[kind], dtype, axis=len(lead))
+        lam = noise.sample(rng, tuple(lead) + shapes[kind], dtype, axis=len(lead))
         out[kind] = lam / mean if math.isfinite(mean) else lam
     return out
 
@@ -226,10 +186,10 @@ def noisy_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nois
 
 
 def keep_probability(prior: WeightPrior) -> float:
-    """Gal's factor ``c``: ``(1 - p)`` per Bernoulli scale tensor of the layer, else 1."""
-    if isinstance(prior, ScaleMixturePrior) and prior.noise.name == "bernoulli":
-        return (1.0 - prior.noise.params["p"]) ** len(prior.scale_shapes(1, 1))
-    return 1.0
+    """Gal's factor ``c`` of a layer: the noise's keep probability per scale tensor (1 without noise)."""
+    if prior.noise is None:
+        return 1.0
+    return prior.noise.keep_probability ** len(prior.scale_shapes(1, 1))
 
 
 def _number_or_numbers(label: str, value, allow_zero: bool) -> float | tuple[float, ...] | None:
@@ -334,6 +294,35 @@ class MCDropoutPosterior(Posterior):
         f = f.expand(S, *f.shape[-3:])  # a network without noise gives one function
         return f, self.precision.expand(S, -1)
 
+    @torch.no_grad()
+    def _arviz_draws(self, num_samples: int, rng: ReplicaRandom) -> dict[str, torch.Tensor]:
+        """Each stochastic pass as the weights it amounts to: the noise of a pass is shared by the
+        points, so ``(u h) @ M = h @ (u^T M)`` and the pass is the network with weights ``noise * M``
+        (the noise in the shape of the prior's scale site, e.g. ``(in, 1)`` for a unit's). Drawn as
+        :meth:`_sample` draws them, so the same stream gives the same functions."""
+        S = num_samples
+        noise = self.net.draw(rng, points=1, lead=(S,))
+        draws = {}
+        for layer in self.model.layers:
+            weight = self.net.weights[layer.name].detach()
+            effective = weight.expand(S, *weight.shape)
+            for kind, lam in noise[layer.name].items():
+                site = lam.transpose(-1, -2) if kind == "unit_scale" else lam  # (S, R, 1, in) -> (S, R, in, 1)
+                draws[f"{layer.name}.{kind}"] = site
+                effective = effective * site
+            draws[f"{layer.name}.weight"] = effective
+            bias = self.net.biases[layer.name].detach()
+            draws[f"{layer.name}.bias"] = bias.expand(S, *bias.shape)
+        draws[self.model.likelihood.site] = self.precision.expand(S, -1)
+        return {k: t.unsqueeze(0) for k, t in draws.items()}  # one chain
+
+    def _arviz_attrs(self) -> dict[str, str]:
+        return {
+            "draws": "stochastic forward passes: the effective (noise-multiplied) weights of each pass; "
+            "scale sites hold the pass's noise divided by its mean E[lambda] where finite, as in training; "
+            "the precision is the fit's point estimate"
+        }
+
 
 # ---------------------------------------------------------------------- the backend
 class MCDropout(InferenceBackend):
@@ -388,29 +377,21 @@ class MCDropout(InferenceBackend):
     def check_model(self, model: BayesianNetwork) -> None:
         for layer in model.layers:
             prior = layer.prior
-            if isinstance(prior, LogUniformPrior):
+            if not prior.proper:
                 raise unsupported(
                     "MCDropout",
-                    f"the log-uniform prior of {layer.name}",
-                    "its noise cannot be drawn (p(lambda^2) ∝ 1/lambda^2 is improper)",
+                    f"the {prior.describe()} prior of {layer.name}",
+                    f"it is improper ({prior.density}), so its noise cannot be drawn",
                     'inference.SVI(guide="variational-dropout")',
                 )
-            if isinstance(prior, ScaleMixturePrior):
-                if prior.noise.name not in NOISE_SAMPLED:
-                    raise unsupported(
-                        "MCDropout", f"the {prior.describe()} prior of {layer.name}",
-                        f"it has no sampler for {prior.noise.name} noise", "inference.SVI",
-                    )
-            elif not isinstance(prior, NormalPrior):
-                raise unsupported("MCDropout", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
 
     @staticmethod
     def _warn_heavy_tails(model: BayesianNetwork) -> None:
         for layer in model.layers:
-            prior = layer.prior
-            if isinstance(prior, ScaleMixturePrior) and not math.isfinite(prior.noise.second_moment):
+            noise = layer.prior.noise
+            if noise is not None and not math.isfinite(noise.second_moment):
                 warnings.warn(
-                    f"MCDropout: the {prior.noise!r} noise of {layer.name} has E[lambda^2] = inf, so the "
+                    f"MCDropout: the {noise!r} noise of {layer.name} has E[lambda^2] = inf, so the "
                     "expected squared error of training is infinite for every function that depends on "
                     "the noisy units: the fit drifts toward ignoring them and the predictive mean and "
                     "standard deviation do not exist (use medians or quantiles of the samples, or a "
@@ -428,7 +409,9 @@ class MCDropout(InferenceBackend):
             for layer in model.layers
         }
 
-    def fit(self, model: BayesianNetwork, X, y) -> MCDropoutPosterior:
+    def fit(self, model: BayesianNetwork, X, y, checkpoint: Checkpoint | None = None) -> MCDropoutPosterior:
+        """Fit ``model`` to ``(X, y)``; with a :class:`~inference.training.Checkpoint`, save the fit's
+        state at epoch ends as it goes and continue from the saved state when there is one."""
         X, y, seeds = self.prepare(model, X, y)
         self._warn_heavy_tails(model)
         dev, dt, R = model.device, model.dtype, model.replicas
@@ -443,67 +426,76 @@ class MCDropout(InferenceBackend):
         decays = self._decays(model, given)
         N, out = X.shape[1], model.out_features
         B = min(self.batch_size, N)
-        per_epoch = math.ceil(N / B)
-        steps = self.epochs * per_epoch
-        rows = torch.arange(R, device=dev)[:, None]
+        schedule = Shuffled(batch_rng, N, B)
+        steps = self.epochs * schedule.steps_per_round
         K = self.num_particles
         lead = (K,) if K > 1 else ()
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         a, b = lik.concentration, lik.rate
-        first_bad = torch.tensor(-1, device=dev)
         history: list[float] = []
-        step = 0
-        start = time.perf_counter()
-        bar = progress_bar(steps, "MC dropout", self.progress)
-        for _ in range(self.epochs):
-            perm = batch_rng.batch_indices(N, N)
-            sse = torch.zeros(R, device=dev, dtype=dt)
-            epoch_loss = torch.zeros(R, device=dev, dtype=dt)
-            # Within an epoch tau is fixed: tau/2 * wd_l is a constant per layer and replica.
+        # Per epoch: the squared errors and the loss, summed over the epoch's batches.
+        epoch = {"sse": torch.zeros(R, device=dev, dtype=dt), "loss": torch.zeros(R, device=dev, dtype=dt)}
+        # Within an epoch tau is fixed: tau/2 * wd_l is a constant per layer and replica.
+        terms: dict = {}
+
+        def epoch_terms() -> None:
             if learned:
-                half_tau_wd = {k: 0.5 * tau * d.coefficient(N, tau) for k, d in decays.items()}
-                const = -0.5 * out * tau.log() - lik.precision_prior(dev, dt).log_prob(tau) / N
+                terms["half_tau_wd"] = {k: 0.5 * tau * d.coefficient(N, tau) for k, d in decays.items()}
+                terms["const"] = -0.5 * out * tau.log() - lik.precision_prior(dev, dt).log_prob(tau) / N
             else:
-                wd = {k: d.coefficient(N, fixed) for k, d in decays.items()}
-            for j in range(per_epoch):
-                idx = perm[:, j * B:(j + 1) * B]
-                Xb, yb = X[rows, idx], y[rows, idx]
-                f = net.forward(Xb, net.draw(noise_rng, Xb.shape[1], lead))
-                err = ((yb - f) ** 2).sum(-1).mean(-1)  # (*lead, R)
-                if err.dim() > 1:
-                    err = err.mean(0)
-                norms = net.squared_norms()
-                if learned:
-                    loss = 0.5 * tau * err + const + sum(half_tau_wd[k] * norms[k] for k in norms)
-                else:
-                    loss = err + sum(wd[k] * norms[k] for k in norms)
-                opt.zero_grad(set_to_none=True)
-                loss.sum().backward()
-                opt.step()
-                loss = loss.detach()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss).all(), step, first_bad)
-                sse = sse + err.detach() * Xb.shape[1]
-                epoch_loss = epoch_loss + loss * Xb.shape[1] / N
-                step += 1
+                terms["wd"] = {k: d.coefficient(N, fixed) for k, d in decays.items()}
+
+        def step(Xb, yb):
+            f = net.forward(Xb, net.draw(noise_rng, Xb.shape[1], lead))
+            err = ((yb - f) ** 2).sum(-1).mean(-1)  # (*lead, R)
+            if err.dim() > 1:
+                err = err.mean(0)
+            norms = net.squared_norms()
+            if learned:
+                loss = 0.5 * tau * err + terms["const"] + sum(terms["half_tau_wd"][k] * norms[k] for k in norms)
+            else:
+                loss = err + sum(terms["wd"][k] * norms[k] for k in norms)
+            epoch["sse"] = epoch["sse"] + err.detach() * Xb.shape[1]
+            epoch["loss"] = epoch["loss"] + loss.detach() * Xb.shape[1] / N
+            return loss.sum(), loss
+
+        def end_epoch(where) -> float:
+            nonlocal tau
             if learned:
                 with torch.no_grad():
                     extra = 0.0
                     if given is not None:
                         extra = N * given * sum(net.squared_norms().values())
-                    tau = ((N * out + 2.0 * (a - 1.0)) / (sse + extra + 2.0 * b)).clamp_min(1e-12)
-            bad = int(first_bad)
-            if bad >= 0 or not bool(torch.isfinite(tau).all()):
-                bar.close()
-                raise_diverged(
-                    "MCDropout", bad if bad >= 0 else step, "loss",
-                    "heavy-tailed noise (half-Cauchy, inverse Nakagami with a small shape) can blow up the "
-                    "activations: try a lower lr or a lighter-tailed noise model",
-                )
-            history.append(float(epoch_loss.mean()))
-            bar.set_postfix(loss=f"{history[-1]:.4g}")
-            bar.update(per_epoch)
-        bar.close()
-        elapsed = time.perf_counter() - start
+                    tau = ((N * out + 2.0 * (a - 1.0)) / (epoch["sse"] + extra + 2.0 * b)).clamp_min(1e-12)
+                if not bool(torch.isfinite(tau).all()):
+                    raise_diverged("MCDropout", where.step, "loss", hint)
+            history.append(float(epoch["loss"].mean()))
+            epoch["sse"] = torch.zeros(R, device=dev, dtype=dt)
+            epoch["loss"] = torch.zeros(R, device=dev, dtype=dt)
+            epoch_terms()
+            return history[-1]
+
+        def load_state(saved: dict) -> None:
+            nonlocal tau
+            tau = saved["tau"].to(dev)
+            history[:] = saved["history"]
+            epoch_terms()
+
+        hint = (
+            "heavy-tailed noise (half-Cauchy, inverse Nakagami with a small shape) can blow up the "
+            "activations: try a lower lr or a lighter-tailed noise model"
+        )
+        epoch_terms()
+        done = train(
+            step, X, y, net.parameters(), opt, schedule, steps,
+            backend="MCDropout", hint=hint, end_round=end_epoch,
+            generators=noise_rng.generators,
+            state=lambda: {"tau": tau.detach().cpu().clone(), "history": list(history)},
+            load_state=load_state,
+            checkpoint=checkpoint,
+            progress=self.progress,
+            desc="MC dropout",
+        )
 
         user_decay = list(self.weight_decay) if isinstance(self.weight_decay, tuple) else self.weight_decay
 
@@ -517,8 +509,8 @@ class MCDropout(InferenceBackend):
             "steps": steps,
             "epochs": self.epochs,
             "batch_size": B,
-            "seconds": elapsed,
-            "steps_per_second": steps / elapsed,
+            "seconds": done.seconds,
+            "steps_per_second": done.steps_per_second,
             "final_loss": history[-1],
             "loss_history": history,
             "precision": per_replica(tau),
@@ -535,4 +527,6 @@ class MCDropout(InferenceBackend):
             },
             "num_particles": K,
         }
+        if done.resumed_from is not None:
+            info["resumed_from_step"] = done.resumed_from
         return MCDropoutPosterior(model, net, tau, seeds, info)

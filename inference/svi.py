@@ -51,14 +51,20 @@ Dropout Sparsifies Deep Neural Networks", eq. 14):
 ``k1, k2, k3 = 0.63576, 1.87320, 1.48695`` and ``alpha = sigma^2 / mu^2``.
 
 ``scale_updates="em"`` replaces the variational scales by point estimates set in
-closed form at every step (type-II MAP, see :mod:`inference.scale_updates`).
+closed form at every step (type-II MAP, see :meth:`bnn_priors.NoiseModel.map_variance`;
+the noise models with such an update say so in ``has_closed_form_update``).
+
+The backend asks each layer's prior what it is (its ``noise``, whether it is
+``proper``, its ``weight_std`` given the scales) and never tests its type; a prior
+that is not Gaussian given its scales brings its KL to a Gaussian ``q(w)`` through
+:func:`register_weight_kl`, as Pyro's ``register_kl`` does for pairs of distributions.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro
@@ -67,19 +73,17 @@ import torch
 from torch.distributions import constraints
 
 from bnn_priors.errors import InvalidParameterError
-from bnn_priors.noise_models import InverseNakagami, NoiseModel
-from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior
+from bnn_priors.noise_models import NOISE_MODELS, NoiseModel
+from bnn_priors.scale_mixture import LogUniformPrior, WeightPrior
 from inference.common import (
     InferenceBackend,
     Posterior,
     ReplicaRandom,
     check_positive_float,
     check_positive_int,
-    progress_bar,
-    raise_diverged,
     unsupported,
 )
-from inference.scale_updates import CLOSED_FORM_NOISE, map_variance
+from inference.training import Checkpoint, FullBatch, RandomSubsets, train
 from models.networks import BayesianNetwork, Layer
 
 GUIDES = ("mean-field", "variational-dropout", "map")
@@ -100,6 +104,40 @@ def normal_kl(loc: torch.Tensor, var: torch.Tensor, prior_std: torch.Tensor | fl
         return 0.5 * ((var + loc**2) / prior_var - 1.0 - log_var + torch.log(prior_var))
     prior_var = float(prior_std) ** 2
     return 0.5 * ((var + loc**2) / prior_var - 1.0 - log_var + math.log(prior_var))
+
+
+#: ``rule(prior, loc, log_var, var) -> KL(N(loc, var) || p(w))`` elementwise, per weight-prior type.
+WeightKL = Callable[[WeightPrior, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+_WEIGHT_KL: dict[type, WeightKL] = {}
+
+
+def register_weight_kl(prior_type: type):
+    """Register the KL of a Gaussian ``q(w)`` to the weight priors of ``prior_type`` (and its subclasses).
+
+    For priors that are not ``N(0, weight_std(scales)^2)`` given their scales (an
+    improper prior); the others need no rule: their KL is :func:`normal_kl`. Used as
+    a decorator, like Pyro's ``register_kl``.
+    """
+
+    def decorator(rule: WeightKL) -> WeightKL:
+        _WEIGHT_KL[prior_type] = rule
+        return rule
+
+    return decorator
+
+
+def weight_kl_rule(prior: WeightPrior) -> WeightKL | None:
+    """The rule registered for the nearest class of ``prior`` in its hierarchy, or ``None``."""
+    for cls in type(prior).__mro__:
+        if cls in _WEIGHT_KL:
+            return _WEIGHT_KL[cls]
+    return None
+
+
+@register_weight_kl(LogUniformPrior)
+def _log_uniform_weight_kl(prior, loc, log_var, var):
+    """Molchanov et al.'s approximation, with ``alpha = sigma^2 / mu^2`` per weight."""
+    return log_uniform_kl(log_var - torch.log(loc**2))
 
 
 @dataclass(frozen=True)
@@ -145,21 +183,20 @@ class _Variational:
                 param(f"{layer.name}.bias.log_std", torch.full((R, layer.out_features), math.log(init_std)))
             prior = layer.prior
             sites = []
-            if isinstance(prior, ScaleMixturePrior):
-                for kind, s in prior.scale_shapes(layer.in_features, layer.out_features).items():
-                    noise = prior.noise.noise(dev, dt)
-                    site = _ScaleSite(
-                        f"{layer.name}.{kind}", layer.name, kind, s, prior.noise, noise,
-                        positive=noise.support is not constraints.real,
-                    )
-                    sites.append(site)
-                    center = _noise_center(prior.noise)
-                    if em:
-                        self.em_log_var[site.name] = torch.full((R, *s), 2 * math.log(abs(center)), device=dev, dtype=dt)
-                    else:
-                        loc0 = math.log(center) if site.positive else center
-                        param(f"{site.name}.loc", torch.full((R, *s), loc0))
-                        param(f"{site.name}.log_std", torch.full((R, *s), math.log(0.1)))
+            for kind, s in prior.scale_shapes(layer.in_features, layer.out_features).items():
+                noise = prior.noise.noise(dev, dt)
+                site = _ScaleSite(
+                    f"{layer.name}.{kind}", layer.name, kind, s, prior.noise, noise,
+                    positive=noise.support is not constraints.real,
+                )
+                sites.append(site)
+                center = _noise_center(prior.noise)
+                if em:
+                    self.em_log_var[site.name] = torch.full((R, *s), 2 * math.log(abs(center)), device=dev, dtype=dt)
+                else:
+                    loc0 = math.log(center) if site.positive else center
+                    param(f"{site.name}.loc", torch.full((R, *s), loc0))
+                    param(f"{site.name}.log_std", torch.full((R, *s), math.log(0.1)))
             self.sites[layer.name] = sites
         lik = model.likelihood
         if lik.learned:
@@ -231,16 +268,14 @@ class _Variational:
         return tau, log_q - log_p
 
     def prior_std(self, layer: Layer, scales: dict[str, torch.Tensor]) -> torch.Tensor | float:
-        prior = layer.prior
-        if isinstance(prior, ScaleMixturePrior):
-            return prior.weight_std({s.kind: scales[s.name] for s in self.sites[layer.name]})
-        return prior.sigma0
+        return layer.prior.weight_std({s.kind: scales[s.name] for s in self.sites[layer.name]})
 
     def weight_kl(self, layer: Layer, scales: dict[str, torch.Tensor], moments) -> torch.Tensor:
         """``KL(q(w) || p(w | scales))`` summed over the matrix: shape ``(S, R)`` or ``(R,)``."""
         loc, log_var, var = moments
-        if isinstance(layer.prior, LogUniformPrior):
-            return log_uniform_kl(log_var - torch.log(loc**2)).sum((-2, -1))
+        rule = weight_kl_rule(layer.prior)
+        if rule is not None:
+            return rule(layer.prior, loc, log_var, var).sum((-2, -1))
         return normal_kl(loc, var, self.prior_std(layer, scales), log_var).sum((-2, -1))
 
     def bias_kl(self, bias_moments) -> torch.Tensor:
@@ -329,8 +364,8 @@ class _Variational:
             params[f"{layer.name}.weight"], params[f"{layer.name}.bias"] = w, b
             loc, var = self.weight_moments(layer)
             total = total - dist.Normal(loc, var.sqrt()).log_prob(w).sum((-2, -1))
-            if isinstance(layer.prior, LogUniformPrior):
-                raise InvalidParameterError("the log-uniform prior is improper: its ELBO has no Monte Carlo form")
+            if not layer.prior.proper:
+                raise InvalidParameterError(f"the {layer.prior.describe()} prior is improper: its ELBO has no Monte Carlo form")
             std = self.prior_std(layer, scales)
             std = std if torch.is_tensor(std) else torch.tensor(std, device=w.device, dtype=w.dtype)
             total = total + dist.Normal(torch.zeros_like(w), std.expand_as(w)).log_prob(w).sum((-2, -1))
@@ -350,7 +385,7 @@ class _Variational:
     # ------------------------------------------------------- closed-form updates
     @torch.no_grad()
     def update_scales(self) -> None:
-        """One coordinate-ascent sweep of the closed-form scale updates (see :mod:`inference.scale_updates`)."""
+        """One coordinate-ascent sweep of the closed-form scale updates (:meth:`bnn_priors.NoiseModel.map_variance`)."""
         for layer in self.model.layers:
             sites = self.sites[layer.name]
             if not sites:
@@ -366,7 +401,7 @@ class _Variational:
                 dims = [d for d, n in zip((-2, -1), site.shape) if n == 1]
                 S = scaled.sum(dims, keepdim=True) if dims else scaled
                 J = second.shape[-2] * second.shape[-1] // (site.shape[0] * site.shape[1])
-                v = map_variance(site.noise, S, J, layer.prior.sigma0).clamp_min(1e-30)
+                v = site.noise.map_variance(S, J, layer.prior.sigma0).clamp_min(1e-30)
                 self.em_log_var[site.name] = torch.log(v)
 
     # ------------------------------------------------------------- the posterior
@@ -462,6 +497,36 @@ class SVIPosterior(Posterior):
                 out[site.name] = loc.exp() if site.positive else loc
         return out
 
+    @torch.no_grad()
+    @pyro.validation_enabled(False)
+    def _arviz_draws(self, num_samples: int, rng: ReplicaRandom) -> dict[str, torch.Tensor]:
+        """Draws from ``q``, in the order :meth:`_Variational.sample_functions` makes them (scales,
+        precision, then per layer weights and biases), so the same stream gives the same functions.
+        A MAP fit is one point: ``num_samples`` copies of it (the scales are its EM values)."""
+        v = self.variational
+        scales, _ = v.sample_scales(num_samples, rng)
+        tau, _ = v.sample_precision(num_samples, rng)
+        draws = dict(scales)
+        for layer in self.model.layers:
+            loc, var = v.weight_moments(layer)
+            b_loc, b_var = v.bias_moments(layer)
+            if v.guide == "map":
+                draws[f"{layer.name}.weight"] = loc.expand(num_samples, *loc.shape)
+                draws[f"{layer.name}.bias"] = b_loc.expand(num_samples, *b_loc.shape)
+                continue
+            eps = rng.randn((num_samples, *loc.shape[1:]), loc.dtype, axis=1)
+            draws[f"{layer.name}.weight"] = loc + var.sqrt() * eps
+            eps_b = rng.randn((num_samples, *b_loc.shape[1:]), loc.dtype, axis=1)
+            draws[f"{layer.name}.bias"] = b_loc + b_var.sqrt() * eps_b
+        draws[self.model.likelihood.site] = tau
+        return {k: t.detach().unsqueeze(0) for k, t in draws.items()}  # one chain
+
+    def _arviz_attrs(self) -> dict[str, str]:
+        if self.variational.guide == "map":
+            return {"draws": "MAP: one point estimate, repeated in every draw (a point mass has no spread)"}
+        what = "scales at their EM point estimates, " if self.variational.em else ""
+        return {"draws": f"independent draws from the variational posterior q ({what}{self.variational.guide} guide)"}
+
 
 class SVI(InferenceBackend):
     """Stochastic variational inference: ``SVI(steps=2000).fit(model, X, y)``.
@@ -519,43 +584,50 @@ class SVI(InferenceBackend):
 
     def check_model(self, model: BayesianNetwork) -> None:
         for layer in model.layers:
-            prior = layer.prior
-            if isinstance(prior, ScaleMixturePrior) and prior.noise.discrete:
+            prior, noise = layer.prior, layer.prior.noise
+            what = f"the {prior.describe()} prior of {layer.name}"
+            if noise is not None and noise.discrete:
+                alternative = noise.continuous_alternative
                 raise unsupported(
-                    "SVI",
-                    f"the {prior.describe()} prior of {layer.name}",
-                    f"{prior.noise.name} scales are discrete and have no reparameterized guide",
-                    "inference.MCDropout (dropout as approximate variational inference), or the 'gaussian' "
-                    "noise model with alpha = p / (1 - p) (Gaussian dropout)",
+                    "SVI", what,
+                    f"{noise.name} scales are discrete and have no reparameterized guide",
+                    "inference.MCDropout (dropout as approximate variational inference)"
+                    + (f", or {alternative}" if alternative else ""),
                 )
-            if not isinstance(prior, (ScaleMixturePrior, NormalPrior, LogUniformPrior)):
-                raise unsupported("SVI", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
-            if self.guide == "map" and isinstance(prior, LogUniformPrior):
+            if not prior.proper and weight_kl_rule(prior) is None:
                 raise unsupported(
-                    "SVI with guide='map'", f"the log-uniform prior of {layer.name}",
-                    "the prior is improper and its density grows without bound at w = 0, so it has no MAP",
+                    "SVI", what, f"it is improper ({prior.density}) and no KL to a Gaussian q(w) is registered for it",
+                    "a proper prior, or register one with inference.svi.register_weight_kl",
+                )
+            if self.guide == "map" and not prior.proper:
+                raise unsupported(
+                    "SVI with guide='map'", what,
+                    f"it is improper ({prior.density}), and a point estimate needs a proper density to maximise",
                     "guide='variational-dropout' or guide='mean-field'",
                 )
-            if self.guide == "map" and isinstance(prior, ScaleMixturePrior) and self.scale_updates != "em":
+            if self.guide == "map" and noise is not None and self.scale_updates != "em":
                 raise unsupported(
-                    "SVI with guide='map'", f"the {prior.describe()} prior of {layer.name}",
+                    "SVI with guide='map'", what,
                     "a joint MAP of weights and scales collapses to zero scales; the scales need closed-form updates",
                     "scale_updates='em' (or guide='mean-field')",
                 )
             if self.scale_updates == "em":
-                if isinstance(prior, LogUniformPrior):
+                if not prior.proper:
                     raise unsupported(
-                        "SVI with scale_updates='em'", f"the log-uniform prior of {layer.name}",
-                        "it has no scales to update", "scale_updates=None",
+                        "SVI with scale_updates='em'", what,
+                        f"it is improper ({prior.density}) and declares no scales to update", "scale_updates=None",
                     )
-                if isinstance(prior, ScaleMixturePrior) and prior.noise.name not in CLOSED_FORM_NOISE:
+                if noise is not None and not noise.has_closed_form_update:
+                    closed = ", ".join(name for name, cls in NOISE_MODELS.items() if cls.has_closed_form_update)
                     raise unsupported(
-                        "SVI with scale_updates='em'", f"the {prior.describe()} prior of {layer.name}",
-                        f"closed-form scale updates exist only for {', '.join(CLOSED_FORM_NOISE)} noise",
+                        "SVI with scale_updates='em'", what,
+                        f"{noise.name} noise has no closed-form scale update (the noise models with one: {closed})",
                         "scale_updates=None (variational scales)",
                     )
 
-    def fit(self, model: BayesianNetwork, X, y) -> SVIPosterior:
+    def fit(self, model: BayesianNetwork, X, y, checkpoint: Checkpoint | None = None) -> SVIPosterior:
+        """Fit ``model`` to ``(X, y)``; with a :class:`~inference.training.Checkpoint`, save the fit's
+        state as it goes and continue from the saved state when there is one."""
         X, y, seeds = self.prepare(model, X, y)
         if self.guide == "map":
             self._warn_pole(model)
@@ -563,71 +635,66 @@ class SVI(InferenceBackend):
         q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, rng)
         opt = torch.optim.Adam(list(q.params.values()), lr=self.lr)
         losses: list[float] = []
-        start = time.perf_counter()
-        bar = progress_bar(self.steps, "SVI", self.progress)
-        # Argument validation off inside the loop: it costs time per step, and a run-away value
-        # must surface as a non-finite loss (reported below with its step), not as a ValueError.
-        with pyro.validation_enabled(False):
-            self._train(q, opt, X, y, rng, bar, losses)
-        bar.close()
-        elapsed = time.perf_counter() - start
-        info = {
-            "steps": self.steps,
-            "final_loss": losses[-1],
-            "loss_history": losses,
-            "seconds": elapsed,
-            "steps_per_second": self.steps / elapsed,
-            "guide": self.guide,
-        }
-        return SVIPosterior(model, q, seeds, info)
-
-    @staticmethod
-    def _warn_pole(model: BayesianNetwork) -> None:
-        for layer in model.layers:
-            prior = layer.prior
-            if isinstance(prior, ScaleMixturePrior) and not isinstance(prior.noise, InverseNakagami):
-                warnings.warn(
-                    f"SVI(guide='map'): with the {prior.describe()} prior of {layer.name} the closed-form "
-                    "scale step is a joint mode of weights and scales, whose objective grows without bound "
-                    "as a group of weights goes to zero, so the fit shrinks whole units away; the "
-                    "inverse-nakagami noise model (a Student-t marginal) has a proper MAP, or use "
-                    "guide='mean-field'",
-                    stacklevel=3,
-                )
-
-    def _train(self, q: _Variational, opt, X, y, rng: ReplicaRandom, bar, losses: list[float]) -> None:
-        """The optimisation loop; one device sync every ``report_every`` steps."""
-        first_bad = torch.tensor(-1, device=X.device)
         N = X.shape[1]
         B = N if self.batch_size is None or self.batch_size >= N else self.batch_size
-        rows = torch.arange(X.shape[0], device=X.device)[:, None]
-        for step in range(self.steps):
-            if B < N:
-                idx = rng.batch_indices(N, B)
-                Xb, yb = X[rows, idx], y[rows, idx]
-            else:
-                Xb, yb = X, y
+        schedule = RandomSubsets(rng, N, B, self.report_every) if B < N else FullBatch(self.report_every)
+
+        def step(Xb, yb):
             if q.em:
                 q.update_scales()
             if q.guide == "map":
                 loss = -q.log_joint(Xb, yb, N).sum() / N
             else:
                 loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng).sum() / N
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(list(q.params.values()), self.clip_norm)
-            opt.step()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-            if (step + 1) % self.report_every == 0 or step + 1 == self.steps:
-                bad = int(first_bad)
-                if bad >= 0:
-                    bar.close()
-                    raise_diverged(
-                        "SVI", bad, "loss",
-                        "a heavy-tailed scale may be running away or the learning rate is too large "
-                        "(try a smaller lr, clip_norm, or a lighter-tailed prior)",
-                    )
-                losses.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                bar.update(step + 1 - bar.n)
+            return loss, loss
+
+        def end_round(where) -> float:
+            losses.append(float(where.last_loss))
+            return losses[-1]
+
+        def load_state(saved: dict) -> None:
+            q.em_log_var.update({k: v.to(model.device) for k, v in saved["em_log_var"].items()})
+            losses[:] = saved["losses"]
+
+        # Argument validation off inside the loop: it costs time per step, and a run-away value
+        # must surface as a non-finite loss (reported with its step), not as a ValueError.
+        with pyro.validation_enabled(False):
+            done = train(
+                step, X, y, list(q.params.values()), opt, schedule, self.steps,
+                backend="SVI",
+                hint="a heavy-tailed scale may be running away or the learning rate is too large "
+                "(try a smaller lr, clip_norm, or a lighter-tailed prior)",
+                end_round=end_round,
+                clip_norm=self.clip_norm,
+                generators=rng.generators,
+                state=lambda: {"em_log_var": dict(q.em_log_var), "losses": list(losses)},
+                load_state=load_state,
+                checkpoint=checkpoint,
+                progress=self.progress,
+            )
+        info = {
+            "steps": self.steps,
+            "final_loss": losses[-1],
+            "loss_history": losses,
+            "seconds": done.seconds,
+            "steps_per_second": done.steps_per_second,
+            "guide": self.guide,
+        }
+        if done.resumed_from is not None:
+            info["resumed_from_step"] = done.resumed_from
+        return SVIPosterior(model, q, seeds, info)
+
+    @staticmethod
+    def _warn_pole(model: BayesianNetwork) -> None:
+        proper = ", ".join(name for name, cls in NOISE_MODELS.items() if cls.update_is_em_step)
+        for layer in model.layers:
+            prior = layer.prior
+            if prior.noise is not None and not prior.noise.update_is_em_step:
+                warnings.warn(
+                    f"SVI(guide='map'): with the {prior.describe()} prior of {layer.name} the closed-form "
+                    "scale step is a joint mode of weights and scales, whose objective grows without bound "
+                    "as a group of weights goes to zero, so the fit shrinks whole units away; with "
+                    f"{proper} noise the step is EM's for a proper MAP (of the marginal), or use "
+                    "guide='mean-field'",
+                    stacklevel=3,
+                )

@@ -1,0 +1,308 @@
+"""The one training loop of the gradient backends (SVI and MC dropout).
+
+A backend describes one optimisation step as a function of a mini-batch and gives
+it to :func:`train`, which owns everything around it: which rows each step sees
+(:class:`FullBatch`, :class:`RandomSubsets`, :class:`Shuffled`), the optimizer step
+(with optional gradient clipping), the checks for a loss that turns NaN or
+infinite (one device sync per *round*, not per step), the progress bar, timing,
+and checkpoints.
+
+Steps are grouped into rounds: an epoch for epoch-based training (MC dropout),
+``report_every`` steps for step-based training (SVI). At the end of every round
+the loop syncs once, raises :class:`~bnn_priors.FitDivergedError` if any step of
+the round had a non-finite loss, calls the backend's ``end_round`` (where MC
+dropout updates its precision and both record their loss history), and writes a
+checkpoint when one is due.
+
+Checkpoints (:class:`Checkpoint`): the whole state of a fit at a round boundary:
+the step and round counters, every parameter tensor, the optimizer's state, the
+states of every random generator, and the backend's own state (``state`` /
+``load_state`` callables, e.g. MC dropout's precision). Written atomically (a
+temporary file renamed over the old one) at most every ``every`` seconds; a
+fit given a checkpoint whose file exists and whose ``key`` matches continues from
+it. Because every random number comes from generators whose state is saved, a
+continued fit performs exactly the computations the uninterrupted fit would have
+performed after that round: the results are equal bit for bit (tested).
+
+Imports: torch, ``bnn_priors.errors``, ``inference.common``; nothing of the backends.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnn_priors.errors import InvalidParameterError
+from inference.common import progress_bar, raise_diverged
+
+#: A training step: ``step(X_batch, y_batch) -> (loss to minimise, loss to monitor)``. The first is
+#: what ``backward`` is called on (a scalar); the second is checked for NaN/inf (any shape).
+Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: Called after every round with the loop's :class:`Progress`; may raise to stop the fit. A number it
+#: returns is shown as the loss in the progress bar.
+EndRound = Callable[["Progress"], "float | None"]
+
+#: Format of the checkpoint files; bump when their content changes.
+CHECKPOINT_VERSION = 1
+
+
+# ------------------------------------------------------------------- batches
+def _take(X: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` (one row of indices per replica, ``(R, B)``) of ``(R, N, ...)`` data; all for ``None``."""
+    if idx is None:
+        return X, y
+    rows = torch.arange(X.shape[0], device=X.device)[:, None]
+    return X[rows, idx], y[rows, idx]
+
+
+class BatchSchedule(ABC):
+    """Which rows of the training data each step of a round sees."""
+
+    #: Optimisation steps in one round.
+    steps_per_round: int
+
+    @abstractmethod
+    def round(self, steps: int) -> Iterator[torch.Tensor | None]:
+        """The row indices of each of the next ``steps`` steps (a round, or the shorter last one),
+        ``(R, B)`` per step (``None``: every row).
+
+        Drawn lazily, step by step, so that draws from a random stream shared with
+        the step function interleave with the step's own draws as they always did.
+        """
+
+    def generators(self) -> list[torch.Generator]:
+        """The random generators the schedule draws from (saved in checkpoints)."""
+        return []
+
+
+@dataclass
+class FullBatch(BatchSchedule):
+    """Every step sees every row (rounds of ``steps_per_round`` steps)."""
+
+    steps_per_round: int
+
+    def round(self, steps):
+        for _ in range(steps):
+            yield None
+
+
+@dataclass
+class RandomSubsets(BatchSchedule):
+    """Every step a fresh random subset of ``size`` rows per replica, drawn without replacement
+    from ``rng`` (an object with ``batch_indices(n, size)``, e.g. a ``ReplicaRandom``)."""
+
+    rng: Any
+    n: int
+    size: int
+    steps_per_round: int
+
+    def round(self, steps):
+        for _ in range(steps):
+            yield self.rng.batch_indices(self.n, self.size)
+
+    def generators(self):
+        return list(self.rng.generators)
+
+
+@dataclass
+class Shuffled(BatchSchedule):
+    """Epochs: a fresh permutation of the rows per replica at the start of each round, cut into
+    ``ceil(n / size)`` batches in order (the last one smaller), as Keras does."""
+
+    rng: Any
+    n: int
+    size: int
+    steps_per_round: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.steps_per_round = math.ceil(self.n / self.size)
+
+    def round(self, steps):
+        perm = self.rng.batch_indices(self.n, self.n)
+        for j in range(steps):
+            yield perm[:, j * self.size:(j + 1) * self.size]
+
+    def generators(self):
+        return list(self.rng.generators)
+
+
+# --------------------------------------------------------------- checkpoints
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where and how often a fit saves its state, and the key that a saved state must carry.
+
+    ``key`` names what is being fitted (the runner uses the job's run hashes): a file
+    with another key is refused, never silently continued. ``every`` is the least
+    number of seconds between two saves (0: at every round boundary).
+    """
+
+    path: str | Path
+    key: str
+    every: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, (int, float)) or isinstance(self.every, bool) or not self.every >= 0:
+            raise InvalidParameterError(f"checkpoint interval must be a non-negative number of seconds, got {self.every!r}")
+
+    def load(self) -> dict | None:
+        """The saved state, or ``None`` when there is none; a file of another fit is an error."""
+        path = Path(self.path)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+            raise InvalidParameterError(f"checkpoint {path} cannot be read ({exc}); delete it to start afresh") from None
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            raise InvalidParameterError(f"checkpoint {path} is not a checkpoint of this version; delete it to start afresh")
+        if state.get("key") != self.key:
+            raise InvalidParameterError(
+                f"checkpoint {path} belongs to another fit (key {state.get('key')!r}, expected {self.key!r}); "
+                "delete it or use another path"
+            )
+        return state
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` atomically: a reader sees the old file or the new one, never half of one."""
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"version": CHECKPOINT_VERSION, "key": self.key, **state}, tmp)
+        os.replace(tmp, path)
+
+    def remove(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- loop
+@dataclass
+class Progress:
+    """Where the loop is: steps and rounds done, and the monitored loss of the last step."""
+
+    step: int = 0
+    round: int = 0
+    last_loss: torch.Tensor | None = None
+    resumed_from: int | None = None  # the step a checkpoint continued from
+
+
+@dataclass
+class TrainingResult:
+    """Steps and rounds done, the seconds this call trained, the step a checkpoint continued from."""
+
+    steps: int
+    rounds: int
+    seconds: float
+    resumed_from: int | None
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else math.inf
+
+
+def train(
+    step: Step,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    schedule: BatchSchedule,
+    steps: int,
+    *,
+    backend: str,
+    hint: str,
+    end_round: EndRound | None = None,
+    clip_norm: float | None = None,
+    generators: Sequence[torch.Generator] = (),
+    state: Callable[[], dict] | None = None,
+    load_state: Callable[[dict], None] | None = None,
+    checkpoint: Checkpoint | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> TrainingResult:
+    """Run ``steps`` optimisation steps of ``step``, in rounds of ``schedule.steps_per_round``.
+
+    ``params`` are the tensors the optimizer updates; ``generators`` every random
+    generator the fit draws from besides the schedule's; ``state`` / ``load_state``
+    save and restore the backend's own state for checkpoints. A step whose
+    monitored loss is not finite stops the fit at the end of its round with
+    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InvalidParameterError(f"steps must be a positive integer, got {steps!r}")
+    params = list(params)
+    gens = list(generators)
+    gens += [g for g in schedule.generators() if all(g is not h for h in gens)]
+    where = Progress()
+    if checkpoint is not None:
+        saved = checkpoint.load()
+        if saved is not None:
+            _restore(saved, params, optimizer, gens, load_state)
+            where.step, where.round, where.resumed_from = saved["step"], saved["round"], saved["step"]
+    first_bad = torch.tensor(-1, device=X.device)
+    bar = progress_bar(steps, desc or backend, progress)
+    bar.update(where.step)
+    last_save = time.monotonic()
+    start = time.perf_counter()
+    try:
+        while where.step < steps:
+            for idx in schedule.round(min(schedule.steps_per_round, steps - where.step)):
+                Xb, yb = _take(X, y, idx)
+                loss, monitor = step(Xb, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                optimizer.step()
+                monitor = monitor.detach()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(monitor).all(), where.step, first_bad)
+                where.last_loss = monitor
+                where.step += 1
+            where.round += 1
+            bad = int(first_bad)  # the round's one device sync
+            if bad >= 0:
+                raise_diverged(backend, bad, "loss", hint)
+            shown = end_round(where) if end_round is not None else None
+            if shown is not None:
+                bar.set_postfix(loss=f"{shown:.4g}")
+            bar.update(where.step - bar.n)
+            due = checkpoint is not None and time.monotonic() - last_save >= checkpoint.every
+            if due and where.step < steps:
+                checkpoint.save({
+                    "step": where.step,
+                    "round": where.round,
+                    "params": [p.detach().cpu().clone() for p in params],
+                    "optimizer": optimizer.state_dict(),
+                    "generators": [g.get_state() for g in gens],
+                    "backend": state() if state is not None else {},
+                })
+                last_save = time.monotonic()
+    finally:
+        bar.close()
+    return TrainingResult(where.step, where.round, time.perf_counter() - start, where.resumed_from)
+
+
+def _restore(saved: dict, params, optimizer, generators, load_state) -> None:
+    """Put a checkpoint's state back into the fit's tensors, optimizer, generators and backend."""
+    if len(saved["params"]) != len(params) or len(saved["generators"]) != len(generators):
+        raise InvalidParameterError("the checkpoint does not match this fit (another model or backend); delete it")
+    with torch.no_grad():
+        for p, value in zip(params, saved["params"]):
+            if p.shape != value.shape:
+                raise InvalidParameterError(
+                    f"the checkpoint holds a parameter of shape {tuple(value.shape)} where the fit has "
+                    f"{tuple(p.shape)}; delete it"
+                )
+            p.copy_(value.to(p.device))
+    optimizer.load_state_dict(saved["optimizer"])
+    for g, s in zip(generators, saved["generators"]):
+        g.set_state(s)
+    if load_state is not None:
+        load_state(saved["backend"])

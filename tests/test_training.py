@@ -1,0 +1,159 @@
+"""The shared training loop: batch schedules, divergence checks, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import bnn_priors
+import models
+from bnn_priors.errors import FitDivergedError, InvalidParameterError
+from inference import SVI, MCDropout
+from inference.common import ReplicaRandom
+from inference.training import Checkpoint, FullBatch, RandomSubsets, Shuffled, train
+
+
+def _data(R=2, N=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(R, N, 3, generator=g)
+    y = X[..., 0].sin() + 0.1 * torch.randn(R, N, generator=g)
+    return X, y
+
+
+class _KilledAfter(Checkpoint):
+    """A checkpoint whose process is 'killed' right after its ``n``-th save."""
+
+    def __init__(self, path, key, n):
+        super().__init__(path, key, every=0.0)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "saves", [0])
+
+    def save(self, state):
+        super().save(state)
+        self.saves[0] += 1
+        if self.saves[0] == self.n:
+            raise KeyboardInterrupt
+
+
+def _fits():
+    """(name, backend factory, model factory) of fits with every kind of state a checkpoint must hold."""
+    def mlp(noise, structure, R=2):
+        return lambda: models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior(noise, structure=structure), replicas=R)
+
+    def resnet(noise, structure, R=2):
+        return lambda: models.BayesianResNet(3, 1, hidden=(8, 8), prior=bnn_priors.prior(noise, structure=structure), replicas=R)
+
+    return [
+        ("svi-minibatch", lambda: SVI(steps=60, batch_size=16, num_particles=2, report_every=10, seed=[3, 4], progress=False),
+         resnet("half-cauchy", "ard")),
+        ("svi-em", lambda: SVI(steps=55, scale_updates="em", report_every=10, seed=[3, 4], progress=False),
+         resnet("inverse-nakagami", "ard-add")),
+        ("map-em", lambda: SVI(guide="map", steps=40, scale_updates="em", report_every=10, seed=[3, 4], progress=False),
+         resnet("inverse-nakagami", "ard")),
+        ("mc-dropout-learned-tau", lambda: MCDropout(epochs=6, batch_size=16, seed=[3, 4], progress=False),
+         mlp("bernoulli", "ard")),
+        ("mc-dropout-fixed", lambda: MCDropout(epochs=5, batch_size=16, precision=[2.0, 3.0], num_particles=2, seed=[3, 4],
+                                                progress=False), mlp("gaussian", "ard-add")),
+    ]
+
+
+@pytest.mark.parametrize("name,backend,model", _fits(), ids=[f[0] for f in _fits()])
+def test_a_fit_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, name, backend, model):
+    X, y = _data()
+    whole = backend().fit(model(), X, y)
+
+    path = tmp_path / "job.pt"
+    with pytest.raises(KeyboardInterrupt):
+        backend().fit(model(), X, y, checkpoint=_KilledAfter(path, "job", n=2))
+    assert path.exists()
+    resumed = backend().fit(model(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
+
+    assert resumed.info["resumed_from_step"] > 0
+    assert resumed.info["loss_history"] == whole.info["loss_history"]
+    for k, v in whole.weight_means().items():
+        np.testing.assert_array_equal(resumed.weight_means()[k], v)
+    a, b = whole.evaluate(X, y, num_samples=5), resumed.evaluate(X, y, num_samples=5)
+    np.testing.assert_array_equal(a["rmse"], b["rmse"])
+    np.testing.assert_array_equal(a["log_likelihood"], b["log_likelihood"])
+
+
+def test_a_checkpoint_of_another_fit_is_refused(tmp_path):
+    X, y = _data()
+    path = tmp_path / "job.pt"
+    fit = _fits()[0]
+    with pytest.raises(KeyboardInterrupt):
+        fit[1]().fit(fit[2](), X, y, checkpoint=_KilledAfter(path, "job-a", n=1))
+    with pytest.raises(InvalidParameterError, match="belongs to another fit"):
+        fit[1]().fit(fit[2](), X, y, checkpoint=Checkpoint(path, "job-b"))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidParameterError, match="cannot be read"):
+        fit[1]().fit(fit[2](), X, y, checkpoint=Checkpoint(path, "job-a"))
+
+
+def test_a_checkpoint_for_another_model_is_refused(tmp_path):
+    X, y = _data()
+    path = tmp_path / "job.pt"
+    small = models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("half-cauchy"), replicas=2)
+    wide = models.BayesianMLP(3, 1, hidden=(9,), prior=bnn_priors.prior("half-cauchy"), replicas=2)
+    with pytest.raises(KeyboardInterrupt):
+        SVI(steps=30, report_every=10, progress=False).fit(small, X, y, checkpoint=_KilledAfter(path, "k", n=1))
+    with pytest.raises(InvalidParameterError, match="shape"):
+        SVI(steps=30, report_every=10, progress=False).fit(wide, X, y, checkpoint=Checkpoint(path, "k"))
+
+
+def test_checkpoints_are_written_no_more_often_than_asked(tmp_path):
+    X, y = _data()
+    path = tmp_path / "job.pt"
+    model = models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("half-cauchy"), replicas=2)
+    SVI(steps=50, report_every=10, progress=False).fit(model, X, y, checkpoint=Checkpoint(path, "k", every=3600))
+    assert not path.exists()  # the first save is due only after an hour
+    with pytest.raises(InvalidParameterError, match="non-negative"):
+        Checkpoint(path, "k", every=-1)
+
+
+def test_shuffled_batches_cover_every_row_once_per_epoch():
+    rng = ReplicaRandom([0, 1], torch.device("cpu"))
+    schedule = Shuffled(rng, 10, 4)
+    assert schedule.steps_per_round == 3
+    batches = list(schedule.round(3))
+    assert [b.shape for b in batches] == [(2, 4), (2, 4), (2, 2)]
+    rows = torch.cat(batches, dim=1)
+    for r in range(2):
+        assert sorted(rows[r].tolist()) == list(range(10))
+    assert not torch.equal(rows[0], rows[1])  # each replica its own order
+
+
+def test_random_subsets_and_full_batches():
+    rng = ReplicaRandom([0], torch.device("cpu"))
+    subsets = list(RandomSubsets(rng, 10, 3, 5).round(5))
+    assert len(subsets) == 5 and all(s.shape == (1, 3) and len(set(s[0].tolist())) == 3 for s in subsets)
+    assert list(FullBatch(4).round(2)) == [None, None]
+
+
+def test_the_loop_runs_the_steps_in_rounds_and_stops_on_a_non_finite_loss():
+    X, y = _data(R=1)
+    w = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    rounds = []
+
+    def step(Xb, yb):
+        loss = ((Xb @ w - yb) ** 2).mean()
+        return loss, loss
+
+    done = train(step, X, y, [w], opt, FullBatch(4), 10, backend="toy", hint="none",
+                 end_round=lambda where: rounds.append(where.step), progress=False)
+    assert (done.steps, done.rounds) == (10, 3)
+    assert rounds == [4, 8, 10]  # the last round is the shorter rest
+
+    def bad_step(Xb, yb):
+        loss = ((Xb @ w - yb) ** 2).mean()
+        monitor = loss + (torch.inf if bad_step.calls == 6 else 0.0)
+        bad_step.calls += 1
+        return loss, monitor
+
+    bad_step.calls = 0
+    with pytest.raises(FitDivergedError, match="toy: the loss became NaN or infinite at step 6; try this"):
+        train(bad_step, X, y, [w], opt, FullBatch(4), 10, backend="toy", hint="try this", progress=False)
+    with pytest.raises(InvalidParameterError, match="steps"):
+        train(step, X, y, [w], opt, FullBatch(4), 0, backend="toy", hint="", progress=False)
