@@ -7,6 +7,27 @@ Gaussian scale mixture ``w_ij ~ N(0, lambda_i^2 sigma0^2)`` (Nalisnick et al. 20
 paper's table: it gives the noise ``p(lambda)``, the variance prior ``p(lambda^2)``
 where that is a named distribution, and the marginal ``p(w)`` where it has a closed
 form. Look them up by name with :func:`noise_model`.
+
+A class also holds everything the inference backends need to know about its noise;
+they ask it and never test a noise model's type or name:
+
+* ``mean`` (``E[lambda]``, MC dropout's normalisation), ``second_moment``,
+  ``discrete`` and ``keep_probability`` (Gal's weight-decay factor);
+* :meth:`NoiseModel.sample`: the noise drawn from a :class:`~bnn_priors.random_source.RandomSource`
+  (MC dropout's per-replica streams);
+* :meth:`NoiseModel.map_variance`: the closed-form scale update of
+  ``scale_updates="em"`` where one exists (``has_closed_form_update``), derived in
+  its docstring, and whether it is EM's E-step of a proper MAP (``update_is_em_step``).
+
+Adding a noise model takes this one file (and its tests): a subclass of
+:class:`NoiseModel` that defines ``name``, ``parameters``, the three table labels,
+:meth:`~NoiseModel.noise` and :meth:`~NoiseModel.sample`, overrides ``mean``,
+``second_moment``, ``discrete`` or ``keep_probability`` where what ``noise()`` gives
+is wrong or unavailable, and optionally ``variance_prior``, ``marginal``,
+``continuous_alternative`` and ``map_variance``; then its entry in
+:data:`NOISE_MODELS`. The table, the names the command line accepts, MC dropout,
+SVI (and ``scale_updates="em"`` when it has an update) and NUTS (when it is
+continuous) take it from there.
 """
 
 from __future__ import annotations
@@ -24,6 +45,9 @@ from torch.distributions import constraints
 from bnn_priors.distributions import InverseNakagami as InverseNakagamiDistribution
 from bnn_priors.distributions import Rayleigh as RayleighDistribution
 from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
+from bnn_priors.random_source import RandomSource
+
+Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,13 @@ class NoiseModel(ABC):
     marginal_label: ClassVar[str]  # p(w) in words
     #: lambda can be exactly zero with positive probability (a spike in p(w)).
     has_atom_at_zero: ClassVar[bool] = False
+    #: :meth:`map_variance` exists: ``scale_updates="em"`` can set the scales in closed form.
+    has_closed_form_update: ClassVar[bool] = False
+    #: The closed-form step is EM's E-step ``1 / E[lambda^-2 | w]`` for the marginal MAP of
+    #: the weights, which exists. Otherwise (where there is a step) a point-estimate fit
+    #: that alternates it with weight steps climbs the joint density of weights and
+    #: scales, which grows without bound as a group of ``J > 2`` weights goes to zero.
+    update_is_em_step: ClassVar[bool] = False
 
     def __init__(self, **params: float):
         unknown = set(params) - set(self.parameters)
@@ -104,6 +135,14 @@ class NoiseModel(ABC):
         """The marginal prior p(w) of ``w ~ N(0, lambda^2 sigma0^2)``, or ``None`` without a closed form."""
         return None
 
+    @abstractmethod
+    def sample(self, source: RandomSource, shape: Shape, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
+        """``lambda ~ p(lambda)`` of ``shape`` for each stream of ``source`` (the stream axis at ``axis``).
+
+        The law of :meth:`noise`, made from ``source``'s standard draws, so that the
+        caller decides which generator every number comes from.
+        """
+
     @property
     def support(self) -> constraints.Constraint:
         return self.noise().support
@@ -113,9 +152,69 @@ class NoiseModel(ABC):
         return not self.noise().has_rsample
 
     @property
+    def mean(self) -> float:
+        """``E[lambda]`` (``inf`` where it does not exist)."""
+        try:
+            return float(self.noise().mean)
+        except NotImplementedError:
+            return math.inf
+
+    @property
     def second_moment(self) -> float:
         """E[lambda^2] (``inf`` where it does not exist)."""
         return float(self.noise().variance + self.noise().mean ** 2)
+
+    @property
+    def keep_probability(self) -> float:
+        """Gal's factor ``c`` of the weight decay per scale tensor (Gal & Ghahramani 2016): 1 but for dropout."""
+        return 1.0
+
+    @property
+    def continuous_alternative(self) -> str | None:
+        """For discrete noise, a continuous noise model close to it, in words (for refusals); else ``None``."""
+        return None
+
+    def map_variance(self, S: torch.Tensor, J: int | float, sigma0: float) -> torch.Tensor:
+        """The closed-form type-II MAP ``v* = lambda^2`` of a scale shared by ``J`` weights, elementwise in ``S``.
+
+        Given a mean-field Gaussian ``q(w)``, each scale ``lambda_k`` (shared by a
+        group of ``J`` weights) is set to the maximiser over ``u = log v``,
+        ``v = lambda_k^2``, of (:meth:`map_objective`)
+
+            g(v) = E_q[log N(w_group | 0, v * c * sigma0^2)] + log p(v) + log v,
+
+        where ``c`` is the product of the group's other squared scales (ARD-ADD),
+        ``p(v)`` is the density this noise model induces on ``lambda^2`` and
+        ``+ log v`` is the Jacobian of ``u = log v``. The mode is taken in ``log v`` on
+        purpose: it is invariant to the choice of scale parametrization, and the mode
+        in ``v`` itself is degenerate for ARD-ADD (the horseshoe's ``p(v)`` has a pole
+        at zero, so the unit scales collapse to zero while the layer scale runs to
+        infinity; in log-space the objective is bounded). With
+        ``S = sum_group E_q[w^2] / c`` (``E_q[w^2] = mu^2 + sigma^2``) and
+        ``s2 = sigma0^2``,
+
+            g(v) = -(J/2) log v - S / (2 s2 v) + log p(v) + log v + const,
+
+        and a class with ``has_closed_form_update`` returns the root of ``g'(v) = 0``
+        (Nalisnick et al. 2019 fit their ARD/ADD networks with such EM steps). The
+        tests check every root against numerical optimisation of :meth:`map_objective`.
+        """
+        raise NotImplementedError(f"the {self.name} noise model has no closed-form scale update")
+
+    def map_objective(self, v: torch.Tensor, S: torch.Tensor, J: int | float, sigma0: float) -> torch.Tensor:
+        """``g(v)`` of :meth:`map_variance`, up to an additive constant, for positive continuous noise.
+
+        ``log p(v)`` comes from :meth:`noise` by the change of variables
+        ``v = lambda^2``: ``log p_lambda(sqrt v) - log(2 sqrt v)``.
+        """
+        support = self.noise().support
+        if support.is_discrete or bool(support.check(torch.tensor(-1.0))):
+            raise NotImplementedError(f"the {self.name} noise is not positive and continuous: no density of lambda^2 here")
+        s2 = float(sigma0) ** 2
+        J = float(J)
+        root = torch.sqrt(v)
+        log_prior = self.noise(v.device, v.dtype).log_prob(root) - torch.log(2 * root)
+        return -0.5 * J * torch.log(v) - S / (2 * s2 * v) + log_prior + torch.log(v)
 
 
 class Bernoulli(NoiseModel):
@@ -146,13 +245,30 @@ class Bernoulli(NoiseModel):
         components = dist.Normal(torch.zeros(2), torch.tensor([1e-12, float(sigma0)]))
         return dist.MixtureSameFamily(dist.Categorical(probs=weights), components)
 
+    def sample(self, source, shape, dtype, axis=0):
+        return (source.rand(shape, dtype, axis) < 1.0 - self.p).to(dtype)
+
     @property
     def discrete(self) -> bool:
         return True
 
     @property
+    def mean(self) -> float:
+        return 1.0 - self.p
+
+    @property
     def second_moment(self) -> float:
         return 1.0 - self.p
+
+    @property
+    def keep_probability(self) -> float:
+        """``1 - p``: Gal's weight decay carries the keep probability of dropout."""
+        return 1.0 - self.p
+
+    @property
+    def continuous_alternative(self) -> str:
+        """Gaussian dropout: ``N(1, p / (1 - p))`` has the mean and variance of ``lambda / (1 - p)``."""
+        return f"the 'gaussian' noise model with alpha = p / (1 - p) = {self.p / (1.0 - self.p):.4g} (Gaussian dropout)"
 
 
 class Gaussian(NoiseModel):
@@ -172,22 +288,41 @@ class Gaussian(NoiseModel):
     def noise(self, device=None, dtype=None):
         return dist.Normal(self._t(1.0, device, dtype), self._t(self.alpha, device, dtype).sqrt())
 
+    def sample(self, source, shape, dtype, axis=0):
+        return 1.0 + math.sqrt(self.alpha) * source.randn(shape, dtype, axis)
+
+    @property
+    def mean(self) -> float:
+        return 1.0
+
     @property
     def second_moment(self) -> float:
         return 1.0 + self.alpha
 
 
 class Rayleigh(NoiseModel):
-    """``lambda ~ Rayleigh(scale)``: ``lambda^2 ~ Exponential(rate 1/(2 scale^2))``, p(w) Laplace(scale * sigma0)."""
+    """``lambda ~ Rayleigh(scale)``: ``lambda^2 ~ Exponential(rate 1/(2 scale^2))``, p(w) Laplace(scale * sigma0).
+
+    ``E[lambda] = scale sqrt(pi / 2)``.
+    """
 
     name = "rayleigh"
     parameters = {"scale": Parameter(math.sqrt(0.5), *_POSITIVE, "Rayleigh scale")}
     noise_label = "Rayleigh"
     variance_label = "exponential"
     marginal_label = "Laplace"
+    has_closed_form_update = True
 
     def noise(self, device=None, dtype=None):
         return RayleighDistribution(self._t(self.scale, device, dtype))
+
+    def sample(self, source, shape, dtype, axis=0):
+        # Inverse CDF: scale sqrt(-2 log(1 - u)).
+        return self.scale * torch.sqrt(-2.0 * torch.log1p(-source.rand(shape, dtype, axis)))
+
+    @property
+    def mean(self) -> float:
+        return self.scale * math.sqrt(math.pi / 2)
 
     def variance_prior(self, device=None, dtype=None):
         return dist.Exponential(0.5 / self._t(self.scale, device, dtype) ** 2)
@@ -199,11 +334,29 @@ class Rayleigh(NoiseModel):
     def second_moment(self) -> float:
         return 2.0 * self.scale**2
 
+    def map_variance(self, S, J, sigma0):
+        """Rayleigh(scale r): ``v ~ Exponential(rate k = 1/(2 r^2))``, and (see :meth:`NoiseModel.map_variance`)::
+
+            g'(v) = -(J-2)/(2v) + S/(2 s2 v^2) - k = 0
+            k v^2 + ((J-2)/2) v - S/(2 s2) = 0                  (the positive root)
+
+        The constant term is negative, so the quadratic has exactly one positive
+        root: the only stationary point of ``g`` on ``v > 0``, a maximum since ``g``
+        falls to ``-inf`` at both ends.
+        """
+        s2 = float(sigma0) ** 2
+        J = float(J)
+        k = 0.5 / self.scale**2
+        h = (J - 2) / 2
+        return (-h + torch.sqrt(h * h + 2 * k * S / s2)) / (2 * k)
+
 
 class InverseNakagami(NoiseModel):
     """``lambda = 1/X``, ``X ~ Nakagami(shape m, spread Omega)``: ``lambda^2 ~ InverseGamma(m, m/Omega)``.
 
     The marginal is Student-t with ``2m`` degrees of freedom and scale ``sigma0 / sqrt(Omega)``.
+    ``E[lambda] = E[1/X] = Gamma(m - 1/2) / Gamma(m) sqrt(m / Omega)`` for ``m > 1/2``
+    (infinite otherwise).
     """
 
     name = "inverse-nakagami"
@@ -214,9 +367,24 @@ class InverseNakagami(NoiseModel):
     noise_label = "inverse Nakagami"
     variance_label = "inverse gamma"
     marginal_label = "Student-t"
+    has_closed_form_update = True
+    update_is_em_step = True
 
     def noise(self, device=None, dtype=None):
         return InverseNakagamiDistribution(self._t(self.shape, device, dtype), self._t(self.spread, device, dtype))
+
+    def sample(self, source, shape, dtype, axis=0):
+        # 1/X with X^2 = (Omega/m) G, G ~ Gamma(m, 1); G floored so that 1/X stays finite.
+        m, spread = self.shape, self.spread
+        g = source.standard_gamma(shape, m, dtype, axis).clamp_min(torch.finfo(dtype).tiny)
+        return torch.sqrt(m / (spread * g))
+
+    @property
+    def mean(self) -> float:
+        m, spread = self.shape, self.spread
+        if m <= 0.5:
+            return math.inf
+        return math.exp(math.lgamma(m - 0.5) - math.lgamma(m)) * math.sqrt(m / spread)
 
     def variance_prior(self, device=None, dtype=None):
         m = self._t(self.shape, device, dtype)
@@ -232,6 +400,21 @@ class InverseNakagami(NoiseModel):
         # E[lambda^2] = E[InverseGamma(m, m/Omega)] = (m/Omega) / (m - 1) for m > 1.
         return (self.shape / self.spread) / (self.shape - 1.0) if self.shape > 1.0 else math.inf
 
+    def map_variance(self, S, J, sigma0):
+        """``v ~ InverseGamma(a, b)`` with ``a = m``, ``b = m / Omega``, and (see :meth:`NoiseModel.map_variance`)::
+
+            g(v)  = -(J/2 + a) log v - (S/(2 s2) + b) / v
+            v*    = (b + S/(2 s2)) / (a + J/2)
+
+        The posterior of ``v`` given the group's weights is ``InverseGamma(a + J/2,
+        b + S/(2 s2))``, so ``v* = 1 / E[1/v | w]``: EM's E-step for the marginal
+        (Student-t) MAP of the weights (``update_is_em_step``), with a floor ``b / (a + J/2)``.
+        """
+        s2 = float(sigma0) ** 2
+        J = float(J)
+        a, b = self.shape, self.shape / self.spread
+        return (b + S / (2 * s2)) / (a + J / 2)
+
 
 class HalfCauchy(NoiseModel):
     """``lambda ~ HalfCauchy(scale)``: the horseshoe prior (no named variance prior, no closed-form marginal)."""
@@ -241,13 +424,39 @@ class HalfCauchy(NoiseModel):
     noise_label = "half-Cauchy"
     variance_label = "unnamed"
     marginal_label = "horseshoe"
+    has_closed_form_update = True
 
     def noise(self, device=None, dtype=None):
         return dist.HalfCauchy(self._t(self.scale, device, dtype))
 
+    def sample(self, source, shape, dtype, axis=0):
+        # |Cauchy| by the inverse CDF: |tan(pi (u - 1/2))|, finite for u in [0, 1).
+        return self.scale * torch.tan(math.pi * (source.rand(shape, dtype, axis) - 0.5)).abs()
+
+    @property
+    def mean(self) -> float:
+        return math.inf
+
     @property
     def second_moment(self) -> float:
         return math.inf
+
+    def map_variance(self, S, J, sigma0):
+        """Half-Cauchy(scale t): ``p(v) ∝ v^{-1/2} / (1 + v/t^2)``, and (see :meth:`NoiseModel.map_variance`)::
+
+            g'(v) = -(J-1)/(2v) + S/(2 s2 v^2) - 1/(t^2 + v) = 0
+            (J+1) s2 v^2 - (S - (J-1) s2 t^2) v - S t^2 = 0     (the positive root)
+
+        The constant term is negative, so the quadratic has exactly one positive
+        root: the only stationary point of ``g`` on ``v > 0``, a maximum since ``g``
+        falls to ``-inf`` at both ends.
+        """
+        s2 = float(sigma0) ** 2
+        J = float(J)
+        t2 = self.scale**2
+        A = (J + 1) * s2
+        B = S - (J - 1) * s2 * t2
+        return (B + torch.sqrt(B * B + 4 * A * S * t2)) / (2 * A)
 
 
 NOISE_MODELS: dict[str, type[NoiseModel]] = {

@@ -12,7 +12,8 @@ two parametrizations:
 
 Two priors without noise sit beside it: :class:`NormalPrior` (``N(0, sigma0^2)``,
 no scales) and :class:`LogUniformPrior` (the improper ``p(w) ∝ 1/|w|`` of
-variational dropout). None of these knows about inference.
+variational dropout). None of these knows about inference: a backend asks a prior
+what it needs (:class:`WeightPrior`) instead of testing its type.
 """
 
 from __future__ import annotations
@@ -49,17 +50,32 @@ def _check_features(in_features: int, out_features: int) -> None:
 
 
 class WeightPrior:
-    """Common interface of the layer priors."""
+    """Common interface of the layer priors, and what the inference backends ask of them.
+
+    A proper prior is ``w ~ N(0, weight_std(scales)^2)`` given its scales, which
+    follow ``noise`` and are shared as ``scale_shapes`` says (no scales: ``noise`` is
+    ``None`` and the prior is ``N(0, sigma0^2)``). An improper prior (``proper`` is
+    false) has no samples and no such form; a backend that needs them refuses it,
+    naming its ``density``.
+    """
 
     name: str
     structure: str = "none"
     sigma0: float = 1.0
     #: Whether the prior can be sampled (improper priors cannot).
     proper: bool = True
+    #: The noise model of the scales, ``None`` for a prior without scales.
+    noise: NoiseModel | None = None
+    #: p(w) in words, for messages.
+    density: str = "N(0, sigma0^2)"
 
     def scale_shapes(self, in_features: int, out_features: int) -> dict[str, tuple[int, int]]:
         """The scale sites of a layer, ``{kind: shape}`` (empty for priors without scales)."""
         return {}
+
+    def weight_std(self, scales: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+        """The conditional standard deviation of the weights given ``{kind: lambda}``: ``sigma0`` without scales."""
+        return self.sigma0
 
     def sample_weight(self, name: str, in_features: int, out_features: int, device=None, dtype=None) -> torch.Tensor:
         """Declare the layer's sample sites inside a Pyro model and return its weight matrix."""
@@ -112,6 +128,10 @@ class LogUniformPrior(WeightPrior):
 
     name = "log-uniform"
     proper = False
+    density = "p(w) ∝ 1/|w|"
+
+    def weight_std(self, scales):
+        raise InvalidParameterError("the log-uniform prior is improper: it is not Gaussian given declared scales")
 
     def sample_weight(self, name, in_features, out_features, device=None, dtype=None):
         return pyro.sample(f"{name}.weight", ImproperLogUniform(event_shape=(in_features, out_features)))
@@ -123,10 +143,12 @@ class LogUniformPrior(WeightPrior):
 class ScaleMixturePrior(WeightPrior):
     """``w_ij ~ N(0, sigma0^2 prod_k lambda_k^2)``, ``lambda_k ~ noise``, shared as ``structure`` says."""
 
+    density = "N(0, sigma0^2 prod_k lambda_k^2)"
+
     def __init__(self, noise: NoiseModel, structure: str = "ard", sigma0: float = 1.0):
         if not isinstance(noise, NoiseModel):
             raise InvalidParameterError(f"noise must be a NoiseModel, got {noise!r}")
-        self.noise = noise
+        self.noise: NoiseModel = noise
         self.structure = check_structure(structure)
         self.sigma0 = _check_sigma0(sigma0)
 

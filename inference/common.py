@@ -85,7 +85,8 @@ class ReplicaRandom:
 
     Replica ``r`` draws from its own generator seeded with ``seeds[r]``, so a replica
     trained inside a batch of ``R`` sees exactly the random numbers it would see
-    trained alone with the same seed: batched and one-at-a-time training agree.
+    trained alone with the same seed: batched and one-at-a-time training agree. It is
+    the :class:`bnn_priors.random_source.RandomSource` the noise models draw from.
     """
 
     def __init__(self, seeds: Sequence[int], device: torch.device):
@@ -120,6 +121,12 @@ def check_positive_int(label: str, value) -> int:
 
 def check_positive_float(label: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (math.isfinite(value) and value > 0):
+    def standard_gamma(self, shape: Sequence[int], concentration: float, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
+        """Gamma(concentration, rate 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
+        alpha = torch.full(tuple(shape), concentration, dtype=dtype, device=self.device)
+        draws = [torch._standard_gamma(alpha, generator=g) for g in self.generators]
+        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+
         raise InvalidParameterError(f"{label} must be a positive number, got {value!r}")
     return float(value)
 

@@ -55,7 +55,6 @@ from bnn_priors.errors import (
     InvalidParameterError,
     normalize_name,
 )
-from bnn_priors.scale_mixture import LogUniformPrior, NormalPrior, ScaleMixturePrior
 from inference.common import (
     InferenceBackend,
     Posterior,
@@ -406,35 +405,35 @@ class NUTS(InferenceBackend):
     # ------------------------------------------------------------------ checks
     def check_model(self, model: BayesianNetwork) -> None:
         for layer in model.layers:
-            prior = layer.prior
-            if isinstance(prior, ScaleMixturePrior) and prior.noise.discrete:
-                p = prior.noise.params.get("p")
-                alpha = f" = {p / (1 - p):.4g}" if p is not None else ""
+            prior, noise = layer.prior, layer.prior.noise
+            if noise is not None and noise.discrete:
+                alternative = noise.continuous_alternative
                 raise unsupported(
                     "NUTS",
                     f"the {prior.describe()} prior of {layer.name}",
-                    f"{prior.noise.name} scales are discrete, and Hamiltonian Monte Carlo needs a "
+                    f"{noise.name} scales are discrete, and Hamiltonian Monte Carlo needs a "
                     "differentiable density over continuous latent variables",
-                    "inference.MCDropout (dropout as approximate inference), or the 'gaussian' noise model "
-                    f"with alpha = p / (1 - p){alpha} (Gaussian dropout, continuous scales NUTS can sample)",
+                    "inference.MCDropout (dropout as approximate inference)"
+                    + (f", or {alternative}: continuous scales NUTS can sample" if alternative else ""),
                 )
-            if isinstance(prior, LogUniformPrior):
+            if not prior.proper:
                 raise unsupported(
                     "NUTS",
-                    f"the log-uniform prior of {layer.name}",
-                    "it is improper (p(w) ∝ 1/|w| does not integrate), so the posterior may be improper "
+                    f"the {prior.describe()} prior of {layer.name}",
+                    f"it is improper ({prior.density} does not integrate), so the posterior may be improper "
                     "and a sampler has no distribution to converge to",
-                    "SVI(guide='variational-dropout') (its KL approximation is well defined)",
+                    "SVI(guide='variational-dropout')",
                 )
-            if not isinstance(prior, (ScaleMixturePrior, NormalPrior)):
-                raise unsupported("NUTS", f"the prior {prior!r} of {layer.name}", "it is not a known prior", "bnn_priors.prior(...)")
 
     def layer_parametrization(self, model: BayesianNetwork) -> dict[str, str]:
-        """How each layer's weights are sampled: ``{layer: "centered" | "non-centered"}``."""
+        """How each layer's weights are sampled: ``{layer: "centered" | "non-centered"}``.
+
+        ``auto``: non-centered where the prior has scales (the funnel), centered elsewhere.
+        """
         out = {}
         for layer in model.layers:
             if self.parametrization == "auto":
-                out[layer.name] = "non-centered" if isinstance(layer.prior, ScaleMixturePrior) else "centered"
+                out[layer.name] = "non-centered" if layer.prior.noise is not None else "centered"
             else:
                 out[layer.name] = self.parametrization
         return out

@@ -2,9 +2,11 @@
 
 Lookup by name, parameter validation, defaults, and the consistency of ``noise()``,
 ``variance_prior()``, ``marginal()`` and ``second_moment`` with each other and with
-scipy. Statistical tests use a fixed seed (``BNN_PRIORS_TEST_SEED`` overrides it, to
-check that they are not flaky) and sample sizes chosen so that a wrong parameter by
-a few per cent is rejected.
+scipy; what the backends ask of a noise model (its sampler, ``mean``, the closed-form
+scale updates); and a noise model defined here, outside the package, fitted by the
+backends as they are. Statistical tests use a fixed seed (``BNN_PRIORS_TEST_SEED``
+overrides it, to check that they are not flaky) and sample sizes chosen so that a
+wrong parameter by a few per cent is rejected.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from scipy import stats
+from scipy.optimize import minimize_scalar
 
 import bnn_priors
 from bnn_priors import (
@@ -27,10 +30,16 @@ from bnn_priors import (
     InvalidParameterError,
     NoiseModel,
     UnknownNameError,
+    UnsupportedCombinationError,
     noise_model,
 )
 from bnn_priors.distributions import InverseNakagami as InverseNakagamiDist
 from bnn_priors.distributions import Rayleigh as RayleighDist
+from bnn_priors.noise_models import Parameter
+from bnn_priors.random_source import RandomSource
+from inference import NUTS, SVI, MCDropout
+from inference.common import ReplicaRandom
+from models import BayesianMLP, GaussianLikelihood
 
 SEED = int(os.environ.get("BNN_PRIORS_TEST_SEED", "20190"))
 NAMES = ("bernoulli", "gaussian", "rayleigh", "inverse-nakagami", "half-cauchy")
@@ -485,6 +494,212 @@ def test_bernoulli_marginal_is_spike_and_slab():
 @pytest.mark.parametrize("name", ["gaussian", "half-cauchy"])
 def test_no_closed_form_marginal(name):
     assert noise_model(name).marginal(1.0) is None
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+def _source(*seeds: int) -> ReplicaRandom:
+    return ReplicaRandom(list(seeds) or [SEED], torch.device("cpu"))
+
+
+def test_replica_random_is_a_random_source():
+    assert isinstance(_source(), RandomSource)
+
+
+@pytest.mark.parametrize(
+    "name, params, transform, law, wrong", NOISE_LAWS, ids=[c[0] for c in NOISE_LAWS]
+)
+def test_sampler_follows_the_noise_law(name, params, transform, law, wrong):
+    lam = _np(noise_model(name, **params).sample(_source(), (N,), torch.float64))
+    x = transform(lam) if transform else lam
+    assert stats.kstest(x, law.cdf).pvalue > PASS
+    assert stats.kstest(x, wrong.cdf).pvalue < FAIL
+
+
+def test_bernoulli_sampler_keeps_units_with_probability_one_minus_p():
+    p = 0.3
+    lam = _np(noise_model("bernoulli", p=p).sample(_source(), (N,), torch.float64))
+    assert set(np.unique(lam).tolist()) == {0.0, 1.0}
+    assert abs(np.mean(lam == 0.0) - p) < 5 * math.sqrt(p * (1 - p) / N)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sampler_draws_each_replica_from_its_own_stream(name):
+    """The stream axis where asked, and replica 1 of a pair gets the numbers it gets alone."""
+    model = noise_model(name)
+    pair = model.sample(_source(3, 4), (5, 6), torch.float32, axis=1)
+    alone = model.sample(_source(4), (5, 6), torch.float32, axis=1)
+    assert pair.shape == (5, 2, 6) and pair.dtype == torch.float32
+    torch.testing.assert_close(pair[:, 1:], alone, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- E[lambda]
+
+# (name, params, E[lambda] from scipy)
+MEANS = [
+    ("bernoulli", {"p": 0.3}, 0.7),
+    ("gaussian", {"alpha": 0.5}, 1.0),
+    ("rayleigh", {"scale": 1.3}, stats.rayleigh(scale=1.3).mean()),
+    ("inverse-nakagami", {"shape": 3.0, "spread": 2.0}, stats.nakagami(3.0, scale=math.sqrt(2.0)).expect(lambda x: 1 / x)),
+]
+
+
+@pytest.mark.parametrize("name, params, exact", MEANS, ids=[c[0] for c in MEANS])
+def test_mean_is_exact_and_the_mean_of_its_own_sampler(name, params, exact):
+    model = noise_model(name, **params)
+    assert model.mean == pytest.approx(exact, rel=1e-7)
+    n = 200_000
+    lam = _np(model.sample(_source(), (n,), torch.float64))
+    assert abs(lam.mean() - model.mean) < 5 * lam.std() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "gaussian", "rayleigh"])
+def test_mean_agrees_with_the_distribution_mean(name):
+    model = noise_model(name)
+    assert NoiseModel.mean.fget(model) == pytest.approx(model.mean, rel=1e-6)  # the mean of noise()
+
+
+def test_inverse_nakagami_mean():
+    """E[1/X], X ~ Nakagami(m, Omega): the closed form against quadrature, down to m just above 1/2."""
+    for m, spread in ((2.0, 1.0), (0.8, 2.0), (0.55, 1.0), (5.0, 0.5)):
+        model = noise_model("inverse-nakagami", shape=m, spread=spread)
+        nakagami = stats.nakagami(m, scale=math.sqrt(spread))  # scipy's scale is sqrt(Omega)
+        assert model.mean == pytest.approx(nakagami.expect(lambda x: 1.0 / x), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, params", [("half-cauchy", {}), ("inverse-nakagami", {"shape": 0.5}), ("inverse-nakagami", {"shape": 0.2})]
+)
+def test_mean_is_infinite_where_it_does_not_exist(name, params):
+    assert noise_model(name, **params).mean == math.inf
+
+
+# --------------------------------------------------------------------------- what the backends ask
+
+
+def test_keep_probability_is_gals_factor_for_dropout_only():
+    assert noise_model("bernoulli", p=0.25).keep_probability == 0.75
+    for name in NAMES[1:]:
+        assert noise_model(name).keep_probability == 1.0
+
+
+def test_bernoulli_names_gaussian_dropout_with_the_same_mean_and_variance():
+    p = 0.2
+    bernoulli = noise_model("bernoulli", p=p)
+    assert "alpha = p / (1 - p) = 0.25" in bernoulli.continuous_alternative
+    gaussian = noise_model("gaussian", alpha=p / (1 - p))
+    # lambda / (1 - p) against N(1, alpha): E[.] = 1 and the same E[.^2]
+    assert bernoulli.second_moment / bernoulli.mean**2 == pytest.approx(gaussian.second_moment, rel=1e-12)
+    assert all(noise_model(name).continuous_alternative is None for name in NAMES[1:])
+
+
+CLOSED_FORM = [name for name, cls in NOISE_MODELS.items() if cls.has_closed_form_update]
+
+
+def test_closed_form_updates_are_declared_where_they_exist():
+    assert set(CLOSED_FORM) == {"inverse-nakagami", "half-cauchy", "rayleigh"}
+    assert [name for name, cls in NOISE_MODELS.items() if cls.update_is_em_step] == ["inverse-nakagami"]
+    for name in set(NAMES) - set(CLOSED_FORM):
+        with pytest.raises(NotImplementedError, match=f"the {name} noise model has no closed-form scale update"):
+            noise_model(name).map_variance(torch.tensor(1.0), 3, 1.0)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("inverse-nakagami", {}),
+        ("inverse-nakagami", {"shape": 0.7, "spread": 3.0}),
+        ("half-cauchy", {}),
+        ("half-cauchy", {"scale": 0.3}),
+        ("rayleigh", {}),
+        ("rayleigh", {"scale": 2.0}),
+    ],
+)
+@pytest.mark.parametrize("S,J", [(0.01, 1), (3.0, 50), (40.0, 13), (1e-4, 2), (7.0, 2500)])
+def test_closed_form_scale_update_is_the_numerical_optimum(name, params, S, J):
+    """The root of each class against a numerical optimum of g(log v), built from noise() alone."""
+    model = noise_model(name, **params)
+    S_t = torch.tensor(S, dtype=torch.float64)
+    v = float(model.map_variance(S_t, J, 0.7))
+
+    def neg(u):
+        return -float(model.map_objective(torch.tensor(math.exp(u), dtype=torch.float64), S_t, J, 0.7))
+
+    best = minimize_scalar(neg, bounds=(-40, 40), method="bounded", options={"xatol": 1e-10})
+    assert math.isclose(v, math.exp(best.x), rel_tol=1e-5)
+    # and it is a maximum: nearby values are worse
+    assert neg(math.log(v)) <= min(neg(math.log(v) + 0.01), neg(math.log(v) - 0.01))
+
+
+def test_inverse_nakagami_update_is_the_em_step():
+    """v* = 1 / E[1/v | w] under the conjugate posterior InverseGamma(a + J/2, b + S / (2 s2))."""
+    a, spread, S, J, sigma0 = 2.5, 0.8, torch.tensor([0.3, 4.0], dtype=torch.float64), 7, 0.6
+    model = noise_model("inverse-nakagami", shape=a, spread=spread)
+    posterior = dist.InverseGamma(torch.tensor(a + J / 2, dtype=torch.float64), a / spread + S / (2 * sigma0**2))
+    e_inv = 1 / posterior.sample((400_000,))
+    torch.testing.assert_close(model.map_variance(S, J, sigma0), 1 / e_inv.mean(0), rtol=5e-3, atol=0)
+
+
+# --------------------------------------------------------------------------- a noise model from outside
+
+
+class LogNormalNoise(NoiseModel):
+    """``lambda = exp(s eps)``, ``eps ~ N(0, 1)``: not in the package, written as a user would write it."""
+
+    name = "log-normal"
+    parameters = {"s": Parameter(0.5, lambda v: v > 0, "> 0", "standard deviation of log lambda")}
+    noise_label = variance_label = "log-normal"
+    marginal_label = "unnamed"
+
+    def noise(self, device=None, dtype=None):
+        return dist.LogNormal(self._t(0.0, device, dtype), self._t(self.s, device, dtype))
+
+    def sample(self, source, shape, dtype, axis=0):
+        return torch.exp(self.s * source.randn(shape, dtype, axis))
+
+
+def _sine(n: int = 120, seed: int = 0):
+    g = np.random.default_rng(seed)
+    x = g.uniform(-2, 2, (n, 1))
+    return x.astype(np.float32), (np.sin(2 * x[:, 0]) + 0.1 * g.standard_normal(n)).astype(np.float32)
+
+
+def test_a_new_noise_model_answers_from_its_distribution():
+    model = LogNormalNoise(s=0.4)
+    assert model.mean == pytest.approx(math.exp(0.4**2 / 2), rel=1e-6)
+    assert model.second_moment == pytest.approx(math.exp(2 * 0.4**2), rel=1e-6)
+    assert not model.discrete and model.keep_probability == 1.0 and not model.has_closed_form_update
+    lam = _np(model.sample(_source(), (N,), torch.float64))
+    assert stats.kstest(lam, stats.lognorm(0.4).cdf).pvalue > PASS
+    assert stats.kstest(lam, stats.lognorm(0.4 * 1.1).cdf).pvalue < FAIL
+
+
+def test_a_new_noise_model_is_fitted_by_the_backends_as_they_are():
+    """MC dropout draws it with its own sampler, SVI learns its scales, NUTS takes it: no backend knows it."""
+    X, y = _sine()
+    Xt, yt = _sine(200, seed=10)
+    rms = float(np.sqrt((yt**2).mean()))  # the RMSE of the prior predictive mean, zero
+    prior = [bnn_priors.prior("normal"), bnn_priors.prior(LogNormalNoise(s=0.3), "ard")]
+    model = BayesianMLP(1, 1, hidden=(32,), prior=prior, likelihood=GaussianLikelihood(precision=100.0))
+    mcd = MCDropout(epochs=100, batch_size=32, lr=1e-2, seed=0, progress=False).fit(model, X, y)
+    assert mcd.info["noise_mean"]["output"] == pytest.approx(math.exp(0.3**2 / 2), rel=1e-6)
+    assert mcd.evaluate(Xt, yt)["rmse"] < 0.5 * rms  # 0.24-0.26 of rms over data and fit seeds 0-3
+    svi = SVI(steps=800, lr=0.02, seed=0, progress=False).fit(model, X, y)
+    assert set(svi.scales()) == {"output.unit_scale"}
+    assert svi.evaluate(Xt, yt)["rmse"] < 0.5 * rms  # 0.15-0.18 of rms over seeds 0-3
+    assert NUTS().supports(model)
+
+
+def test_scale_updates_em_refuses_a_noise_model_without_a_closed_form_update():
+    X, y = _sine(20)
+    model = BayesianMLP(1, 1, hidden=(4,), prior=bnn_priors.prior(LogNormalNoise(), "ard"))
+    with pytest.raises(UnsupportedCombinationError) as err:
+        SVI(scale_updates="em", steps=5, progress=False).fit(model, X, y)
+    message = str(err.value)
+    assert "log-normal/ard prior of layer0" in message and "log-normal noise has no closed-form scale update" in message
+    assert all(name in message for name in CLOSED_FORM) and "Use scale_updates=None" in message
+    assert "\n" not in message
 
 
 # --------------------------------------------------------------------------- dtype / device
