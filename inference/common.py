@@ -108,6 +108,12 @@ class ReplicaRandom:
         draws = [torch.rand(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
         return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
 
+    def standard_gamma(self, shape: Sequence[int], concentration: float, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
+        """Gamma(concentration, rate 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
+        alpha = torch.full(tuple(shape), concentration, dtype=dtype, device=self.device)
+        draws = [torch._standard_gamma(alpha, generator=g) for g in self.generators]
+        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+
     def batch_indices(self, n: int, size: int) -> torch.Tensor:
         """A random subset of ``size`` of ``range(n)`` per replica: shape ``(R, size)``."""
         return torch.stack([torch.randperm(n, generator=g, device=self.device)[:size] for g in self.generators])
@@ -121,12 +127,6 @@ def check_positive_int(label: str, value) -> int:
 
 def check_positive_float(label: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (math.isfinite(value) and value > 0):
-    def standard_gamma(self, shape: Sequence[int], concentration: float, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
-        """Gamma(concentration, rate 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
-        alpha = torch.full(tuple(shape), concentration, dtype=dtype, device=self.device)
-        draws = [torch._standard_gamma(alpha, generator=g) for g in self.generators]
-        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
-
         raise InvalidParameterError(f"{label} must be a positive number, got {value!r}")
     return float(value)
 
