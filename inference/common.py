@@ -40,6 +40,22 @@ def check_seed(seed) -> int:
     return check_nonnegative_int("seed", seed)
 
 
+def check_seeds(seed) -> int | list[int]:
+    """A backend's ``seed``: one non-negative integer, or a list or tuple of them (one per replica).
+
+    Anything else (a string, a float, ``None``, a bool, a list holding one of these) is one
+    :class:`InvalidParameterError` naming the value as given, not the element that failed:
+    a string is a sequence too, and its first character is not what the user typed.
+    """
+    many = isinstance(seed, Sequence) and not isinstance(seed, (str, bytes))
+    try:
+        return [check_seed(s) for s in seed] if many else check_seed(seed)
+    except InvalidParameterError:
+        raise InvalidParameterError(
+            f"seed must be a non-negative integer or a list of them (one per replica), got {seed!r}"
+        ) from None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy, torch and Pyro: the same seed on CPU gives the same numbers."""
     seed = check_seed(seed)
@@ -69,12 +85,9 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 def replica_seeds(seed: int | Sequence[int], replicas: int) -> list[int]:
     """One seed per replica: a sequence is taken as given, an int ``s`` gives ``s, s+1, ...``."""
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        seeds = [check_seed(seed) + r for r in range(replicas)]
-    elif isinstance(seed, Sequence) and not isinstance(seed, str):
-        seeds = [check_seed(s) for s in seed]
-    else:
-        raise InvalidParameterError(f"seed must be a non-negative integer or one per replica, got {seed!r}")
+    seeds = check_seeds(seed)
+    if isinstance(seeds, int):
+        seeds = [seeds + r for r in range(replicas)]
     if len(seeds) != replicas:
         raise InvalidParameterError(f"got {len(seeds)} seeds for a model with {replicas} replicas")
     return seeds
@@ -237,8 +250,7 @@ class InferenceBackend(ABC):
 
     def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True):
         self.device = resolve_device(device)
-        for s in [seed] if isinstance(seed, (int, np.integer)) else seed:
-            check_seed(s)
+        check_seeds(seed)
         self.seed = seed
         self.progress = bool(progress)
 
