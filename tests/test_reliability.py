@@ -7,13 +7,15 @@ says what is wrong and what to do, worker processes that die with their driver.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from bnn_priors.errors import InvalidParameterError
+from bnn_priors.data import UCI_SOURCES, load_dataset
+from bnn_priors.errors import DataError, InvalidParameterError
 from inference import NUTS, SVI, MCDropout
 from models import BayesianMLP
 
@@ -41,3 +43,22 @@ def test_a_bad_prediction_seed_names_the_value_as_given():
     for seed in ("abc", 1.5, [1, "x"]):
         with pytest.raises(InvalidParameterError, match=re.escape(f"got {seed!r}")):
             post.predict(X, num_samples=2, seed=seed)
+
+
+# ------------------------------------------------------------ a corrupt cache
+@pytest.mark.parametrize("download", [True, False])
+def test_a_corrupt_cached_file_offline_says_so_where_and_what_to_do(isolated_data, download):
+    """No network (the download address refuses connections) and a cached file that fails its
+    sha256 check: the error is about that file, not a download failure."""
+    cached = isolated_data / "cache" / "yacht" / "data.txt"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("1 2 3\n")
+    with pytest.raises(DataError) as info:
+        load_dataset("yacht", download=download)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"the cached file {cached} failed its sha256 check"), message
+    assert hashlib.sha256(b"1 2 3\n").hexdigest() in message
+    assert UCI_SOURCES["yacht"].sha256["data.txt"] in message
+    assert f"delete {cached}" in message and "--data-dir" in message
+    assert cached.read_text() == "1 2 3\n"  # left for the user to inspect

@@ -67,16 +67,38 @@ def locate_uci_files(
     folder = (Path(cache).expanduser() if cache else default_cache_dir()) / source.name
     url = _from_env(base_url, BASE_URL_ENV) or DEFAULT_BASE_URL
     for file, sha256 in source.sha256.items():
-        if download:
-            _download(source, url, folder / file, sha256)
-        elif not (folder / file).is_file():
+        path = folder / file
+        cached = _sha256(path) if path.is_file() else None
+        if cached == sha256:
+            continue
+        if cached is None and not download:
             raise DataError(
                 f"{file} of data set {source.name!r} is not in the cache (looked for "
-                f"{folder / file}) and download=False"
+                f"{path}) and download=False"
             )
-        else:
-            _check_sha256(folder / file, sha256)
+        if cached is not None and not download:
+            raise DataError(_corrupt_cache_message(path, cached, sha256, "download=False"))
+        try:
+            _download(source, url, path, sha256)
+        except DataError as error:
+            if cached is None:
+                raise
+            why = f"downloading it again from {source.url(url, file)} failed: {error.__cause__}"
+            raise DataError(_corrupt_cache_message(path, cached, sha256, why)) from error
     return folder
+
+
+def _corrupt_cache_message(path: Path, actual: str, expected: str, why: str) -> str:
+    """A cached file failed its check and could not be replaced: say which, where, and what to do.
+
+    Without this, a damaged cache offline read as a network failure ("could not download")
+    that no reconnecting fixes when the network is not the problem.
+    """
+    return (
+        f"the cached file {path} failed its sha256 check (it has {actual}, {expected} was "
+        f"expected) and {why}; delete {path} to download it again, or point --data-dir "
+        f"(data_dir, ${DATA_DIR_ENV}) at a good copy of the data"
+    )
 
 
 def _from_user_dir(source: UCISource, root: Path, verify: bool) -> Path:
@@ -95,8 +117,12 @@ def _from_user_dir(source: UCISource, root: Path, verify: bool) -> Path:
     return folder
 
 
+def _sha256(path: Path) -> str:
+    return pooch.file_hash(str(path), alg="sha256")
+
+
 def _check_sha256(path: Path, expected: str) -> None:
-    actual = pooch.file_hash(str(path), alg="sha256")
+    actual = _sha256(path)
     if actual != expected:
         raise DataError(
             f"{path} has sha256 {actual} but {expected} was expected: the file is corrupt "
