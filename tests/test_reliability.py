@@ -8,7 +8,13 @@ says what is wrong and what to do, worker processes that die with their driver.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +68,116 @@ def test_a_corrupt_cached_file_offline_says_so_where_and_what_to_do(isolated_dat
     assert UCI_SOURCES["yacht"].sha256["data.txt"] in message
     assert f"delete {cached}" in message and "--data-dir" in message
     assert cached.read_text() == "1 2 3\n"  # left for the user to inspect
+
+
+# ------------------------------------------------------------- a killed driver
+def _children(pid: int) -> dict[int, str]:
+    """``{pid: command line}`` of the live processes whose parent is ``pid`` (Linux /proc)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended while we looked
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(entry.name)] = cmdline
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for whoever inherited it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
+def test_workers_die_with_a_killed_driver(cli, offline_env, tmp_path):
+    """SIGKILL of ``bench --workers 2`` in the middle of its jobs: no worker outlives it.
+
+    Two jobs far too long to finish; once both workers are busy (they have used CPU time
+    of their own, so they are past their start-up), the driver is killed. Before, the
+    workers went on with their jobs and then waited for more for ever.
+    """
+    args = ["bench", "--datasets", "diabetes", "--splits", "0", "--noise", "half-cauchy,rayleigh",
+            "--inference", "svi", "--steps", "1000000", "--workers", "2", "--quiet",
+            "--results", str(tmp_path / "r.sqlite")]
+    driver = subprocess.Popen([*cli, *args], env=offline_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: dict[int, str] = {}
+        while time.monotonic() < deadline and driver.poll() is None:
+            workers = {p: c for p, c in _children(driver.pid).items() if "multiprocessing" in c and "spawn" in c}
+            if len(workers) == 2 and all(_cpu_seconds(p) > 1.0 for p in workers):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no two busy workers: {workers}, driver exit code {driver.poll()}, "
+                        f"{driver.stderr.read().decode() if driver.poll() is not None else ''}")
+        left = {**workers, **_children(driver.pid)}  # the workers and whatever else the driver started
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in left):
+            time.sleep(0.05)
+        assert not [c for p, c in left.items() if _alive(p)], "processes outlived their driver by 5 s"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the session started above: only its own processes
+        driver.wait(timeout=30)
+
+
+DRIVER_IN_A_THREAD = """
+import sys, threading, time
+from bnn_priors.suite.executors import ProcessExecutor
+
+def drive():
+    ex = ProcessExecutor(2)
+    for _ in ex.imap_unordered(time.sleep, [600, 600, 600]):
+        pass
+
+threading.Thread(target=drive, daemon=True).start()
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
+def test_workers_started_from_another_thread_die_with_their_driver(offline_env):
+    """Workers started by a thread other than the main one get no parent-death signal (it would
+    come when that thread ends); their watchdog ends them when the driver is killed."""
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER_IN_A_THREAD], env=offline_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: dict[int, str] = {}
+        while time.monotonic() < deadline and driver.poll() is None:
+            workers = {p: c for p, c in _children(driver.pid).items() if "multiprocessing" in c and "spawn" in c}
+            if len(workers) == 2 and all("libtorch" in Path(f"/proc/{p}/maps").read_text() for p in workers):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no two workers: {workers}, driver exit code {driver.poll()}")
+        time.sleep(1.0)  # past torch.set_num_threads, the initializer's last step: in time.sleep
+        left = {**workers, **_children(driver.pid)}
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in left):
+            time.sleep(0.05)
+        assert not [c for p, c in left.items() if _alive(p)], "processes outlived their driver by 5 s"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)

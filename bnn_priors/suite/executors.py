@@ -8,8 +8,9 @@ Ctrl-C) stops the jobs in flight.
 * :class:`InProcessExecutor` (``workers=1``): one job after the other.
 * :class:`ProcessExecutor` (``--workers N``): a
   :class:`concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start
-  method; each worker sets torch to one thread and ignores Ctrl-C (the driver
-  handles it and stops the workers).
+  method; each worker sets torch to one thread, ignores Ctrl-C (the driver
+  handles it and stops the workers) and dies with its driver (a SIGKILLed driver
+  cannot stop them itself).
 * :class:`RayExecutor` (``--executor ray``): ``ray.init(address=...)`` (a new
   local instance when no address is given), one remote task per job with one
   CPU; the tasks return their rows to the driver.
@@ -17,9 +18,14 @@ Ctrl-C) stops the jobs in flight.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -71,12 +77,52 @@ class InProcessExecutor(Executor):
             yield job, result
 
 
-def _init_worker(threads: int) -> None:
-    """Set up a local worker process: one torch thread, Ctrl-C left to the driver."""
+#: Seconds between two looks of a worker's watchdog at its parent.
+WATCHDOG_INTERVAL = 0.5
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _init_worker(threads: int, driver_pid: int, death_signal: bool) -> None:
+    """Set up a local worker process: dies with its driver, one torch thread, Ctrl-C left to the driver."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_driver(driver_pid, death_signal)
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
+
+
+def _die_with_driver(driver_pid: int, death_signal: bool) -> None:
+    """End this worker when ``driver_pid``, its parent, ends, however it ends.
+
+    A driver killed with SIGKILL runs no clean-up, and its workers would go on with
+    their jobs and then wait for more for ever (their queues hold both ends of the
+    pipe, so they never read end-of-file). Two guards:
+
+    * on Linux, ``death_signal`` asks the kernel for SIGKILL when the parent dies
+      (``prctl(PR_SET_PDEATHSIG)``). The kernel sends it when the *thread* that
+      started the worker ends, so the driver asks for it only when that thread is
+      its main thread, which lives as long as the process;
+    * everywhere, a daemon thread that looks every :data:`WATCHDOG_INTERVAL`
+      seconds whether the parent is still ``driver_pid`` (an orphan is adopted by
+      another process) and ends the worker otherwise.
+
+    A driver that died before the signal was asked for is caught by the first look.
+    """
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the watchdog alone
+            pass
+    if os.getppid() != driver_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_driver, args=(driver_pid,), name="driver-watchdog", daemon=True).start()
+
+
+def _watch_driver(driver_pid: int) -> None:
+    while os.getppid() == driver_pid:
+        time.sleep(WATCHDOG_INTERVAL)
+    os._exit(1)  # no clean-up: nobody is left to report to
 
 
 class ProcessExecutor(Executor):
@@ -88,18 +134,28 @@ class ProcessExecutor(Executor):
         if workers < 1:
             raise InvalidParameterError(f"workers must be a positive integer, got {workers}")
         self.workers = workers
-        self.pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(threads,),
-        )
+        self.threads = threads
+        self.pool: ProcessPoolExecutor | None = None
 
     def describe(self) -> str:
         return f"{self.workers} local processes"
 
+    def _start_pool(self) -> ProcessPoolExecutor:
+        """The pool, made on first use: with ``spawn`` it starts its workers in the thread that
+        submits jobs, which decides whether they may ask for a parent-death signal."""
+        if self.pool is None:
+            starter_is_main = threading.current_thread() is threading.main_thread()
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.threads, os.getpid(), starter_is_main),
+            )
+        return self.pool
+
     def imap_unordered(self, fn, jobs):
-        futures = {self.pool.submit(fn, job): job for job in jobs}
+        pool = self._start_pool()
+        futures = {pool.submit(fn, job): job for job in jobs}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -111,6 +167,8 @@ class ProcessExecutor(Executor):
                 yield futures[fut], result
 
     def close(self, cancel: bool = False) -> None:
+        if self.pool is None:
+            return
         if not cancel:
             self.pool.shutdown(wait=True)
             return
