@@ -24,11 +24,20 @@ it. Because every random number comes from generators whose state is saved, a
 continued fit performs exactly the computations the uninterrupted fit would have
 performed after that round: the results are equal bit for bit (tested).
 
+Threads: the loop runs with one torch thread by default (``threads=1``). The steps of
+these networks are small (tens of thousands of multiply-adds per replica), too small
+for intra-op parallelism to pay, and a second thread that spins while a neighbouring
+process holds the other core makes a step many times slower: on this project's 2-core
+machine, with another process running two torch threads, a 300-step SVI fit of a
+10-50-50-1 residual net took 25 s with one thread and 138 s with two
+(``benchmarks/thread_contention.py``). ``threads=None`` leaves torch's setting alone.
+
 Imports: torch, ``bnn_priors.errors``, ``inference.common``; nothing of the backends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -183,6 +192,22 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------- loop
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run a block with ``threads`` torch threads, restoring the setting after (``None``: unchanged)."""
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidParameterError(f"threads must be a positive integer or None, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class Progress:
     """Where the loop is: steps and rounds done, and the monitored loss of the last step."""
@@ -226,6 +251,7 @@ def train(
     checkpoint: Checkpoint | None = None,
     progress: bool = True,
     desc: str | None = None,
+    threads: int | None = 1,
 ) -> TrainingResult:
     """Run ``steps`` optimisation steps of ``step``, in rounds of ``schedule.steps_per_round``.
 
@@ -233,7 +259,8 @@ def train(
     generator the fit draws from besides the schedule's; ``state`` / ``load_state``
     save and restore the backend's own state for checkpoints. A step whose
     monitored loss is not finite stops the fit at the end of its round with
-    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint``.
+    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint``. The steps run
+    with ``threads`` torch threads (see the module docstring).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidParameterError(f"steps must be a positive integer, got {steps!r}")
@@ -252,41 +279,47 @@ def train(
     last_save = time.monotonic()
     start = time.perf_counter()
     try:
-        while where.step < steps:
-            for idx in schedule.round(min(schedule.steps_per_round, steps - where.step)):
-                Xb, yb = _take(X, y, idx)
-                loss, monitor = step(Xb, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                optimizer.step()
-                monitor = monitor.detach()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(monitor).all(), where.step, first_bad)
-                where.last_loss = monitor
-                where.step += 1
-            where.round += 1
-            bad = int(first_bad)  # the round's one device sync
-            if bad >= 0:
-                raise_diverged(backend, bad, "loss", hint)
-            shown = end_round(where) if end_round is not None else None
-            if shown is not None:
-                bar.set_postfix(loss=f"{shown:.4g}")
-            bar.update(where.step - bar.n)
-            due = checkpoint is not None and time.monotonic() - last_save >= checkpoint.every
-            if due and where.step < steps:
-                checkpoint.save({
-                    "step": where.step,
-                    "round": where.round,
-                    "params": [p.detach().cpu().clone() for p in params],
-                    "optimizer": optimizer.state_dict(),
-                    "generators": [g.get_state() for g in gens],
-                    "backend": state() if state is not None else {},
-                })
-                last_save = time.monotonic()
+        with torch_threads(threads):
+            while where.step < steps:
+                for idx in schedule.round(min(schedule.steps_per_round, steps - where.step)):
+                    Xb, yb = _take(X, y, idx)
+                    loss, monitor = step(Xb, yb)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                    optimizer.step()
+                    monitor = monitor.detach()
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(monitor).all(), where.step, first_bad)
+                    where.last_loss = monitor
+                    where.step += 1
+                where.round += 1
+                bad = int(first_bad)  # the round's one device sync
+                if bad >= 0:
+                    raise_diverged(backend, bad, "loss", hint)
+                shown = end_round(where) if end_round is not None else None
+                if shown is not None:
+                    bar.set_postfix(loss=f"{shown:.4g}")
+                bar.update(where.step - bar.n)
+                due = checkpoint is not None and time.monotonic() - last_save >= checkpoint.every
+                if due and where.step < steps:
+                    _save(checkpoint, where, params, optimizer, gens, state)
+                    last_save = time.monotonic()
     finally:
         bar.close()
     return TrainingResult(where.step, where.round, time.perf_counter() - start, where.resumed_from)
+
+
+def _save(checkpoint: Checkpoint, where: Progress, params, optimizer, generators, state) -> None:
+    """Write the fit's state at a round boundary (see :func:`_restore`)."""
+    checkpoint.save({
+        "step": where.step,
+        "round": where.round,
+        "params": [p.detach().cpu().clone() for p in params],
+        "optimizer": optimizer.state_dict(),
+        "generators": [g.get_state() for g in generators],
+        "backend": state() if state is not None else {},
+    })
 
 
 def _restore(saved: dict, params, optimizer, generators, load_state) -> None:
