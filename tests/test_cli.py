@@ -60,7 +60,7 @@ def test_unknown_noise_is_one_line_with_exit_2(cli, offline_env, tmp_path):
     proc = run(cli, "bench", "--datasets", "diabetes", "--noise", "half-cauchy,cauchy", env=offline_env,
                check_rc=2, cwd=tmp_path)
     assert proc.stderr.splitlines() == [
-        "bnn-priors: error: unknown noise model 'cauchy'; valid choices are: bernoulli, gaussian, half-cauchy, "
+        "bnn-priors: error: unknown prior 'cauchy'; valid choices are: bernoulli, gaussian, half-cauchy, "
         "inverse-nakagami, log-uniform, normal, rayleigh"
     ]
     assert proc.stdout == "" and not (tmp_path / "results.sqlite").exists()

@@ -128,7 +128,7 @@ def test_grid_is_the_product_of_the_lists():
 @pytest.mark.parametrize(
     "kwargs, kind, choices",
     [
-        ({"noise": "cauchy"}, "noise model", "half-cauchy"),
+        ({"noise": "cauchy"}, "prior", "half-cauchy"),
         ({"structure": "rows"}, "structure", "ard-add"),
         ({"inference": "hmc"}, "inference method", "mc-dropout"),
         ({"datasets": "mnist"}, "data set", "yacht"),

@@ -335,7 +335,7 @@ def check_holdout(value: Any) -> float | None:
 def check_noise(name: str) -> str:
     key = normalize_name(name)
     if key not in PRIOR_NAMES:
-        raise UnknownNameError("noise model", name, PRIOR_NAMES)
+        raise UnknownNameError("prior", name, PRIOR_NAMES)  # noise models, and the normal and log-uniform priors
     return key
 
 
