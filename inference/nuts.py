@@ -414,7 +414,7 @@ class NUTS(InferenceBackend):
                     f"{noise.name} scales are discrete, and Hamiltonian Monte Carlo needs a "
                     "differentiable density over continuous latent variables",
                     "inference.MCDropout (dropout as approximate inference)"
-                    + (f", or {alternative}: continuous scales NUTS can sample" if alternative else ""),
+                    + (f", or {alternative}" if alternative else ""),
                 )
             if not prior.proper:
                 raise unsupported(
