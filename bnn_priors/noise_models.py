@@ -21,13 +21,15 @@ they ask it and never test a noise model's type or name:
 
 Adding a noise model takes this one file (and its tests): a subclass of
 :class:`NoiseModel` that defines ``name``, ``parameters``, the three table labels,
-:meth:`~NoiseModel.noise` and :meth:`~NoiseModel.sample`, overrides ``mean``,
-``second_moment``, ``discrete`` or ``keep_probability`` where what ``noise()`` gives
-is wrong or unavailable, and optionally ``variance_prior``, ``marginal``,
-``continuous_alternative`` and ``map_variance``; then its entry in
-:data:`NOISE_MODELS`. The table, the names the command line accepts, MC dropout,
-SVI (and ``scale_updates="em"`` when it has an update) and NUTS (when it is
-continuous) take it from there.
+:meth:`~NoiseModel.noise` and :meth:`~NoiseModel.sample`; that overrides ``mean``,
+``second_moment`` or ``discrete`` where what ``noise()`` gives is wrong or
+unavailable; and, where they apply, ``variance_prior``, ``marginal``,
+``keep_probability``, ``continuous_alternative`` and ``map_variance`` (with
+``has_closed_form_update = True``). Then its entry in :data:`NOISE_MODELS`. The
+table (``bnn-priors priors`` regenerates the README's copy), the names the command
+line accepts, MC dropout, SVI (``scale_updates="em"`` when it has an update) and
+NUTS (when it is continuous) take it from there; ``tests/test_noise_models.py``
+fits such a class, defined in the test, with the backends as they are.
 """
 
 from __future__ import annotations
