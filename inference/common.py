@@ -194,7 +194,7 @@ class Posterior:
         """Raw samples: ``f`` of shape ``(S, R, N, out)`` and the precision ``(S, R)``."""
         num_samples = check_positive_int("num_samples", num_samples)
         X = self.model.check_inputs(X)
-        seeds = [s + 1_000_003 for s in self.seeds] if seed is None else replica_seeds(seed, self.model.replicas)
+        seeds = self.sampling_seeds(seed)
         with torch.no_grad():
             f, precision = self._sampler(X, num_samples, ReplicaRandom(seeds, X.device))
         return f, precision.expand(f.shape[:2])
@@ -237,6 +237,72 @@ class Posterior:
             k: (v.detach().cpu().numpy()[0] if self.model.replicas == 1 else v.detach().cpu().numpy())
             for k, v in means.items()
         }
+
+
+    def sampling_seeds(self, seed: int | Sequence[int] | None = None) -> list[int]:
+        """The replica seeds of a fresh random stream: ``seed`` as :func:`replica_seeds` reads it,
+        or for ``None`` the posterior's default (the fit's seeds offset by 1_000_003)."""
+        return [s + 1_000_003 for s in self.seeds] if seed is None else replica_seeds(seed, self.model.replicas)
+
+    def to_arviz(self, X=None, y=None, num_samples: int = 500, replica: int | None = None, seed: int | None = None):
+        """The posterior as an :class:`arviz.InferenceData`, the same groups for every backend.
+
+        ``posterior`` holds the parameter draws by site name (``layer0.weight``, ...);
+        with ``X``, ``posterior_predictive`` holds ``y`` drawn at ``X`` under every draw;
+        with ``X`` and ``y``, ``log_likelihood`` holds the pointwise log density of ``y``
+        under every draw (the terms :meth:`evaluate` averages) and ``observed_data`` holds
+        ``y``, so ``az.loo``, ``az.compare`` and ``az.plot_ppc`` work on it; the backend's
+        ``sample_stats`` where it has some. The attrs' ``draws`` says what a draw is:
+        SVI draws ``num_samples`` weights from ``q``; MC dropout makes ``num_samples``
+        stochastic passes, each drawn as its effective (noise-multiplied) weights; a MAP
+        fit (``guide="map"``) is ONE point, so all its ``num_samples`` draws are that
+        point (``az.loo`` then gives the plug-in log-likelihood and flags every Pareto
+        k; ArviZ cannot compute it from a single draw); NUTS gives its stored draws,
+        by chain (``num_samples`` does not apply). See :mod:`inference.arviz_data`.
+
+        ``replica``: with replicas (``R > 1``) the fits are independent and converted one
+        at a time (``replica=r``); ``None`` keeps a ``replica`` dimension in the
+        parameters, and is refused with data. ``seed`` (default: the stream of
+        :meth:`sample_functions`) seeds the draws and the predictive noise; a fresh
+        stream, so converting changes nothing that :meth:`predict` draws.
+        """
+        from inference.arviz_data import to_inference_data
+
+        return to_inference_data(self, X, y, num_samples=num_samples, replica=replica, seed=seed)
+
+    def _arviz_draws(self, num_samples: int, rng: ReplicaRandom) -> dict[str, torch.Tensor]:
+        """Backend hook of :meth:`to_arviz`: parameter draws ``{site: (chains, draws, R, *shape)}``.
+
+        Must hold ``<layer>.weight`` and ``<layer>.bias`` for every layer (the network of
+        each draw) and ``likelihood.precision`` (the draw's noise precision, even when
+        fixed); scale sites where the backend has them. Draws from ``rng`` only.
+        """
+        raise NotImplementedError(f"the {self.backend} posterior cannot give parameter draws")
+
+    def _arviz_sample_stats(self) -> dict[str, np.ndarray] | None:
+        """Backend hook of :meth:`to_arviz`: sampler statistics ``{name: (chains, draws, R)}``, if any."""
+        return None
+
+    def _arviz_attrs(self) -> dict[str, str]:
+        """Backend hook of :meth:`to_arviz`: attributes of every group, at least ``draws`` (what a draw is)."""
+        return {}
+
+    def __getstate__(self) -> dict:
+        """Pickle the weight means as values: the function that gives them may be a local one."""
+        state = dict(self.__dict__)
+        if state.get("_weight_means") is not None:
+            state["_weight_means"] = _FixedValues({k: v.detach() for k, v in self._weight_means().items()})
+        return state
+
+
+class _FixedValues:
+    """A picklable function returning the values it was given."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __call__(self):
+        return self.values
 
 
 class InferenceBackend(ABC):

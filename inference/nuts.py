@@ -33,9 +33,7 @@ improper log-uniform prior (the posterior may be improper).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import math
 import time
 import warnings
@@ -55,6 +53,7 @@ from bnn_priors.errors import (
     InvalidParameterError,
     normalize_name,
 )
+from inference.arviz_data import import_arviz, quiet_arviz
 from inference.common import (
     InferenceBackend,
     Posterior,
@@ -85,29 +84,6 @@ def _check_bool(label: str, value) -> bool:
     return bool(value)
 
 
-def _import_arviz():
-    """ArviZ, imported on first use (it is slow to import and warns about its coming refactor)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
-    return arviz
-
-
-@contextlib.contextmanager
-def _quiet_arviz():
-    """Silence ArviZ's "shape validation failed" log lines (one chain is a valid input here)."""
-    logger = logging.getLogger("arviz")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def rhat(draws: np.ndarray) -> np.ndarray:
     """Rank-normalized split R-hat of ``draws`` shaped ``(chains, draws, *element)``, per element.
 
@@ -117,21 +93,21 @@ def rhat(draws: np.ndarray) -> np.ndarray:
     the single-chain split R-hat. Fewer than 4 draws per chain (8 for a single
     chain) give NaN.
     """
-    az = _import_arviz()
+    az = import_arviz()
     draws = np.asarray(draws, dtype=np.float64)
     if draws.shape[0] == 1:
         half = draws.shape[1] // 2
         draws = np.concatenate([draws[:, :half], draws[:, draws.shape[1] - half:]], axis=0)
-    with _quiet_arviz():
+    with quiet_arviz():
         out = az.rhat(az.convert_to_dataset({"x": draws}), method="rank")["x"].values
     return np.asarray(out, dtype=np.float64).reshape(draws.shape[2:])
 
 
 def ess(draws: np.ndarray, method: str = "bulk") -> np.ndarray:
     """ArviZ's bulk or tail effective sample size of ``draws`` ``(chains, draws, *element)``, per element."""
-    az = _import_arviz()
+    az = import_arviz()
     draws = np.asarray(draws, dtype=np.float64)
-    with _quiet_arviz():
+    with quiet_arviz():
         out = az.ess(az.convert_to_dataset({"x": draws}), method=method)["x"].values
     return np.asarray(out, dtype=np.float64).reshape(draws.shape[2:])
 
@@ -292,43 +268,29 @@ class NUTSPosterior(Posterior):
             })
         return rows
 
-    def to_arviz(self):
-        """The draws as an :class:`arviz.InferenceData`.
+    def _arviz_draws(self, num_samples: int, rng: ReplicaRandom) -> dict[str, torch.Tensor]:
+        """Every stored draw, by chain (``num_samples`` does not apply); the precision even when fixed."""
+        draws = {name: t.detach() for name, t in self.chains.items()}
+        site = self.model.likelihood.site
+        if site not in draws:
+            first = next(iter(draws.values()))
+            draws[site] = torch.full((*first.shape[:2], self.model.replicas), self.model.likelihood.precision,
+                                     device=first.device, dtype=first.dtype)
+        return draws
 
-        The ``posterior`` group holds every site named as in the model
-        (``layer0.weight`` with dims ``chain, draw, layer0.weight_dim_0, ...``). With
-        replicas (R > 1) every variable has a ``replica`` dimension right after
-        ``draw`` (coordinates ``0..R-1``), so ``idata.posterior.sel(replica=r)`` is
-        replica ``r``; for R = 1 there is none, as in :meth:`predict`.
-        ``sample_stats.diverging`` marks the kept draws whose iteration diverged.
-        Replicas are independent posteriors: compute diagnostics per replica (or use
-        :meth:`diagnostics`), not pooled over them.
-        """
-        az = _import_arviz()
-        R = self.model.replicas
-        posterior, dims = {}, {}
-        for name, t in self.chains.items():
-            a = t.detach().cpu().numpy()
-            if R == 1:
-                a = a[:, :, 0]
-            else:
-                dims[name] = ["replica"] + [f"{name}_dim_{i}" for i in range(a.ndim - 3)]
-            posterior[name] = a
+    def _arviz_sample_stats(self) -> dict[str, np.ndarray]:
+        """``diverging``: whether the iteration of each kept draw diverged, ``(C, D, R)``."""
         C, D = next(iter(self.chains.values())).shape[:2]
-        diverging = np.zeros((C, D, R), dtype=bool)
+        diverging = np.zeros((C, D, self.model.replicas), dtype=bool)
         for r, per_chain in enumerate(self.divergences):
             for c, its in enumerate(per_chain):
                 for it in its:
                     if it % self.thin == 0 and it // self.thin < D:
                         diverging[c, it // self.thin, r] = True
-        sample_stats = {"diverging": diverging[..., 0] if R == 1 else diverging}
-        if R > 1:
-            dims["diverging"] = ["replica"]
-        coords = {"replica": np.arange(R)} if R > 1 else None
-        attrs = {"inference_library": "pyro", "sampler": "NUTS", "backend": "bnn-priors nuts"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return az.from_dict(posterior=posterior, sample_stats=sample_stats, coords=coords, dims=dims, attrs=attrs)
+        return {"diverging": diverging}
+
+    def _arviz_attrs(self) -> dict[str, str]:
+        return {"draws": "MCMC draws (NUTS), by chain", "sampler": "NUTS", "sampler_library": "pyro"}
 
 
 class NUTS(InferenceBackend):
