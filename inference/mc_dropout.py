@@ -113,8 +113,7 @@ from dataclasses import dataclass
 import torch
 
 from bnn_priors.errors import InvalidParameterError
-from bnn_priors.noise_models import NoiseModel
-from bnn_priors.scale_mixture import ScaleMixturePrior, WeightPrior
+from bnn_priors.scale_mixture import WeightPrior
 from inference.common import (
     InferenceBackend,
     Posterior,
@@ -136,11 +135,6 @@ def _stream_seeds(seeds: list[int], stream: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- noise
-def noise_mean(noise: NoiseModel) -> float:
-    """``E[lambda]`` of a noise model (``inf`` where it does not exist), for the posterior's ``info``."""
-    return noise.mean
-
-
 def draw_noise(
     prior: WeightPrior,
     in_features: int,
@@ -522,7 +516,7 @@ class MCDropout(InferenceBackend):
             "length_scale": {k: d.length_scale for k, d in decays.items()},
             "keep_probability": {k: d.keep for k, d in decays.items()},
             "noise_mean": {
-                layer.name: noise_mean(layer.prior.noise) if isinstance(layer.prior, ScaleMixturePrior) else None
+                layer.name: layer.prior.noise.mean if layer.prior.noise is not None else None
                 for layer in model.layers
             },
             "num_particles": K,
