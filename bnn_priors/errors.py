@@ -33,6 +33,19 @@ def normalize_name(name: object) -> str:
     return str(name).strip().lower().replace("_", "-")
 
 
+def lookup(kind: str, name: object, registry: Iterable[str]) -> str:
+    """The registered key that ``name`` spells (see :func:`normalize_name`), else :class:`UnknownNameError`.
+
+    ``kind`` names the registry in the message (``"data set"``, ``"table format"``);
+    ``registry`` is anything that lists its names (a dict by name, a tuple). This is
+    the one name look-up of the project, so ``Half_Cauchy`` is ``half-cauchy`` everywhere.
+    """
+    key = normalize_name(name)
+    if key not in registry:
+        raise UnknownNameError(kind, name, registry)
+    return key
+
+
 class InvalidParameterError(BNNPriorsError):
     """A parameter value outside its valid range, or a parameter that does not exist."""
 

@@ -84,6 +84,20 @@ def test_registry_lists_every_file_with_its_sha256(uci_dir: Path) -> None:
             assert _sha256(folder / file) == expected, f"{name}/{file}"
 
 
+def test_checksums_module_is_what_its_generator_writes(uci_dir: Path, tmp_path: Path, capsys) -> None:
+    from bnn_priors.data import checksums, make_checksums
+
+    out = tmp_path / "checksums.py"
+    assert make_checksums.main([str(uci_dir), "--out", str(out)]) == 0
+    assert out.read_bytes() == Path(checksums.__file__).read_bytes()
+    # the source repository's layout is read too; a set that is not there is named
+    clone = tmp_path / "clone"
+    shutil.copytree(uci_dir / "boston", clone / "bostonHousing" / "data")
+    assert make_checksums.set_folder(clone, UCI_SOURCES["boston"]) == clone / "bostonHousing" / "data"
+    assert make_checksums.main([str(clone), "--out", str(tmp_path / "bad.py")]) == 2
+    assert "no folder of data set 'concrete'" in capsys.readouterr().err and not (tmp_path / "bad.py").exists()
+
+
 def test_urls_follow_the_source_layout() -> None:
     url = UCI_SOURCES["naval"].url("http://host/UCI_Datasets/", "data.txt")
     assert url == "http://host/UCI_Datasets/naval-propulsion-plant/data/data.txt"

