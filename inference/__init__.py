@@ -10,7 +10,11 @@ from inference.mc_dropout import MCDropout, MCDropoutPosterior
 from inference.nuts import NUTS, NUTSPosterior
 from inference.svi import SVI, SVIPosterior
 
-BACKENDS = {"svi": SVI, "nuts": NUTS, "mc-dropout": MCDropout}
+#: Every backend by its ``name``: the one registry of backends (the benchmark runner's methods and the
+#: command line read it). A backend class declares, besides ``fit`` and ``check_model``, its ``options``
+#: (keyword -> default), ``budget_option`` and ``budget_unit`` (what a training budget counts) and
+#: ``replica_options`` (options that take one value per replica).
+BACKENDS = {backend.name: backend for backend in (SVI, NUTS, MCDropout)}
 
 __all__ = [
     "BACKENDS",

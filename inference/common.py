@@ -206,27 +206,44 @@ class Posterior:
         var = f.var(0, unbiased=False) + (1.0 / precision).mean(0)[:, None, None]
         return Prediction(self._squeeze(mean, False), self._squeeze(var.sqrt(), False), self._squeeze(f, True))
 
+    def evaluation_sums(self, X, y, num_samples: int = 100, seed: int | None = None) -> dict:
+        """The per-replica sums behind :meth:`evaluate`, in standardized units.
+
+        ``squared_error``: the squared error of the predictive mean ``mean_s f_s(x)``,
+        summed over points and outputs; ``log_likelihood``: ``log mean_s N(y | f_s(x), 1/tau_s)``
+        summed over points (tensors of shape ``(R,)``); ``count``: the number of points.
+        Every backend draws its function samples independently of the points, so the
+        sums of disjoint sets of points (with the same ``seed``) add up to those of their union.
+        """
+        f, precision = self.sample_functions(X, num_samples, seed)
+        Xt = self.model.check_inputs(X)
+        yt = self.model.check_targets(y, Xt)
+        squared_error = ((f.mean(0) - yt) ** 2).sum((-2, -1))
+        dens = self.model.likelihood.distribution(f, precision).log_prob(yt).sum(-1)  # (S, R, N)
+        log_likelihood = (torch.logsumexp(dens, 0) - math.log(f.shape[0])).sum(-1)
+        return {"squared_error": squared_error, "log_likelihood": log_likelihood, "count": int(yt.shape[-2])}
+
     def evaluate(self, X, y, num_samples: int = 100, y_scale=1.0, seed: int | None = None) -> dict:
         """Test RMSE and log-likelihood, in original units when given the target's scale.
 
         The log-likelihood is, per test point, ``log mean_s N(y | f_s(x), 1/tau_s)``,
         averaged over test points (Hernández-Lobato & Adams 2015; Gal & Ghahramani
         2016). ``y_scale`` (a number, or one per replica) is the training standard
-        deviation used to standardize ``y``. Returns floats, or arrays over replicas.
+        deviation used to standardize ``y``. Both come from :meth:`evaluation_sums`.
+        Returns floats, or arrays over replicas.
         """
-        f, precision = self.sample_functions(X, num_samples, seed)
-        Xt = self.model.check_inputs(X)
-        yt = self.model.check_targets(y, Xt)
-        scale = torch.as_tensor(np.asarray(y_scale, dtype=np.float64), dtype=f.dtype, device=f.device).reshape(-1)
+        sums = self.evaluation_sums(X, y, num_samples, seed)
+        squared_error, n, out_features = sums["squared_error"], sums["count"], self.model.out_features
+        scale = torch.as_tensor(np.asarray(y_scale, dtype=np.float64), dtype=squared_error.dtype,
+                                device=squared_error.device).reshape(-1)
         if scale.numel() not in (1, self.model.replicas) or not bool((scale > 0).all()):
             raise DataError(f"y_scale must be positive, a number or one per replica ({self.model.replicas}), got {y_scale!r}")
-        rmse = ((f.mean(0) - yt) ** 2).mean((-2, -1)).sqrt() * scale
-        dens = self.model.likelihood.distribution(f, precision).log_prob(yt).sum(-1)  # (S, R, N)
-        ll = (torch.logsumexp(dens, 0) - math.log(f.shape[0])).mean(-1) - self.model.out_features * scale.log()
-        out = {"rmse": rmse, "log_likelihood": ll}
+        rmse = (squared_error / (n * out_features)).sqrt() * scale
+        ll = sums["log_likelihood"] / n - out_features * scale.log()
+        metrics = {"rmse": rmse, "log_likelihood": ll}
         if self.model.replicas == 1:
-            return {k: float(v.reshape(-1)[0]) for k, v in out.items()}
-        return {k: v.detach().cpu().numpy() for k, v in out.items()}
+            return {k: float(v.reshape(-1)[0]) for k, v in metrics.items()}
+        return {k: v.detach().cpu().numpy() for k, v in metrics.items()}
 
     def weight_means(self) -> dict[str, np.ndarray]:
         """Posterior means of the weight matrices, ``{layer: (in, out)}`` (``(R, in, out)`` with replicas)."""

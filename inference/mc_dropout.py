@@ -345,6 +345,16 @@ class MCDropout(InferenceBackend):
     """
 
     name = "mc-dropout"
+    #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
+    #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
+    options = {
+        "epochs": 40, "batch_size": 128, "lr": 1e-3, "length_scale": None, "weight_decay": None,
+        "precision": None, "num_particles": 1,
+    }
+    #: The option that counts the training budget, and its unit.
+    budget_option, budget_unit = "epochs", "epochs"
+    #: Options that take one value per replica (a list) as well as one for all.
+    replica_options: tuple[str, ...] = ("weight_decay", "precision")
 
     def __init__(
         self,

@@ -321,6 +321,16 @@ class NUTS(InferenceBackend):
     """
 
     name = "nuts"
+    #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
+    #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
+    options = {
+        "num_samples": 200, "warmup": 200, "num_chains": 1, "thin": 1, "target_accept": 0.8,
+        "max_tree_depth": 10, "jit_compile": True, "parametrization": "auto",
+    }
+    #: The option that counts the training budget, and its unit.
+    budget_option, budget_unit = "num_samples", "samples"
+    #: Options that take one value per replica (a list) as well as one for all.
+    replica_options: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -547,6 +547,17 @@ class SVI(InferenceBackend):
     """
 
     name = "svi"
+    #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
+    #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
+    options = {
+        "guide": "mean-field", "alpha": "weight", "local_reparam": True, "num_particles": 1, "steps": 2000,
+        "lr": 0.01, "batch_size": None, "scale_updates": None, "init_std": 0.01, "clip_norm": None,
+        "report_every": 100,
+    }
+    #: The option that counts the training budget, and its unit.
+    budget_option, budget_unit = "steps", "steps"
+    #: Options that take one value per replica (a list) as well as one for all.
+    replica_options: tuple[str, ...] = ()
 
     def __init__(
         self,

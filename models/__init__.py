@@ -3,6 +3,7 @@
 from models.likelihoods import GaussianLikelihood
 from models.networks import ACTIVATIONS, BayesianMLP, BayesianNetwork, BayesianResNet, Layer
 
+#: Every architecture by kind: the one registry (the benchmark runner's ``{kind}-{depth}x{width}`` names read it).
 ARCHITECTURES = {"mlp": BayesianMLP, "resnet": BayesianResNet}
 
 __all__ = [
