@@ -1,6 +1,6 @@
 """SVI-EM time per optimisation step and replica, as the number of batched replicas grows.
 
-What sets the runner's CPU default (``bnn_priors.suite.runner.CPU_BATCH_ROWS``): on a
+What sets the runner's CPU default (``bnn_priors.suite.planning.CPU_BATCH_ROWS``): on a
 CPU, batching replicas saves per-step overhead on small data sets and gains nothing
 on large full-batch ones. resnet-2x50, inverse-Nakagami ARD prior, full batch,
 random data of the given sizes, one torch thread; 5 warm-up steps, then ``--steps``

@@ -105,6 +105,39 @@ def test_user_errors_are_one_line_with_exit_2(capsys, monkeypatch, isolated_data
     assert not (tmp_path / "results.sqlite").exists()  # refused before any work
 
 
+def _help(capsys, *command) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_choices_and_help_come_from_the_registries(capsys, monkeypatch):
+    from bnn_priors.suite.methods import METHODS, Method
+    from bnn_priors.suite.presets import PRESETS
+    from bnn_priors.suite.references import REFERENCES
+    from bnn_priors.suite.render import FORMATS
+
+    monkeypatch.setitem(FORMATS, "rows", lambda table: f"{len(table.rows)} rows\n")
+    monkeypatch.setitem(METHODS, "laplace", Method("laplace", "Laplace", "svi", 500))
+    monkeypatch.setitem(PRESETS, "tiny", PRESETS["quick"])
+    monkeypatch.setitem(REFERENCES, "hinton2012", REFERENCES["gal2016"])
+    table = _help(capsys, "table")
+    assert "{markdown,latex,csv,html,rows}" in table and "nalisnick2019, gal2016, hinton2012" in table
+    assert "--metric {rmse,ll} test RMSE or test log-likelihood" in table
+    bench = _help(capsys, "bench")
+    assert "methods: svi, svi-em, map-em, vd, nuts, mc-dropout, laplace" in bench
+    assert "steps of svi, svi-em, map-em, vd, laplace" in bench and "samples of nuts; also warmup of nuts" in bench
+    assert "a named suite: quick, nalisnick2019, gal2016, tiny" in bench
+    assert "{local,ray}" in bench and "protein, wine, yacht, diabetes" in bench
+    # a registered format is a format of the command, in any spelling
+    committed = Path(__file__).resolve().parents[1] / "results" / "nalisnick2019.sqlite"
+    assert main(["table", "--results", str(committed), "--format", "Rows"]) == 0
+    assert capsys.readouterr().out == "6 rows\n"  # five data sets and the average rank
+    assert main(["table", "--results", str(committed), "--format", "LaTeX", "--datasets", "yacht"]) == 0
+    assert capsys.readouterr().out.startswith("% Test RMSE")
+
+
 def test_bench_then_table(cli, offline_env, uci_dir, tmp_path, capsys):
     db = tmp_path / "results.sqlite"
     proc = run(cli, "bench", "--datasets", "yacht", "--splits", "0-1", "--data-dir", uci_dir, "--noise",

@@ -34,9 +34,9 @@ from bnn_priors.suite import (
     run_suite,
 )
 from bnn_priors.suite.config import canonical_json
-from bnn_priors.suite.methods import resolve_options
+from bnn_priors.suite.data_options import gal_backend_options, gal_weight_decay, resolve_options
 from bnn_priors.suite.presets import GAL_EPOCH_MULTIPLIER, GAL_EVAL_SAMPLES
-from bnn_priors.suite.protocols import gal_backend_options, gal_summary, gal_weight_decay
+from bnn_priors.suite.protocols import gal_summary
 from bnn_priors.suite.store import COLUMNS, ResultsStore
 
 
@@ -125,7 +125,7 @@ def test_holdout_is_hashed_only_when_set():
 
 # -------------------------------------------------------------- hold-out runs
 def test_a_holdout_run_records_validation_and_test_metrics(uci_dir, tmp_path, monkeypatch):
-    import bnn_priors.suite.runner as runner
+    import bnn_priors.suite.evaluation as evaluation
 
     db = tmp_path / "r.sqlite"
     held = expand_grid("yacht", "0-1", noise="bernoulli", inference="mc-dropout", budget={"epochs": 3},
@@ -143,7 +143,7 @@ def test_a_holdout_run_records_validation_and_test_metrics(uci_dir, tmp_path, mo
     assert not np.allclose(h["val_rmse"], h["rmse"])
     assert not np.allclose(h["rmse"], p["rmse"])  # trained on 221, not 277, points
     # evaluation in chunks of points gives the same metrics (the same function samples)
-    monkeypatch.setattr(runner, "EVAL_CHUNK_ELEMENTS", 20 * 50 * 7)  # 7 points a chunk
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_ELEMENTS", 20 * 50 * 7)  # 7 points a chunk
     run_suite(held, tmp_path / "chunked.sqlite", data_dir=uci_dir, progress=False)
     c = read_results(tmp_path / "chunked.sqlite").set_index("config_hash").loc[h.index]
     for col in ("val_rmse", "val_log_likelihood", "rmse", "log_likelihood"):
@@ -210,7 +210,7 @@ def test_the_runner_passes_gals_decay_and_precision_to_mcdropout(uci_dir, tmp_pa
     seen = []
     original = mc.MCDropout.__init__
 
-    @functools.wraps(original)  # keeps the signature the runner inspects
+    @functools.wraps(original)
     def spy(self, *args, **kwargs):
         seen.append(kwargs)
         original(self, *args, **kwargs)
@@ -233,13 +233,13 @@ def test_the_runner_passes_gals_decay_and_precision_to_mcdropout(uci_dir, tmp_pa
 
 
 def test_plan_falls_back_to_one_split_per_job_without_per_replica_precision(uci_dir, monkeypatch):
-    import bnn_priors.suite.runner as runner
+    from inference import MCDropout
 
     configs = preset_configs("gal2016", datasets="yacht", splits="0-3", budget={"epochs": 2},
                              seeds="0,1", data_dir=str(uci_dir))
     assert len(configs) == 12 * 4 * 2
     assert len(plan_jobs(configs)) == 12
-    monkeypatch.setattr(runner, "accepts_replica_precision", lambda name: False)
+    monkeypatch.setattr(MCDropout, "replica_options", ("weight_decay",))  # a precision for all replicas only
     jobs = plan_jobs(configs)
     assert len(jobs) == 12 * 4 and all(len({c.split for c in j.configs}) == 1 for j in jobs)
 

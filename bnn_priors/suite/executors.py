@@ -14,6 +14,10 @@ Ctrl-C) stops the jobs in flight.
 * :class:`RayExecutor` (``--executor ray``): ``ray.init(address=...)`` (a new
   local instance when no address is given), one remote task per job with one
   CPU; the tasks return their rows to the driver.
+
+:data:`EXECUTORS` is the registry of executor kinds (the command line's ``--executor``).
+
+Imports: :mod:`bnn_priors.errors` only.
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
+from bnn_priors.errors import InvalidParameterError, lookup
 
-EXECUTORS = ("local", "ray")
+#: Every executor kind by name, with what it runs jobs on.
+EXECUTORS: dict[str, str] = {
+    "local": "this process, or --workers local processes",
+    "ray": "a Ray cluster (--ray-address, else a new local instance)",
+}
 
 JobFn = Callable[[Any], Any]
 
@@ -250,9 +258,7 @@ def make_executor(
     """``local`` with one worker runs in this process, with more a process pool; ``ray`` uses Ray."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InvalidParameterError(f"workers must be a positive integer, got {workers!r}")
-    key = str(kind).strip().lower()
-    if key not in EXECUTORS:
-        raise UnknownNameError("executor", kind, EXECUTORS)
+    key = lookup("executor", kind, EXECUTORS)
     if key == "ray":
         return RayExecutor(ray_address, workers if workers > 1 else None, threads)
     if ray_address is not None:

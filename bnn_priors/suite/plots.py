@@ -7,6 +7,9 @@
   hidden-to-hidden weight matrix (the first weight matrix of a one-hidden-layer
   net), ``|W|``, for one fitted run per structure. Rows are input units, columns
   output units: ARD shrinks whole rows together, ADD the whole matrix.
+
+Imports: :mod:`bnn_priors.errors`, :mod:`bnn_priors.structures` and, of the suite,
+:mod:`~bnn_priors.suite.store` and :mod:`~bnn_priors.suite.tables`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from bnn_priors.errors import DataError, InvalidParameterError
+from bnn_priors.structures import STRUCTURES
 from bnn_priors.suite.store import load_runs, npy_to_array
-from bnn_priors.suite.tables import _dataset_order, _metric, summarize
+from bnn_priors.suite.tables import dataset_order, metric_info, summarize
 
 
 def _pyplot():
@@ -44,12 +48,12 @@ def _check_out(out: str | Path) -> Path:
 
 def plot_metric(results: str | Path | pd.DataFrame, out: str | Path, metric: str = "rmse") -> Path:
     """Save a figure of the metric, one panel per data set, methods with standard-error bars."""
-    _, name, higher = _metric(metric)
+    _, name, higher = metric_info(metric)
     path = _check_out(out)
     summary = summarize(load_runs(results), metric)
     if summary.empty:
         raise DataError("there are no successful runs to plot")
-    datasets = _dataset_order(summary["dataset"])
+    datasets = dataset_order(summary["dataset"])
     methods = list(dict.fromkeys(summary["method"]))
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     plt = _pyplot()
@@ -98,8 +102,7 @@ def plot_heatmaps(results: str | Path | pd.DataFrame, out: str | Path) -> Path:
     runs = heatmap_runs(load_runs(results, with_weights=True))
     if runs.empty:
         raise DataError("no successful run has a stored weight matrix to draw")
-    structures = ["none", "ard", "add", "ard-add"]
-    runs = runs.assign(_o=runs["structure"].map({s: i for i, s in enumerate(structures)}).fillna(9)).sort_values("_o")
+    runs = runs.assign(_o=runs["structure"].map({s: i for i, s in enumerate(STRUCTURES)}).fillna(9)).sort_values("_o")
     plt = _pyplot()
     n = len(runs)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)

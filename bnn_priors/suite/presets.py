@@ -39,6 +39,10 @@ replaced noise models and methods).
     data set's grid files (``--data-dir``).
 
 Every training setting of the presets is a named constant below.
+
+Imports: :mod:`bnn_priors.errors` and, of the suite, :mod:`~bnn_priors.suite.config`,
+:mod:`~bnn_priors.suite.methods`, :mod:`~bnn_priors.suite.data_options` (Gal's
+length-scale) and :mod:`~bnn_priors.suite.loading` (a built preset reads its data sets).
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bnn_priors.errors import UnknownNameError
-from bnn_priors.suite.config import RunConfig, expand_grid
-from bnn_priors.suite.protocols import GAL_LENGTH_SCALE
+from bnn_priors.errors import lookup
+from bnn_priors.suite.config import RunConfig, check_dataset, expand_grid, parse_list
+from bnn_priors.suite.data_options import GAL_LENGTH_SCALE
+from bnn_priors.suite.loading import load
+from bnn_priors.suite.methods import BUDGET_UNITS
 
 # ------------------------------------------------------------------ quick preset
 QUICK_DATASETS = ("diabetes",)
@@ -152,12 +158,9 @@ class Preset:
 def gal_blocks(datasets: Sequence[str], data_dir: str | None = None) -> tuple[Block, ...]:
     """One block per (data set, p, tau) of each data set's grid (reads ``n_hidden``, ``n_epochs``,
     ``dropout_rates`` and ``tau_values`` of each set)."""
-    from bnn_priors.suite.config import check_dataset
-    from bnn_priors.suite.runner import _load
-
     blocks = []
     for name in (check_dataset(d) for d in datasets):
-        ds = _load(name, data_dir)
+        ds = load(name, data_dir)
         arch = f"mlp-1x{int(ds.n_hidden)}"
         epochs = int(ds.n_epochs) * GAL_EPOCH_MULTIPLIER
         for p in (float(v) for v in ds.dropout_rates):
@@ -220,10 +223,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    key = str(name).strip().lower()
-    if key not in PRESETS:
-        raise UnknownNameError("preset", name, PRESETS)
-    return PRESETS[key]
+    return PRESETS[lookup("preset", name, PRESETS)]
 
 
 def preset_configs(
@@ -253,9 +253,6 @@ def preset_configs(
     the data sets' files (``gal2016``) reads them from ``data_dir`` (else the
     usual places, see :func:`bnn_priors.data.load_dataset`).
     """
-    from bnn_priors.suite.config import parse_list
-    from bnn_priors.suite.methods import BUDGET_UNITS
-
     preset = get_preset(name)
     relabel = any(v is not None for v in (noise, structure, arch, inference))
     configs: list[RunConfig] = []

@@ -18,7 +18,7 @@ the best validation score and reports that run's test metrics.
     ORIGINAL units although the targets are standardized (his code does this), and
     the log-likelihood uses ``tau`` in original units on predictions in original
     units, i.e. the precision ``tau * y_std^2`` in standardized units
-    (:func:`gal_backend_options`). :func:`gal_select` picks, per (data set, split),
+    (:func:`bnn_priors.suite.data_options.gal_backend_options`). :func:`gal_select` picks, per (data set, split),
     the (p, tau) with the highest validation log-likelihood (the first in grid
     order on a tie, as Gal's strict ``>``) and reports that run's test RMSE and
     log-likelihood, as Gal evaluates the selected network (trained on the 80%
@@ -26,73 +26,35 @@ the best validation score and reports that run's test metrics.
     figures (:mod:`bnn_priors.suite.references`) with how often each (p, tau) was
     chosen. The preset of the same name (:mod:`bnn_priors.suite.presets`) runs the
     grid.
+
+:data:`PROTOCOLS` is the registry (the command line's ``--protocol``): a protocol
+is its description and the function that makes its table from runs.
+
+Imports: :mod:`bnn_priors.errors` and, of the suite, :mod:`~bnn_priors.suite.references`,
+:mod:`~bnn_priors.suite.render`, :mod:`~bnn_priors.suite.store` and
+:mod:`~bnn_priors.suite.tables`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
+from bnn_priors.errors import InvalidParameterError, lookup
 from bnn_priors.suite.references import get_reference
+from bnn_priors.suite.render import Column, Estimate, Row, Table, check_format, decimals_for, render
+from bnn_priors.suite.store import load_runs
+from bnn_priors.suite.tables import dataset_order, mean_se
 
-PROTOCOLS = ("gal2016",)
-#: Gal's prior length-scale ``l``.
-GAL_LENGTH_SCALE = 1e-2
 #: The columns of :func:`gal_select`'s result.
 SELECTED_COLUMNS = ("dataset", "split", "setting", "p", "tau", "val_log_likelihood", "val_rmse",
                     "rmse", "log_likelihood", "config_hash")
-
-
-def check_protocol(name: str) -> str:
-    key = str(name).strip().lower()
-    if key not in PROTOCOLS:
-        raise UnknownNameError("protocol", name, PROTOCOLS)
-    return key
-
-
-# ------------------------------------------------------------------- the formulas
-def gal_weight_decay(p: float, tau: float, n_train: int, length_scale: float = GAL_LENGTH_SCALE) -> float:
-    """Gal's ``reg = l^2 (1 - p) / (2 N tau)``, with ``tau`` as given (original units)."""
-    for label, value in (("tau", tau), ("length_scale", length_scale)):
-        if not (isinstance(value, (int, float, np.number)) and math.isfinite(value) and value > 0):
-            raise InvalidParameterError(f"{label} must be a positive number, got {value!r}")
-    if not 0 <= p < 1:
-        raise InvalidParameterError(f"the dropout rate p must be in [0, 1), got {p!r}")
-    if int(n_train) < 1:
-        raise InvalidParameterError(f"the training size must be positive, got {n_train!r}")
-    return float(length_scale) ** 2 * (1.0 - float(p)) / (2.0 * int(n_train) * float(tau))
-
-
-def gal_precision(tau: float, y_std: float | Sequence[float]) -> float | list[float]:
-    """The precision in standardized units whose log-likelihood is Gal's with ``tau`` in original units:
-    ``tau * y_std^2`` (one value, or a list of one per replica)."""
-    stds = np.atleast_1d(np.asarray(y_std, dtype=np.float64))
-    values = [float(tau) * float(s) ** 2 for s in stds]
-    return values[0] if np.ndim(y_std) == 0 else values
-
-
-def gal_backend_options(
-    p: float, tau: float, n_train: int, y_std: Sequence[float], length_scale: float = GAL_LENGTH_SCALE
-) -> dict[str, Any]:
-    """``MCDropout`` options of Gal's run for dropout rate ``p`` and grid precision ``tau``.
-
-    ``weight_decay`` is :func:`gal_weight_decay`; ``precision`` is
-    :func:`gal_precision`: a number when the replicas share it (one replica, or
-    seeds of one split), else a list of one per replica.
-    """
-    precision = gal_precision(tau, list(np.atleast_1d(np.asarray(y_std, dtype=np.float64))))
-    return {
-        "weight_decay": gal_weight_decay(p, tau, n_train, length_scale),
-        "precision": precision[0] if len(set(precision)) == 1 else precision,
-    }
 
 
 # -------------------------------------------------------------------- selection
@@ -139,8 +101,6 @@ def gal_select(results: str | Path | pd.DataFrame) -> pd.DataFrame:
     Returns one row per (data set, setting, split) with the chosen ``p``, ``tau``,
     its validation metrics and its TEST ``rmse`` and ``log_likelihood``.
     """
-    from bnn_priors.suite.store import load_runs
-
     df = load_runs(results)
     missing = {"dataset", "split", "val_log_likelihood", "rmse", "log_likelihood"} - set(df.columns)
     if missing:
@@ -191,15 +151,13 @@ def _fmt(value: float) -> str:
 def gal_summary(selected: pd.DataFrame, datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (data set, setting) of :func:`gal_select`'s result: mean, SE over splits of the test
     RMSE and log-likelihood, the published figures, and the choices with their counts."""
-    from bnn_priors.suite.tables import _dataset_order, mean_se
-
     ref = get_reference("gal2016")
     published = {m: next(iter(ref.metric_columns(m).values())) for m in ("rmse", "ll")}
     if datasets is not None:
         selected = selected[selected["dataset"].isin(list(datasets))]
     names = _setting_names(selected)
     rows = []
-    order = {d: i for i, d in enumerate(_dataset_order(selected["dataset"]))}
+    order = {d: i for i, d in enumerate(dataset_order(selected["dataset"]))}
     for (dataset, setting), part in sorted(selected.groupby(["dataset", "setting"], sort=False),
                                            key=lambda item: order[item[0][0]]):
         rmse, rmse_se, n = mean_se(part["rmse"])
@@ -224,6 +182,7 @@ def gal_summary(selected: pd.DataFrame, datasets: Sequence[str] | None = None) -
 _CITATION = "Gal & Ghahramani 2016"
 HEADER = ("dataset", "splits", "test RMSE", f"RMSE [{_CITATION}] (published)", "test LL",
           f"LL [{_CITATION}] (published)", "chosen (p, tau): splits")
+_KINDS = ("label", "count", "estimate", "estimate", "estimate", "estimate", "text")
 
 
 def _caption() -> str:
@@ -236,53 +195,56 @@ def _caption() -> str:
     )
 
 
-def _cell(mean: float, se: float, decimals: int, pm: str) -> str:
-    from bnn_priors.suite.tables import _cell_text
-
-    return "–" if not math.isfinite(mean) else _cell_text(mean, se, decimals, pm)
-
-
 def format_gal_table(summary: pd.DataFrame, fmt: str = "markdown", decimals: int | None = None) -> str:
-    """Render :func:`gal_summary` as ``markdown``, ``latex``, ``csv`` or ``html``."""
-    from bnn_priors.suite.tables import _decimals, _latex_escape, check_format, html_table
-
+    """Render :func:`gal_summary` in a format of :data:`bnn_priors.suite.render.FORMATS`."""
     fmt = check_format(fmt)
     if summary.empty:
         raise InvalidParameterError(
             "there are no hold-out runs of the gal2016 grid to select from (run bnn-priors bench --preset gal2016)"
         )
-    if fmt == "csv":
-        buf = io.StringIO()
-        summary.to_csv(buf, index=False, lineterminator="\n")
-        return buf.getvalue()
-    pm = " \\pm " if fmt == "latex" else " ± "
-    body = []
+    rows = []
     for row in summary.itertuples(index=False):
-        dr = _decimals([row.rmse_mean, row.published_rmse_mean]) if decimals is None else decimals
-        dl = _decimals([row.ll_mean, row.published_ll_mean]) if decimals is None else decimals
-        body.append([
+        dr = decimals_for([row.rmse_mean, row.published_rmse_mean]) if decimals is None else decimals
+        dl = decimals_for([row.ll_mean, row.published_ll_mean]) if decimals is None else decimals
+        rows.append(Row([
             row.dataset, str(row.n),
-            _cell(row.rmse_mean, row.rmse_se, dr, pm), _cell(row.published_rmse_mean, row.published_rmse_se, dr, pm),
-            _cell(row.ll_mean, row.ll_se, dl, pm), _cell(row.published_ll_mean, row.published_ll_se, dl, pm),
+            Estimate(row.rmse_mean, row.rmse_se, dr), Estimate(row.published_rmse_mean, row.published_rmse_se, dr),
+            Estimate(row.ll_mean, row.ll_se, dl), Estimate(row.published_ll_mean, row.published_ll_se, dl),
             row.choices,
-        ])
-    if fmt == "markdown":
-        from tabulate import tabulate
+        ]))
+    columns = [Column(title, kind) for title, kind in zip(HEADER, _KINDS)]
+    columns[0] = Column(HEADER[0], "label", latex_title="Data set")
+    return render(Table(columns, rows, _caption(), summary), fmt)
 
-        text = tabulate(body, headers=list(HEADER), tablefmt="github", disable_numparse=True,
-                        colalign=("left",) + ("right",) * 5 + ("left",))
-        return f"{text}\n\n{_caption()}\n"
-    if fmt == "latex":
-        lines = [f"% {_caption()}", "\\begin{tabular}{lrcccc" + "l}", "\\toprule",
-                 " & ".join(["Data set", *(_latex_escape(h) for h in HEADER[1:])]) + " \\\\", "\\midrule"]
-        for row in body:
-            cells = [_latex_escape(row[0]), row[1]]
-            cells += ["--" if c == "–" else f"${c}$" for c in row[2:6]]
-            cells.append(_latex_escape(row[6]))
-            lines.append(" & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines) + "\n"
-    return html_table(_caption(), HEADER, [[(c, False) for c in row] for row in body])
+
+def gal_protocol_table(runs: pd.DataFrame, fmt: str = "markdown", datasets: Sequence[str] | None = None,
+                       decimals: int | None = None) -> str:
+    """The gal2016 table of a DataFrame of runs: :func:`gal_select`, :func:`gal_summary`, :func:`format_gal_table`."""
+    return format_gal_table(gal_summary(gal_select(runs), datasets), fmt, decimals)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A selection protocol: what it chooses, and its table from a DataFrame of runs."""
+
+    name: str
+    description: str
+    table: Callable[..., str]
+
+
+#: Every selection protocol by name.
+PROTOCOLS: dict[str, Protocol] = {
+    "gal2016": Protocol(
+        "gal2016",
+        "per split, the (p, tau) run with the best validation log-likelihood; its test RMSE and log-likelihood "
+        "beside the published figures",
+        gal_protocol_table,
+    ),
+}
+
+
+def check_protocol(name: str) -> str:
+    return lookup("protocol", name, PROTOCOLS)
 
 
 def protocol_table(
@@ -293,15 +255,12 @@ def protocol_table(
     datasets: Sequence[str] | None = None,
     decimals: int | None = None,
 ) -> str:
-    """The formatted table of a protocol (``gal2016``) from a results file or DataFrame of runs.
+    """The formatted table of a protocol (a key of :data:`PROTOCOLS`) from a results file or DataFrame of runs.
 
     ``hashes`` keeps only those runs (e.g. the grid a suite just ran).
     """
-    from bnn_priors.suite.store import load_runs
-
-    check_protocol(protocol)
-    df = load_runs(results, hashes)
-    return format_gal_table(gal_summary(gal_select(df), datasets), fmt, decimals)
+    chosen = PROTOCOLS[check_protocol(protocol)]
+    return chosen.table(load_runs(results, hashes), fmt, datasets, decimals)
 
 
 def gal_table(results: str | Path | pd.DataFrame, fmt: str = "markdown", **kwargs) -> str:
@@ -310,14 +269,11 @@ def gal_table(results: str | Path | pd.DataFrame, fmt: str = "markdown", **kwarg
 
 
 __all__ = [
-    "GAL_LENGTH_SCALE",
     "PROTOCOLS",
+    "Protocol",
     "format_gal_table",
-    "gal_backend_options",
-    "gal_precision",
     "gal_select",
     "gal_summary",
     "gal_table",
-    "gal_weight_decay",
     "protocol_table",
 ]

@@ -14,13 +14,15 @@ present.
     Gal & Ghahramani (2016), "Dropout as a Bayesian Approximation: Representing
     Model Uncertainty in Deep Learning", ICML, Table 1 (UCI regression): MC
     dropout test RMSE and test log-likelihood.
+
+Imports: :mod:`bnn_priors.errors` only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
+from bnn_priors.errors import InvalidParameterError, lookup
 
 Figures = dict[str, tuple[float, float]]  # dataset -> (mean, standard error)
 
@@ -89,7 +91,4 @@ REFERENCES: dict[str, Reference] = {
 
 
 def get_reference(key: str) -> Reference:
-    name = str(key).strip().lower()
-    if name not in REFERENCES:
-        raise UnknownNameError("reference", key, REFERENCES)
-    return REFERENCES[name]
+    return REFERENCES[lookup("reference", key, REFERENCES)]

@@ -26,6 +26,8 @@ the final loss, and warnings).
 A results file written before a column existed gets it (NULL for its old rows)
 when it is opened for writing; reading an older file gives the missing columns
 as empty.
+
+Imports: :mod:`bnn_priors.errors` only.
 """
 
 from __future__ import annotations

@@ -22,66 +22,69 @@ of hold-out runs (``val_rmse``, ``val_log_likelihood``) instead of the test
 metrics; runs without a hold-out have none and are left out, and published
 (test) figures cannot be shown beside them.
 
-Formats: ``markdown`` (GitHub pipe table), ``latex`` (booktabs ``tabular``),
-``html`` and ``csv``. The CSV is the tidy form for further analysis, one line per
-(data set, method): ``dataset, method, source, mean, se, n, rank, best``.
+Formats: those of :data:`bnn_priors.suite.render.FORMATS` (markdown, LaTeX, HTML,
+CSV), written by :mod:`bnn_priors.suite.render`. The CSV is the tidy form for
+further analysis, one line per (data set, method): ``dataset, method, source,
+mean, se, n, rank, best``.
+
+Imports: :mod:`bnn_priors.errors`, :mod:`bnn_priors.data` (the data sets' order)
+and, of the suite, :mod:`~bnn_priors.suite.references`,
+:mod:`~bnn_priors.suite.render` and :mod:`~bnn_priors.suite.store`.
 """
 
 from __future__ import annotations
 
-import html
-import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from bnn_priors.errors import InvalidParameterError, UnknownNameError
+from bnn_priors.data import DATASETS
+from bnn_priors.errors import InvalidParameterError, lookup, normalize_name
 from bnn_priors.suite.references import get_reference
+from bnn_priors.suite.render import Column, Estimate, Row, Table, check_format, decimals_for, render
+from bnn_priors.suite.store import load_runs
 
-#: ``metric -> (results column, name, higher is better)``
-METRICS: dict[str, tuple[str, str, bool]] = {
-    "rmse": ("rmse", "test RMSE", False),
-    "ll": ("log_likelihood", "test log-likelihood", True),
+
+class Metric(NamedTuple):
+    """A metric of the results: its column, its name and whether higher is better."""
+
+    column: str
+    name: str
+    higher_is_better: bool
+
+
+#: Every metric by name (the command line's ``--metric`` choices).
+METRICS: dict[str, Metric] = {
+    "rmse": Metric("rmse", "test RMSE", False),
+    "ll": Metric("log_likelihood", "test log-likelihood", True),
 }
-FORMATS = ("markdown", "latex", "csv", "html")
+#: Other spellings of the metrics' names.
+METRIC_ALIASES = {"log-likelihood": "ll", "loglik": "ll"}
 #: Which part of each split the metrics are of: the test split, or the hold-out validation part.
 SPLITS = ("test", "validation")
 RANK_ROW = "average rank"
 
 
-def _metric(metric: str, split: str = "test") -> tuple[str, str, bool]:
-    key = str(metric).strip().lower()
-    if key in ("log_likelihood", "log-likelihood", "loglik"):
-        key = "ll"
-    if key not in METRICS:
-        raise UnknownNameError("metric", metric, METRICS)
+def metric_info(metric: str, split: str = "test") -> Metric:
+    """The metric ``metric`` (a key of :data:`METRICS` or an alias) on the test splits or the validation parts."""
+    key = lookup("metric", METRIC_ALIASES.get(normalize_name(metric), metric), METRICS)
     column, name, higher = METRICS[key]
     if check_split(split) == "validation":
-        return f"val_{column}", name.replace("test ", "validation "), higher
-    return column, name, higher
-
-
-def check_format(fmt: str) -> str:
-    key = str(fmt).strip().lower()
-    if key not in FORMATS:
-        raise UnknownNameError("table format", fmt, FORMATS)
-    return key
+        return Metric(f"val_{column}", name.replace("test ", "validation "), higher)
+    return METRICS[key]
 
 
 def check_split(split: str) -> str:
-    key = str(split).strip().lower()
-    if key not in SPLITS:
-        raise UnknownNameError("split", split, SPLITS)
-    return key
+    return lookup("split", split, SPLITS)
 
 
-def _dataset_order(names: Iterable[str]) -> list[str]:
-    from bnn_priors.data import DATASETS
-
+def dataset_order(names: Iterable[str]) -> list[str]:
+    """The registered data sets among ``names`` in registry order, then the others sorted."""
     names = list(dict.fromkeys(names))
     known = [d for d in DATASETS if d in names]
     return known + sorted(n for n in names if n not in DATASETS)
@@ -122,7 +125,7 @@ def summarize(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd
     ``val_log_likelihood``); ``status``, ``seed``, ``method_key`` are used
     when present (only ``ok`` runs count).
     """
-    column, _, _ = _metric(metric, split)
+    column, _, _ = metric_info(metric, split)
     missing = {"dataset", "split", column} - set(df.columns)
     if missing:
         raise InvalidParameterError(f"results need the columns {sorted(missing)}")
@@ -162,7 +165,7 @@ class ComparisonTable:
 
     @property
     def higher_is_better(self) -> bool:
-        return _metric(self.metric)[2]
+        return metric_info(self.metric).higher_is_better
 
 
 def comparison_table(
@@ -173,7 +176,7 @@ def comparison_table(
     split: str = "test",
 ) -> ComparisonTable:
     """Summarize runs into a :class:`ComparisonTable` (see the module docstring for the rules)."""
-    _, _, higher = _metric(metric, split)
+    _, _, higher = metric_info(metric, split)
     key = "ll" if higher else "rmse"
     split = check_split(split)
     if split == "validation" and references:
@@ -184,7 +187,7 @@ def comparison_table(
     summary = summarize(df, metric, split)
     if datasets is not None:
         summary = summary[summary["dataset"].isin(list(datasets))]
-    table = ComparisonTable(key, _dataset_order(summary["dataset"]), list(dict.fromkeys(summary["method"])),
+    table = ComparisonTable(key, dataset_order(summary["dataset"]), list(dict.fromkeys(summary["method"])),
                             split=split)
     for row in summary.itertuples(index=False):
         table.cells[(row.dataset, row.method)] = (float(row.mean), float(row.se), int(row.n))
@@ -214,23 +217,8 @@ def comparison_table(
 
 
 # -------------------------------------------------------------------- formatting
-def _decimals(values: Iterable[float]) -> int:
-    """Enough decimals for three significant digits of the smallest non-zero magnitude (0 to 4)."""
-    mags = [abs(v) for v in values if math.isfinite(v) and v != 0]
-    if not mags:
-        return 2
-    return int(min(4, max(0, 2 - math.floor(math.log10(min(mags))))))
-
-
-def _cell_text(mean: float, se: float, decimals: int, pm: str) -> str:
-    text = f"{mean:.{decimals}f}"
-    if math.isfinite(se):
-        text += f"{pm}{se:.{decimals}f}"
-    return text
-
-
 def _caption(table: ComparisonTable) -> str:
-    _, name, higher = _metric(table.metric, table.split)
+    _, name, higher = metric_info(table.metric, table.split)
     ns = sorted({c[2] for (d, m), c in table.cells.items() if m in table.methods})
     nsplits = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     text = (
@@ -243,47 +231,28 @@ def _caption(table: ComparisonTable) -> str:
     return text
 
 
-def _grid(table: ComparisonTable, decimals: int | None, pm: str) -> list[list[tuple[str, bool]]]:
-    """The table body as ``(text, bold)`` cells: one row per data set, then the rank row."""
+def _rows(table: ComparisonTable, decimals: int | None) -> list[Row]:
+    """One row per data set (a missing figure is NaN), then the rank row."""
     rows = []
     for dataset in table.datasets:
         values = [table.cells[(dataset, c)][0] for c in table.columns if (dataset, c) in table.cells]
-        dec = _decimals(values) if decimals is None else decimals
-        row = [(dataset, False)]
+        dec = decimals_for(values) if decimals is None else decimals
+        cells: list = [dataset]
         for c in table.columns:
-            if (dataset, c) not in table.cells:
-                row.append(("–", False))
-                continue
-            mean, se, _ = table.cells[(dataset, c)]
-            row.append((_cell_text(mean, se, dec, pm), (dataset, c) in table.best))
-        rows.append(row)
+            mean, se, _ = table.cells.get((dataset, c), (math.nan, math.nan, 0))
+            cells.append(Estimate(mean, se, dec, (dataset, c) in table.best))
+        rows.append(Row(cells))
     if table.average_rank:
         best = min(v[0] for v in table.average_rank.values())
-        row = [(RANK_ROW, False)]
+        cells = [RANK_ROW]
         for c in table.columns:
             if c not in table.average_rank:
-                row.append(("", False))
+                cells.append("")
                 continue
             mean, se, _ = table.average_rank[c]
-            row.append((_cell_text(mean, se, 2, pm), mean == best))
-        rows.append(row)
+            cells.append(Estimate(mean, se, 2, mean == best))
+        rows.append(Row(cells, summary=True))
     return rows
-
-
-def _latex_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in "&%$#_{}":
-            out.append("\\" + ch)
-        elif ch == "~":
-            out.append("\\textasciitilde{}")
-        elif ch == "^":
-            out.append("\\textasciicircum{}")
-        elif ch == "\\":
-            out.append("\\textbackslash{}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _tidy(table: ComparisonTable) -> pd.DataFrame:
@@ -308,7 +277,7 @@ def _tidy(table: ComparisonTable) -> pd.DataFrame:
 
 
 def format_table(table: ComparisonTable, fmt: str = "markdown", decimals: int | None = None) -> str:
-    """Render a :class:`ComparisonTable` as ``markdown``, ``latex``, ``csv`` or ``html``."""
+    """Render a :class:`ComparisonTable` in a format of :data:`bnn_priors.suite.render.FORMATS`."""
     fmt = check_format(fmt)
     if not table.datasets:
         if table.split == "validation":
@@ -316,52 +285,8 @@ def format_table(table: ComparisonTable, fmt: str = "markdown", decimals: int | 
                 "there are no successful hold-out runs with validation metrics to tabulate (run bench with --holdout)"
             )
         raise InvalidParameterError("there are no successful runs to tabulate")
-    if fmt == "csv":
-        buf = io.StringIO()
-        _tidy(table).to_csv(buf, index=False, lineterminator="\n")
-        return buf.getvalue()
-    header = ["dataset", *table.columns]
-    if fmt == "markdown":
-        from tabulate import tabulate
-
-        body = [[f"**{t}**" if b else t for t, b in row] for row in _grid(table, decimals, " ± ")]
-        text = tabulate(body, headers=header, tablefmt="github", disable_numparse=True,
-                        colalign=("left",) + ("right",) * len(table.columns))
-        return f"{text}\n\n{_caption(table)}\n"
-    if fmt == "latex":
-        lines = [
-            f"% {_caption(table)}",
-            "\\begin{tabular}{l" + "c" * len(table.columns) + "}",
-            "\\toprule",
-            " & ".join(["Data set", *(_latex_escape(c) for c in table.columns)]) + " \\\\",
-            "\\midrule",
-        ]
-        for row in _grid(table, decimals, " \\pm "):
-            name = row[0][0]
-            if name == RANK_ROW:
-                lines.append("\\midrule")
-            cells = [_latex_escape(name[0].upper() + name[1:] if name == RANK_ROW else name)]
-            for text, bold in row[1:]:
-                if text in ("", "–"):
-                    cells.append("--" if text else "")
-                else:
-                    cells.append(f"$\\mathbf{{{text}}}$" if bold else f"${text}$")
-            lines.append(" & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines) + "\n"
-    return html_table(_caption(table), header, _grid(table, decimals, " ± "))
-
-
-def html_table(caption: str, header: Sequence[str], rows: Iterable[Sequence[tuple[str, bool]]]) -> str:
-    """An HTML table of ``(text, bold)`` cells with a caption (every text escaped)."""
-    out = ["<table>", f"<caption>{html.escape(caption)}</caption>", "<thead><tr>"]
-    out += [f"<th>{html.escape(h)}</th>" for h in header]
-    out.append("</tr></thead>\n<tbody>")
-    for row in rows:
-        cells = "".join(f"<td><b>{html.escape(t)}</b></td>" if b else f"<td>{html.escape(t)}</td>" for t, b in row)
-        out.append(f"<tr>{cells}</tr>")
-    out.append("</tbody>\n</table>")
-    return "\n".join(out) + "\n"
+    columns = [Column("dataset", "label", latex_title="Data set"), *(Column(c) for c in table.columns)]
+    return render(Table(columns, _rows(table, decimals), _caption(table), _tidy(table)), fmt)
 
 
 def results_table(
@@ -379,7 +304,5 @@ def results_table(
     ``hashes`` keeps only those runs (e.g. the grid a suite just ran); ``split``
     is ``test`` or ``validation`` (the hold-out parts).
     """
-    from bnn_priors.suite.store import load_runs
-
     df = load_runs(results, hashes)
     return format_table(comparison_table(df, metric, references, datasets, split), fmt, decimals)

@@ -1,0 +1,104 @@
+"""What a results row records besides its metrics: which run it is, where, when and with what software.
+
+Imports: torch, Pyro, :mod:`bnn_priors` (its version, errors) and, of the suite, :mod:`~bnn_priors.suite.config`,
+:mod:`~bnn_priors.suite.build` and :mod:`~bnn_priors.suite.planning` (the job type).
+"""
+
+from __future__ import annotations
+
+import platform
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+import pyro
+import torch
+
+import bnn_priors
+from bnn_priors.errors import BNNPriorsError, FitDivergedError
+from bnn_priors.suite.build import run_label
+from bnn_priors.suite.config import RunConfig, canonical_json
+from bnn_priors.suite.planning import Job
+
+
+def versions() -> dict[str, str]:
+    """The versions of torch, Pyro, this package and Python, by results column."""
+    return {
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+        "bnn_priors_version": bnn_priors.__version__,
+        "python_version": platform.python_version(),
+    }
+
+
+def device_name(device) -> str:
+    """``cpu``, or ``cuda:N (the card's name)``."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(dev)
+
+
+def now() -> str:
+    """The time, UTC, ISO 8601 to the microsecond."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def base_row(cfg: RunConfig) -> dict[str, Any]:
+    """The columns that name the run: its hash, its config, its label and its grid axes."""
+    return {
+        "config_hash": cfg.hash,
+        "config": canonical_json(cfg.to_dict()),
+        "label": run_label(cfg),
+        "method_key": cfg.method_key,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "noise": cfg.noise,
+        "structure": cfg.structure,
+        "arch": cfg.arch,
+        "inference": cfg.inference,
+        "budget": cfg.budget,
+        "budget_unit": cfg.budget_unit,
+        "seed": cfg.seed,
+        "holdout": cfg.holdout,
+    }
+
+
+def failed_rows(job: Job, exc: BaseException) -> list[dict[str, Any]]:
+    """One ``failed`` row per run of ``job``, with the error message (and traceback for bugs)."""
+    message = f"{type(exc).__name__}: {exc}".strip()
+    tb = None
+    if not isinstance(exc, (BNNPriorsError, FitDivergedError)):
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp, software = now(), versions()
+    return [
+        {
+            **base_row(cfg),
+            "status": "failed",
+            "error": message,
+            "traceback": tb,
+            "replicas": len(job.configs),
+            "device": job.device,
+            "timestamp": stamp,
+            **software,
+        }
+        for cfg in job.configs
+    ]
+
+
+def per_replica_info(info: dict, r: int, R: int) -> dict[str, Any]:
+    """The scalar facts of a backend's ``info`` for replica ``r`` (histories left out)."""
+    out = {}
+    for key, value in info.items():
+        if key.endswith("history"):
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == R and all(isinstance(v, (int, float)) for v in value):
+            out[key] = value[r]
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, dict):
+            sub = per_replica_info(value, r, R)
+            if sub:
+                out[key] = sub
+    return out
