@@ -330,6 +330,9 @@ class InferenceBackend(ABC):
     """
 
     name: str
+    #: Whether the backend trains in :func:`inference.training.train`: then it takes ``threads``
+    #: (torch threads of the loop) and ``fit(model, X, y, checkpoint=...)``.
+    training_loop: bool = False
 
     def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True):
         self.device = resolve_device(device)

@@ -123,7 +123,7 @@ from inference.common import (
     raise_diverged,
     unsupported,
 )
-from inference.training import Checkpoint, Shuffled, train
+from inference.training import Checkpoint, Shuffled, check_threads, train
 from models.networks import BayesianNetwork, Layer
 
 # Offsets that separate a replica's random streams (initial weights, batch order, noise).
@@ -328,7 +328,8 @@ class MCDropout(InferenceBackend):
     number: used as is for every layer), ``precision`` (``None``: the likelihood's
     fixed precision, or ``tau`` learned as a MAP estimate under its Gamma prior; a
     number: ``tau`` fixed for the fit and the predictions), ``num_particles`` (noise
-    draws per data point and step, averaged), and ``device``, ``seed``, ``progress``.
+    draws per data point and step, averaged), and ``device``, ``seed``, ``progress``,
+    ``threads`` (torch threads of the training loop, 1 by default: see :mod:`inference.training`).
 
     Supports the five noise models under the four structures and the normal prior,
     on every architecture; refuses the log-uniform prior, and warns about noise with
@@ -345,6 +346,7 @@ class MCDropout(InferenceBackend):
     """
 
     name = "mc-dropout"
+    training_loop = True
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {
@@ -368,8 +370,10 @@ class MCDropout(InferenceBackend):
         device="cpu",
         seed: int = 0,
         progress: bool = True,
+        threads: int | None = 1,
     ):
         super().__init__(device, seed, progress)
+        self.threads = check_threads(threads)
         self.epochs = check_positive_int("epochs", epochs)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.lr = check_positive_float("lr", lr)
@@ -499,6 +503,7 @@ class MCDropout(InferenceBackend):
             checkpoint=checkpoint,
             progress=self.progress,
             desc="MC dropout",
+            threads=self.threads,
         )
 
         user_decay = list(self.weight_decay) if isinstance(self.weight_decay, tuple) else self.weight_decay

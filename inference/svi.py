@@ -83,7 +83,7 @@ from inference.common import (
     check_positive_int,
     unsupported,
 )
-from inference.training import Checkpoint, FullBatch, RandomSubsets, train
+from inference.training import Checkpoint, FullBatch, RandomSubsets, check_threads, train
 from models.networks import BayesianNetwork, Layer
 
 GUIDES = ("mean-field", "variational-dropout", "map")
@@ -537,7 +537,8 @@ class SVI(InferenceBackend):
     (vectorized), ``steps``, ``lr`` (Adam), ``batch_size`` (``None`` for full batch),
     ``scale_updates`` (``None`` or ``"em"``), ``init_std`` (initial posterior std of
     the weights), ``clip_norm``, ``report_every``, and ``device``, ``seed``,
-    ``progress``.
+    ``progress``, ``threads`` (torch threads of the training loop, 1 by default: see
+    :mod:`inference.training`).
 
     Supports every prior whose scales are continuous (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise; the normal and log-uniform priors) on every model.
@@ -547,6 +548,7 @@ class SVI(InferenceBackend):
     """
 
     name = "svi"
+    training_loop = True
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {
@@ -575,8 +577,10 @@ class SVI(InferenceBackend):
         device="cpu",
         seed: int = 0,
         progress: bool = True,
+        threads: int | None = 1,
     ):
         super().__init__(device, seed, progress)
+        self.threads = check_threads(threads)
         if guide not in GUIDES:
             raise InvalidParameterError(f"unknown guide {guide!r}; valid choices are: {', '.join(GUIDES)}")
         if alpha not in ("weight", "unit"):
@@ -682,6 +686,7 @@ class SVI(InferenceBackend):
                 load_state=load_state,
                 checkpoint=checkpoint,
                 progress=self.progress,
+                threads=self.threads,
             )
         info = {
             "steps": self.steps,

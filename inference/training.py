@@ -192,14 +192,19 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------- loop
+def check_threads(threads) -> int | None:
+    """A torch thread count: a positive integer, or ``None`` for torch's own setting."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidParameterError(f"threads must be a positive integer or None, got {threads!r}")
+    return threads
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None):
     """Run a block with ``threads`` torch threads, restoring the setting after (``None``: unchanged)."""
-    if threads is None:
+    if check_threads(threads) is None:
         yield
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InvalidParameterError(f"threads must be a positive integer or None, got {threads!r}")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -443,7 +443,7 @@ def test_backends_declare_their_options_as_their_constructors_take_them():
     assert set(BACKENDS) == {"svi", "nuts", "mc-dropout"}
     for name, backend in BACKENDS.items():
         params = inspect.signature(backend.__init__).parameters
-        defaults = {k: p.default for k, p in params.items() if k not in ("self", "device", "seed", "progress")}
+        defaults = {k: p.default for k, p in params.items() if k not in ("self", "device", "seed", "progress", "threads")}
         assert backend.options == defaults, name
         assert backend.name == name and backend.budget_option in backend.options
         assert set(backend.replica_options) <= set(backend.options)

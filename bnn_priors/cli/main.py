@@ -168,6 +168,7 @@ def cmd_bench(args) -> int:
             progress=not args.quiet,
             max_replicas=args.max_replicas,
             threads=args.threads,
+            checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every,
         )
     except KeyboardInterrupt:
         print(
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"most runs batched into one model (default: {DEFAULT_MAX_REPLICAS} on a GPU; on a CPU "
                           f"as many as keep a step under {CPU_BATCH_ROWS} rows)")
     run.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
+    run.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                     help="save each training job's state this often into RESULTS.checkpoints/, so that a killed "
+                     "bench continues where it stopped when run again (default 300; -1: no checkpoints)")
     run.add_argument("--data-dir", help="folder holding the UCI data sets (default: $BNN_PRIORS_DATA, else the cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     table_options(bench)

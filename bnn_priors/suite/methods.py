@@ -36,7 +36,7 @@ from bnn_priors.errors import InvalidParameterError, lookup
 from inference import BACKENDS
 
 #: Options the runner sets itself: a config's ``options`` may not hold them.
-RESERVED_OPTIONS = ("seed", "device", "progress")
+RESERVED_OPTIONS = ("seed", "device", "progress", "threads")
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,12 @@ class Method:
             )
         return kwargs
 
-    def make_backend(self, budget: int, options: Mapping[str, Any], seed, device: str = "cpu", progress: bool = False):
-        """An instance of the backend, ready to ``fit``."""
+    def make_backend(self, budget: int, options: Mapping[str, Any], seed, device: str = "cpu", progress: bool = False,
+                     threads: int | None = 1):
+        """An instance of the backend, ready to ``fit`` (``threads``: torch threads of its training loop)."""
         kwargs = self.backend_kwargs(budget, options)
+        if self.backend_class.training_loop:
+            kwargs["threads"] = threads
         try:
             return self.backend_class(**kwargs, seed=seed, device=device, progress=progress)
         except TypeError as exc:  # a wrongly typed option the backend did not check

@@ -1,6 +1,6 @@
 """Planning a suite: which runs a backend refuses, and which runs train together as one batched job.
 
-Imports: :mod:`bnn_priors.errors` and, of the suite, :mod:`~bnn_priors.suite.config`,
+Imports: :mod:`bnn_priors.errors`, :mod:`inference.training` (checkpoints) and, of the suite, :mod:`~bnn_priors.suite.config`,
 :mod:`~bnn_priors.suite.methods`, :mod:`~bnn_priors.suite.build`,
 :mod:`~bnn_priors.suite.data_options` and :mod:`~bnn_priors.suite.loading`.
 
@@ -12,9 +12,11 @@ in a batch equals the same run trained alone. How many replicas a job holds is
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bnn_priors.errors import InvalidParameterError, UnsupportedCombinationError
 from bnn_priors.suite.build import build_model, run_label
@@ -22,7 +24,10 @@ from bnn_priors.suite.config import RunConfig
 from bnn_priors.suite.data_options import replica_options_needed, resolve_options
 from bnn_priors.suite.loading import DataInfo
 from bnn_priors.suite.methods import get_method
+from inference.training import Checkpoint
 
+#: Seconds between two checkpoints of a training job (``run_suite(checkpoint_every=...)``).
+CHECKPOINT_EVERY = 300.0
 #: The most runs batched into one job (one model with this many replicas).
 DEFAULT_MAX_REPLICAS = 64
 #: On a CPU, ``max_replicas=None`` (the default) batches at most this many rows per optimisation
@@ -79,6 +84,17 @@ class Job:
     device: str = "cpu"
     data_dir: str | None = None
     threads: int | None = 1
+    #: Where the job's training checkpoints go (``None``: no checkpoints), and how often.
+    checkpoint_dir: str | None = None
+    checkpoint_every: float = CHECKPOINT_EVERY
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The job's checkpoint: a file named by the hash of its runs' hashes, keyed by all of them,
+        so that a rerun planning the same job continues it and no other job can."""
+        if self.checkpoint_dir is None:
+            return None
+        key = hashlib.sha256(",".join(c.hash for c in self.configs).encode("ascii")).hexdigest()
+        return Checkpoint(Path(self.checkpoint_dir) / f"{key[:24]}.pt", key, self.checkpoint_every)
 
     def describe(self) -> str:
         c = self.configs[0]

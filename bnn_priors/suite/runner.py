@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from bnn_priors.data import stack_splits
@@ -62,7 +61,13 @@ from bnn_priors.suite.evaluation import evaluate
 from bnn_priors.suite.executors import make_executor
 from bnn_priors.suite.loading import data_info, load
 from bnn_priors.suite.methods import get_method
-from bnn_priors.suite.planning import Job, check_support, describe_unsupported, plan_jobs
+from bnn_priors.suite.planning import (
+    CHECKPOINT_EVERY,
+    Job,
+    check_support,
+    describe_unsupported,
+    plan_jobs,
+)
 from bnn_priors.suite.provenance import (
     base_row,
     device_name,
@@ -73,19 +78,30 @@ from bnn_priors.suite.provenance import (
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
 from inference.common import resolve_device
+from inference.training import torch_threads
+
+#: A fit has blown up when its predictive mean misses the standardized training targets by more
+#: than this many of their standard deviations (root mean square; predicting their mean scores 1).
+#: Losses and predictions can run away while staying finite (an RMSE of 9e10 was once stored as a
+#: valid result); the training data and the targets' own scale decide, never the test data.
+BLOWUP_TRAIN_RMSE = 10.0
+#: Posterior samples for that check (at most the run's ``eval_samples``).
+BLOWUP_CHECK_SAMPLES = 100
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _verdict(test_ok: bool, val_ok: bool, train_rmse: float) -> str | None:
+    """Why a trained run is a failure (``None``: it is not)."""
+    if not test_ok:
+        return "the test metrics are NaN or infinite"
+    if not val_ok:
+        return "the validation metrics are NaN or infinite"
+    if not train_rmse <= BLOWUP_TRAIN_RMSE:
+        return (
+            f"FitDivergedError: the fit blew up: its predictive mean misses the standardized training targets "
+            f"by {train_rmse:.3g} standard deviations (root mean square; at most {BLOWUP_TRAIN_RMSE:g} is "
+            "accepted, predicting their mean scores 1); try a smaller lr, clip_norm or a lighter-tailed prior"
+        )
+    return None
 
 
 def fit_job(job: Job) -> list[dict[str, Any]]:
@@ -100,15 +116,21 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
     width = max(dataset.X.shape[1], *cfg0.architecture.hidden)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        backend = method.make_backend(cfg0.budget, options, seed=seeds, device=job.device, progress=False)
+        backend = method.make_backend(cfg0.budget, options, seed=seeds, device=job.device, progress=False,
+                                      threads=job.threads)
         model = build_model(cfg0, dataset.X.shape[1], replicas=R)
+        checkpoint = job.checkpoint() if backend.training_loop else None
+        extra = {} if checkpoint is None else {"checkpoint": checkpoint}
         start = time.perf_counter()
-        posterior = backend.fit(model, data.X_train, data.y_train)
+        posterior = backend.fit(model, data.X_train, data.y_train, **extra)
         seconds = time.perf_counter() - start
         rmse, ll = evaluate(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
         val_rmse = val_ll = np.full(R, np.nan)
         if data.X_val is not None:
             val_rmse, val_ll = evaluate(posterior, data.X_val, data.y_val, cfg0.eval_samples, data.y_std, width)
+        # standardized units (y_scale 1): the blow-up check of each replica
+        train_rmse, _ = evaluate(posterior, data.X_train, data.y_train, min(cfg0.eval_samples, BLOWUP_CHECK_SAMPLES),
+                                 np.ones(R), width)
     layer = heatmap_layer(cfg0)
     try:
         weights = np.asarray(posterior.weight_means()[layer])
@@ -122,14 +144,16 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
     rows = []
     for r, cfg in enumerate(job.configs):
         info = per_replica_info(dict(posterior.info), r, R)
+        info["train_rmse_standardized"] = float(train_rmse[r])
         if notes:
             info["warnings"] = notes
         ok = bool(np.isfinite(rmse[r]) and np.isfinite(ll[r]))
         val_ok = cfg.holdout is None or bool(np.isfinite(val_rmse[r]) and np.isfinite(val_ll[r]))
+        failure = _verdict(ok, val_ok, float(train_rmse[r]))
         rows.append({
             **base_row(cfg),
-            "status": "ok" if ok and val_ok else "failed",
-            "error": None if ok and val_ok else f"the {'test' if not ok else 'validation'} metrics are NaN or infinite",
+            "status": "ok" if failure is None else "failed",
+            "error": failure,
             "rmse": float(rmse[r]),
             "log_likelihood": float(ll[r]),
             "val_rmse": None if cfg.holdout is None else float(val_rmse[r]),
@@ -149,21 +173,37 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
 def run_job(job: Job) -> list[dict[str, Any]]:
     """Run a job and return its rows; every failure becomes ``failed`` rows, never an exception.
 
-    A diverging batch is retried one run at a time, so only the diverging runs fail.
+    A diverging batch is retried one run at a time, so only the diverging runs fail
+    (the batch's checkpoint is dropped; each retried run checkpoints on its own).
     (``KeyboardInterrupt`` is not caught.)
     """
-    with _torch_threads(job.threads):
+    with torch_threads(job.threads):
         try:
             return fit_job(job)
         except FitDivergedError as exc:
             if len(job.configs) == 1:
                 return failed_rows(job, exc)
+            _drop_checkpoint(job)
             rows = []
             for cfg in job.configs:
-                rows.extend(run_job(replace(job, configs=(cfg,))))
+                single = replace(job, configs=(cfg,))
+                rows.extend(run_job(single))
+                _drop_checkpoint(single)
             return rows
         except Exception as exc:  # noqa: BLE001 - recorded as the runs' failure
             return failed_rows(job, exc)
+
+
+def _drop_checkpoint(job: Job) -> None:
+    checkpoint = job.checkpoint()
+    if checkpoint is not None:
+        checkpoint.remove()
+
+
+def checkpoint_dir(results: str | Path) -> Path:
+    """The folder of a results file's job checkpoints: ``<results>.checkpoints`` beside it."""
+    results = Path(results)
+    return results.with_name(results.name + ".checkpoints")
 
 
 # ---------------------------------------------------------------------- driver
@@ -207,6 +247,7 @@ def run_suite(
     threads: int | None = 1,
     on_unsupported: str = "skip",
     on_result: Callable[[list[dict]], None] | None = None,
+    checkpoint_every: float | None = CHECKPOINT_EVERY,
 ) -> SuiteReport:
     """Run ``configs`` (from :func:`~bnn_priors.suite.config.expand_grid`) into the results file.
 
@@ -216,6 +257,11 @@ def run_suite(
     networks; ``None`` leaves torch's setting alone). ``max_replicas``: the most
     runs batched into one model (``None``: :func:`~bnn_priors.suite.planning.replicas_per_job`). ``on_unsupported``:
     ``"skip"`` (warn and skip, unless nothing else is left) or ``"error"``.
+    ``checkpoint_every``: seconds between two checkpoints of a training job, written
+    to ``<results>.checkpoints/`` (:func:`checkpoint_dir`) and removed once the job's
+    rows are saved; a rerun continues a killed job from its last checkpoint and gets
+    the numbers of an uninterrupted run (``None``: no checkpoints). With Ray, workers
+    on other machines need that folder on a shared file system.
     Returns a :class:`SuiteReport`; Ctrl-C stops the jobs in flight and
     re-raises ``KeyboardInterrupt`` after the finished runs are saved.
     """
@@ -245,6 +291,9 @@ def run_suite(
         report.skipped = [c for c in supported if c.hash in done]
         todo = [c for c in supported if c.hash not in done]
         jobs = plan_jobs(todo, infos, max_replicas, device, data_dir, threads)
+        if checkpoint_every is not None:
+            folder = str(checkpoint_dir(results))
+            jobs = [replace(job, checkpoint_dir=folder, checkpoint_every=float(checkpoint_every)) for job in jobs]
         report.jobs = len(jobs)
         if not jobs:
             report.seconds = time.perf_counter() - start
@@ -256,6 +305,7 @@ def run_suite(
                 for job, result in ex.imap_unordered(run_job, jobs):
                     rows = failed_rows(job, result) if isinstance(result, BaseException) else result
                     store.insert(rows)
+                    _drop_checkpoint(job)  # its rows are saved: nothing to continue
                     for row in rows:
                         if row["status"] == "ok":
                             report.ok += 1
@@ -272,4 +322,6 @@ def run_suite(
         finally:
             bar.close()
             report.seconds = time.perf_counter() - start
+    with contextlib.suppress(OSError):  # the folder goes once no job left a checkpoint in it
+        checkpoint_dir(results).rmdir()
     return report

@@ -1,0 +1,108 @@
+"""The suite's long jobs: checkpoints that survive a SIGKILL, and fits that blow up while staying finite."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bnn_priors.suite import expand_grid, read_results, run_suite
+from bnn_priors.suite.runner import BLOWUP_TRAIN_RMSE, _verdict, checkpoint_dir
+
+#: A job of two replicas long enough to be killed after its first checkpoint (diabetes, 353 training
+#: points: 3 steps an epoch).
+GRID = dict(datasets="diabetes", splits="0-1", noise="bernoulli", structure="ard", arch="mlp-1x50",
+            inference="mc-dropout", eval_samples=20)
+EPOCHS = 600
+
+
+def _metrics(path) -> dict[str, tuple[float, float]]:
+    df = read_results(path)
+    assert (df["status"] == "ok").all(), df[["status", "error"]]
+    return {h: (r, ll) for h, r, ll in zip(df["config_hash"], df["rmse"], df["log_likelihood"])}
+
+
+def test_a_killed_bench_continues_from_its_checkpoint_and_gets_the_uninterrupted_numbers(tmp_path, cli):
+    configs = expand_grid(**GRID, budget={"epochs": EPOCHS})
+    whole = tmp_path / "whole.sqlite"
+    run_suite(configs, whole, progress=False, checkpoint_every=None)
+
+    killed = tmp_path / "killed.sqlite"
+    folder = checkpoint_dir(killed)
+    cmd = [*cli, "bench", "--datasets", "diabetes", "--splits", "0-1", "--noise", "bernoulli", "--structure", "ard",
+           "--arch", "mlp-1x50", "--inference", "mc-dropout", "--epochs", str(EPOCHS), "--eval-samples", "20",
+           "--checkpoint-every", "0", "--results", str(killed), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder.is_dir() and any(folder.glob("*.pt"))):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few more epochs: the checkpoint is rewritten after each
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    saved = list(folder.glob("*.pt"))
+    assert len(saved) == 1
+    assert read_results(killed, status=None).empty  # nothing finished: the job's work is only in its checkpoint
+
+    report = run_suite(configs, killed, progress=False, checkpoint_every=0.0)
+    assert report.ok == 2
+    assert _metrics(killed) == _metrics(whole)  # equal to the last bit
+    info = [json.loads(text) for text in read_results(killed)["backend_info"]]
+    assert all(0 < i["resumed_from_step"] < EPOCHS * 3 for i in info)
+    assert not folder.exists()  # removed once the rows were saved
+
+
+def test_a_checkpoint_left_by_an_earlier_grouping_is_not_continued_by_another_job(tmp_path):
+    configs = expand_grid(**GRID, budget={"epochs": 5})
+    folder = checkpoint_dir(tmp_path / "r.sqlite")
+    folder.mkdir()
+    stray = folder / "stray.pt"
+    stray.write_bytes(b"x")
+    report = run_suite(configs, tmp_path / "r.sqlite", progress=False, checkpoint_every=0.0)
+    assert report.ok == 2 and stray.exists()  # another job's file: left alone, not read
+
+
+def test_a_fit_that_blows_up_while_staying_finite_is_recorded_as_failed(tmp_path, uci_dir):
+    """Issue 14, item 1: SVI at lr 1.0 on yacht ran away to a test RMSE of about 1e10 and was stored as ok."""
+    configs = expand_grid("yacht", splits="0", noise="half-cauchy", structure="ard-add", arch="resnet-2x50",
+                          inference="svi", budget={"steps": 300}, options={"lr": 1.0})
+    report = run_suite(configs, tmp_path / "r.sqlite", data_dir=uci_dir, progress=False)
+    assert report.ok == 0 and len(report.failed) == 1
+    df = read_results(tmp_path / "r.sqlite", status=None)
+    assert df["status"].tolist() == ["failed"]
+    assert "blew up" in df["error"].iloc[0] or "NaN or infinite" in df["error"].iloc[0]
+
+
+def test_the_blow_up_verdict():
+    assert _verdict(True, True, 0.4) is None
+    assert _verdict(True, True, BLOWUP_TRAIN_RMSE) is None
+    assert "blew up" in _verdict(True, True, 10.5)
+    assert "blew up" in _verdict(True, True, math.nan)
+    assert "test metrics" in _verdict(False, True, 0.4)
+    assert "validation metrics" in _verdict(True, False, 0.4)
+
+
+def test_sane_fits_are_far_from_the_blow_up_bound(tmp_path):
+    configs = expand_grid("diabetes", splits="0-1", noise="half-cauchy,inverse-nakagami", structure="ard",
+                          arch="mlp-1x20", inference="svi,map-em", budget={"steps": 200}, eval_samples=20)
+    run_suite(configs, tmp_path / "r.sqlite", progress=False)
+    df = read_results(tmp_path / "r.sqlite")
+    assert (df["status"] == "ok").all()
+    worst = max(json.loads(t)["train_rmse_standardized"] for t in df["backend_info"])
+    assert worst < 1.0 < BLOWUP_TRAIN_RMSE
+
+
+def test_checkpoint_dir_sits_beside_the_results_file():
+    assert checkpoint_dir("a/b/results.sqlite") == Path("a/b/results.sqlite.checkpoints")
