@@ -206,12 +206,25 @@ class Posterior:
         var = f.var(0, unbiased=False) + (1.0 / precision).mean(0)[:, None, None]
         return Prediction(self._squeeze(mean, False), self._squeeze(var.sqrt(), False), self._squeeze(f, True))
 
+    #: Nominal levels of the central predictive intervals whose coverage :meth:`evaluation_sums` counts.
+    COVERAGE_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
     def evaluation_sums(self, X, y, num_samples: int = 100, seed: int | None = None) -> dict:
         """The per-replica sums behind :meth:`evaluate`, in standardized units.
 
         ``squared_error``: the squared error of the predictive mean ``mean_s f_s(x)``,
-        summed over points and outputs; ``log_likelihood``: ``log mean_s N(y | f_s(x), 1/tau_s)``
-        summed over points (tensors of shape ``(R,)``); ``count``: the number of points.
+        summed over points and outputs; ``absolute_error``: ``mean_s |y - f_s(x)|`` (the
+        error of each draw, not of the mean) summed over points and outputs;
+        ``log_likelihood``: ``log mean_s N(y | f_s(x), 1/tau_s)`` summed over points
+        (tensors of shape ``(R,)``); ``coverage``: per level ``a`` of
+        :attr:`COVERAGE_LEVELS`, the number of targets inside the central ``a`` interval
+        of the predictive distribution (an integer tensor ``(R, levels)``); ``count``:
+        the number of points.
+
+        The coverage is exact for the mixture of the draws: a target is inside the
+        central ``a`` interval when its predictive CDF ``F(y) = mean_s P(y_s <= y)``
+        (the likelihood's CDF under each draw; ``mean_s Phi((y - f_s(x)) sqrt(tau_s))``
+        for Gaussian noise) has ``|F(y) - 1/2| <= a/2``, so no quantile is searched for.
         Every backend draws its function samples independently of the points, so the
         sums of disjoint sets of points (with the same ``seed``) add up to those of their union.
         """
@@ -219,20 +232,23 @@ class Posterior:
         Xt = self.model.check_inputs(X)
         yt = self.model.check_targets(y, Xt)
         squared_error = ((f.mean(0) - yt) ** 2).sum((-2, -1))
-        dens = self.model.likelihood.distribution(f, precision).log_prob(yt).sum(-1)  # (S, R, N)
+        absolute_error = (f - yt).abs().mean(0).sum((-2, -1))
+        predictive = self.model.likelihood.distribution(f, precision)
+        dens = predictive.log_prob(yt).sum(-1)  # (S, R, N)
         log_likelihood = (torch.logsumexp(dens, 0) - math.log(f.shape[0])).sum(-1)
-        return {"squared_error": squared_error, "log_likelihood": log_likelihood, "count": int(yt.shape[-2])}
+        cdf = predictive.cdf(yt).to(torch.float64).mean(0)  # (R, N, out)
+        half_widths = torch.tensor(self.COVERAGE_LEVELS, dtype=torch.float64, device=cdf.device) / 2
+        coverage = ((cdf - 0.5).abs()[..., None] <= half_widths).sum((-3, -2))  # (R, levels)
+        return {"squared_error": squared_error, "absolute_error": absolute_error, "log_likelihood": log_likelihood,
+                "coverage": coverage, "count": int(yt.shape[-2])}
 
-    def evaluate(self, X, y, num_samples: int = 100, y_scale=1.0, seed: int | None = None) -> dict:
-        """Test RMSE and log-likelihood, in original units when given the target's scale.
+    def metrics_from_sums(self, sums: dict, y_scale=1.0) -> dict:
+        """:meth:`evaluate`'s metrics from :meth:`evaluation_sums`' sums (tensors over replicas).
 
-        The log-likelihood is, per test point, ``log mean_s N(y | f_s(x), 1/tau_s)``,
-        averaged over test points (Hernández-Lobato & Adams 2015; Gal & Ghahramani
-        2016). ``y_scale`` (a number, or one per replica) is the training standard
-        deviation used to standardize ``y``. Both come from :meth:`evaluation_sums`.
-        Returns floats, or arrays over replicas.
+        ``y_scale`` (a number, or one per replica) is the training standard deviation used
+        to standardize ``y``: RMSE and sample-MAE scale by it, the log-likelihood shifts by
+        ``-log y_scale`` per output; the coverage is a fraction of the targets, per level.
         """
-        sums = self.evaluation_sums(X, y, num_samples, seed)
         squared_error, n, out_features = sums["squared_error"], sums["count"], self.model.out_features
         scale = torch.as_tensor(np.asarray(y_scale, dtype=np.float64), dtype=squared_error.dtype,
                                 device=squared_error.device).reshape(-1)
@@ -240,9 +256,28 @@ class Posterior:
             raise DataError(f"y_scale must be positive, a number or one per replica ({self.model.replicas}), got {y_scale!r}")
         rmse = (squared_error / (n * out_features)).sqrt() * scale
         ll = sums["log_likelihood"] / n - out_features * scale.log()
-        metrics = {"rmse": rmse, "log_likelihood": ll}
+        sample_mae = sums["absolute_error"] / (n * out_features) * scale
+        coverage = sums["coverage"].to(torch.float64) / (n * out_features)
+        return {"rmse": rmse, "log_likelihood": ll, "sample_mae": sample_mae, "coverage": coverage}
+
+    def evaluate(self, X, y, num_samples: int = 100, y_scale=1.0, seed: int | None = None) -> dict:
+        """Test RMSE, log-likelihood, sample-MAE and interval coverage, in original units when given the target's scale.
+
+        The RMSE is that of the predictive mean. The log-likelihood is, per test point,
+        ``log mean_s N(y | f_s(x), 1/tau_s)``, averaged over test points (Hernández-Lobato
+        & Adams 2015; Gal & Ghahramani 2016). The sample-MAE is ``|y - f_s(x)|`` averaged
+        over points and draws (the figure Nalisnick et al.'s released code prints as
+        "RMSE"; for a point estimate it is the MAE). The coverage is, per level of
+        :attr:`COVERAGE_LEVELS`, the fraction of targets inside the central predictive
+        interval of that level. ``y_scale`` (a number, or one per replica) is the training
+        standard deviation used to standardize ``y``. All come from :meth:`evaluation_sums`
+        (:meth:`metrics_from_sums`). Returns floats (the coverage an array over levels), or
+        arrays with a leading replica axis.
+        """
+        metrics = self.metrics_from_sums(self.evaluation_sums(X, y, num_samples, seed), y_scale)
         if self.model.replicas == 1:
-            return {k: float(v.reshape(-1)[0]) for k, v in metrics.items()}
+            return {k: (v[0].detach().cpu().numpy() if v.dim() > 1 else float(v.reshape(-1)[0]))
+                    for k, v in metrics.items()}
         return {k: v.detach().cpu().numpy() for k, v in metrics.items()}
 
     def weight_means(self) -> dict[str, np.ndarray]:
