@@ -46,7 +46,7 @@ from torch.distributions import constraints
 
 from bnn_priors.distributions import InverseNakagami as InverseNakagamiDistribution
 from bnn_priors.distributions import Rayleigh as RayleighDistribution
-from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
+from bnn_priors.errors import InvalidParameterError, lookup
 from bnn_priors.random_source import RandomSource
 
 Shape = tuple[int, ...]
@@ -476,7 +476,4 @@ def noise_model(name: str | NoiseModel, **params: float) -> NoiseModel:
         if params:
             raise InvalidParameterError("pass parameters either in the noise model or here, not both")
         return name
-    key = normalize_name(name)
-    if key not in NOISE_MODELS:
-        raise UnknownNameError("noise model", name, NOISE_MODELS)
-    return NOISE_MODELS[key](**params)
+    return NOISE_MODELS[lookup("noise model", name, NOISE_MODELS)](**params)

@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 
 from bnn_priors.distributions import ImproperLogUniform
-from bnn_priors.errors import InvalidParameterError, UnknownNameError, normalize_name
+from bnn_priors.errors import InvalidParameterError, lookup
 from bnn_priors.noise_models import NOISE_MODELS, NoiseModel, noise_model
 from bnn_priors.structures import check_structure, scale_shapes
 
@@ -233,7 +233,7 @@ def prior(
     """
     if isinstance(noise, NoiseModel):
         return ScaleMixturePrior(noise_model(noise, **noise_params), structure if structure is not None else "ard", sigma0)
-    key = normalize_name(noise)
+    key = lookup("prior", noise, PRIOR_NAMES)
     if key in UNSTRUCTURED_PRIORS:
         if structure is not None and check_structure(structure) != "none":
             raise InvalidParameterError(f"the {key} prior has no shared scales: it takes structure 'none', got {structure!r}")
@@ -244,6 +244,4 @@ def prior(
         if sigma0 != 1.0:
             raise InvalidParameterError("the log-uniform prior is scale-free: it takes no sigma0")
         return LogUniformPrior()
-    if key not in NOISE_MODELS:
-        raise UnknownNameError("prior", noise, PRIOR_NAMES)
     return ScaleMixturePrior(noise_model(key, **noise_params), structure if structure is not None else "ard", sigma0)

@@ -16,7 +16,7 @@ structure         scale tensors (shape)                            noise it corr
 
 from __future__ import annotations
 
-from bnn_priors.errors import UnknownNameError, normalize_name
+from bnn_priors.errors import lookup
 
 STRUCTURES: dict[str, tuple[str, ...]] = {
     "none": ("weight_scale",),
@@ -35,10 +35,7 @@ DESCRIPTIONS: dict[str, str] = {
 
 def check_structure(structure: str) -> str:
     """Normalise a structure name, raising a ValueError that lists the valid ones."""
-    key = normalize_name(structure)
-    if key not in STRUCTURES:
-        raise UnknownNameError("structure", structure, STRUCTURES)
-    return key
+    return lookup("structure", structure, STRUCTURES)
 
 
 def scale_shape(kind: str, in_features: int, out_features: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from bnn_priors.checks import check_nonnegative_int, check_positive_float, check_positive_int  # noqa: F401 - re-exported
 from bnn_priors.errors import (
     DataError,
     FitDivergedError,
@@ -27,12 +28,6 @@ from models.networks import BayesianNetwork
 #: ``sampler(X, num_samples, random) -> (f, precision)`` with ``X`` of shape ``(R, N, D)``,
 #: ``f`` of shape ``(S, R, N, out)`` and ``precision`` of shape ``(S, R)``.
 Sampler = Callable[[torch.Tensor, int, "ReplicaRandom"], tuple[torch.Tensor, torch.Tensor]]
-
-
-def check_nonnegative_int(label: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidParameterError(f"{label} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def check_seed(seed) -> int:
@@ -130,18 +125,6 @@ class ReplicaRandom:
     def batch_indices(self, n: int, size: int) -> torch.Tensor:
         """A random subset of ``size`` of ``range(n)`` per replica: shape ``(R, size)``."""
         return torch.stack([torch.randperm(n, generator=g, device=self.device)[:size] for g in self.generators])
-
-
-def check_positive_int(label: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidParameterError(f"{label} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_positive_float(label: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (math.isfinite(value) and value > 0):
-        raise InvalidParameterError(f"{label} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -289,7 +272,6 @@ class Posterior:
             k: (v.detach().cpu().numpy()[0] if self.model.replicas == 1 else v.detach().cpu().numpy())
             for k, v in means.items()
         }
-
 
     def sampling_seeds(self, seed: int | Sequence[int] | None = None) -> list[int]:
         """The replica seeds of a fresh random stream: ``seed`` as :func:`replica_seeds` reads it,

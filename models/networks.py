@@ -15,7 +15,6 @@ weights, the local reparameterization, point weights with multiplicative noise).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
-from bnn_priors.errors import DataError, InvalidParameterError, UnknownNameError
+from bnn_priors.checks import check_positive_float, check_positive_int
+from bnn_priors.errors import DataError, InvalidParameterError, lookup
 from bnn_priors.scale_mixture import NormalPrior, WeightPrior
 from models.likelihoods import GaussianLikelihood
 
@@ -56,11 +56,6 @@ class Layer:
 LinearFn = Callable[[Layer, torch.Tensor], torch.Tensor]
 
 
-def _positive_int(label: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidParameterError(f"{label} must be a positive integer, got {value!r}")
-    return int(value)
-
 
 class BayesianNetwork(PyroModule):
     """Base class: a stack of :class:`Layer` with priors, a likelihood and ``R`` replicas."""
@@ -77,21 +72,17 @@ class BayesianNetwork(PyroModule):
         replicas: int,
     ):
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
         if isinstance(hidden, int):
             hidden = (hidden,)
-        self.hidden = tuple(_positive_int("hidden layer width", h) for h in hidden)
-        if activation not in ACTIVATIONS:
-            raise UnknownNameError("activation", activation, ACTIVATIONS)
-        self.activation = activation
-        if isinstance(bias_scale, bool) or not (isinstance(bias_scale, (int, float)) and math.isfinite(bias_scale) and bias_scale > 0):
-            raise InvalidParameterError(f"bias_scale must be a positive number, got {bias_scale!r}")
-        self.bias_scale = float(bias_scale)
+        self.hidden = tuple(check_positive_int("hidden layer width", h) for h in hidden)
+        self.activation = lookup("activation", activation, ACTIVATIONS)
+        self.bias_scale = check_positive_float("bias_scale", bias_scale)
         self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()
         if not isinstance(self.likelihood, GaussianLikelihood):
             raise InvalidParameterError(f"likelihood must be a GaussianLikelihood, got {likelihood!r}")
-        self.replicas = _positive_int("replicas", replicas)
+        self.replicas = check_positive_int("replicas", replicas)
         sizes = (self.in_features, *self.hidden, self.out_features)
         names = [f"layer{i}" for i in range(len(self.hidden))] + ["output"]
         priors = self._layer_priors(prior, names)
