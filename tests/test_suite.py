@@ -590,6 +590,27 @@ def test_plots_write_pngs(fitted_db, tmp_path):
         plot_metric(fitted_db, tmp_path / "missing" / "x.png")
 
 
+def test_every_run_records_sample_mae_and_interval_coverage(fitted_db, tmp_path):
+    """Beside RMSE and LL: the sample-MAE and, per nominal level, the count of test targets inside the
+    central predictive interval (JSON); hold-out runs also the validation sample-MAE. For a point
+    estimate (MAP-EM) the sample-MAE is the MAE, never above the RMSE."""
+    from inference.common import Posterior
+
+    df = read_results(fitted_db)
+    assert len(df) == 6 and np.all(np.isfinite(df["sample_mae"])) and np.all(df["sample_mae"] > 0)
+    for row in df.itertuples():
+        record = json.loads(row.coverage)
+        assert record["levels"] == list(Posterior.COVERAGE_LEVELS)
+        inside = np.array(record["inside"])
+        assert record["targets"] == 44 and np.all(np.diff(inside) >= 0) and 0 <= inside[0] and inside[-1] <= 44
+    configs = expand_grid("diabetes", "0-1", noise="inverse-nakagami", inference="map-em", budget=TINY, holdout=0.2)
+    run_suite(configs, tmp_path / "h.sqlite", progress=False)
+    held = read_results(tmp_path / "h.sqlite")
+    assert len(held) == 2 and np.all(held["sample_mae"] <= held["rmse"])
+    assert np.all(np.isfinite(held["val_sample_mae"])) and np.all(held["val_sample_mae"] <= held["val_rmse"])
+    assert df["val_sample_mae"].isna().all()  # no hold-out part, no validation figure
+
+
 def test_results_table_from_a_results_file(fitted_db):
     df = read_results(fitted_db, with_weights=True)
     resnet = df[df["arch"] == "resnet-2x50"]

@@ -35,7 +35,9 @@ Imports: torch, :mod:`bnn_priors.data` (stacking splits), :mod:`bnn_priors.error
 Metrics are in the target's original units (:mod:`~bnn_priors.suite.evaluation`).
 A hold-out run (``holdout``) trains on the first part of its training split
 (standardized with that part) and records the same metrics on the held-out rest
-(``val_rmse``, ``val_log_likelihood``) as well.
+(``val_rmse``, ``val_log_likelihood``, ``val_sample_mae``) as well. Beside RMSE and
+log-likelihood each run records the sample-MAE and the coverage of central
+predictive intervals (``coverage``: counts per nominal level, JSON).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from bnn_priors.errors import FitDivergedError, InvalidParameterError, Unsupport
 from bnn_priors.suite.build import build_model, heatmap_layer
 from bnn_priors.suite.config import RunConfig
 from bnn_priors.suite.data_options import resolve_options
-from bnn_priors.suite.evaluation import evaluate
+from bnn_priors.suite.evaluation import evaluate, evaluate_metrics
 from bnn_priors.suite.executors import make_executor
 from bnn_priors.suite.loading import data_info, load
 from bnn_priors.suite.methods import get_method
@@ -124,10 +126,12 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         start = time.perf_counter()
         posterior = backend.fit(model, data.X_train, data.y_train, **extra)
         seconds = time.perf_counter() - start
-        rmse, ll = evaluate(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
-        val_rmse = val_ll = np.full(R, np.nan)
+        test = evaluate_metrics(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
+        rmse, ll = test.rmse, test.log_likelihood
+        val_rmse = val_ll = val_mae = np.full(R, np.nan)
         if data.X_val is not None:
-            val_rmse, val_ll = evaluate(posterior, data.X_val, data.y_val, cfg0.eval_samples, data.y_std, width)
+            val = evaluate_metrics(posterior, data.X_val, data.y_val, cfg0.eval_samples, data.y_std, width)
+            val_rmse, val_ll, val_mae = val.rmse, val.log_likelihood, val.sample_mae
         # standardized units (y_scale 1): the blow-up check of each replica
         train_rmse, _ = evaluate(posterior, data.X_train, data.y_train, min(cfg0.eval_samples, BLOWUP_CHECK_SAMPLES),
                                  np.ones(R), width)
@@ -156,8 +160,11 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
             "error": failure,
             "rmse": float(rmse[r]),
             "log_likelihood": float(ll[r]),
+            "sample_mae": float(test.sample_mae[r]),
+            "coverage": test.coverage_json(r),
             "val_rmse": None if cfg.holdout is None else float(val_rmse[r]),
             "val_log_likelihood": None if cfg.holdout is None else float(val_ll[r]),
+            "val_sample_mae": None if cfg.holdout is None else float(val_mae[r]),
             "train_seconds": seconds,
             "replicas": R,
             "device": device,

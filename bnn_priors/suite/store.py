@@ -12,10 +12,14 @@ Columns of ``runs``: ``id``, ``config_hash`` (unique), ``config`` (JSON of the
 table column a run belongs to), one column per grid axis (``dataset``, ``split``,
 ``noise``, ``structure``, ``arch``, ``inference``, ``budget`` with
 ``budget_unit``, ``seed``), ``status`` (``ok``/``failed``), ``error`` (one line)
-and ``traceback`` (for failures that are not user errors), ``rmse`` and
-``log_likelihood`` (test set, original units), ``holdout`` (the run's validation
-fraction, NULL for none) with ``val_rmse`` and ``val_log_likelihood`` (the same
-metrics on the held-out validation part; NULL without one), ``train_seconds`` (wall time of the
+and ``traceback`` (for failures that are not user errors), ``rmse``,
+``log_likelihood`` and ``sample_mae`` (test set, original units; ``sample_mae`` is
+``|y - f_s(x)|`` averaged over points and posterior draws, NULL for runs recorded
+before it existed), ``coverage`` (JSON ``{"levels": [...], "inside": [...],
+"targets": n}``: per nominal level, how many test targets lie inside the central
+predictive interval of that level; NULL for older runs), ``holdout`` (the run's
+validation fraction, NULL for none) with ``val_rmse``, ``val_log_likelihood`` and
+``val_sample_mae`` (the same metrics on the held-out validation part; NULL without one), ``train_seconds`` (wall time of the
 fit of the run's batched job) and ``replicas`` (runs in that job: a run's share
 is ``train_seconds / replicas``), ``device``, package versions (``torch_version``,
 ``pyro_version``, ``bnn_priors_version``, ``python_version``), ``timestamp`` (UTC,
@@ -64,9 +68,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("traceback", "TEXT"),
     ("rmse", "REAL"),
     ("log_likelihood", "REAL"),
+    ("sample_mae", "REAL"),
+    ("coverage", "TEXT"),
     ("holdout", "REAL"),
     ("val_rmse", "REAL"),
     ("val_log_likelihood", "REAL"),
+    ("val_sample_mae", "REAL"),
     ("train_seconds", "REAL"),
     ("replicas", "INTEGER"),
     ("device", "TEXT"),
