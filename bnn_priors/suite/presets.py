@@ -37,6 +37,19 @@ replaced noise models and methods).
     (``bnn-priors table --protocol gal2016``): per split the (p, tau) with the best
     validation log-likelihood, reported on the test split. Building it reads each
     data set's grid files (``--data-dir``).
+``gal2016-2layer``
+    Gal's two-layer runs, the "2 layers results" table of the DropoutUncertaintyExps
+    README at commit :data:`GAL2_COMMIT` (the Dropout column of Nalisnick et al.'s
+    Table 2): ``<set>/net/experiment_2_layers.py`` trains MC dropout (Bernoulli
+    noise, ARD structure: dropout before every dense layer, the input included) on
+    ``mlp-2x{n_hidden}`` with the set's one dropout rate p, precision tau and
+    length-scale hard-coded in ``<set>/net/net/net.py`` (:data:`GAL2_SETTINGS`; tau
+    came from Bayesian optimisation on validation data of Gal's), no grid search
+    and no hold-out, ``n_epochs`` x :data:`GAL2_EPOCH_MULTIPLIER` epochs, batch 128,
+    Adam lr 1e-3, weight decay ``l^2 (1 - p) / (2 N tau)`` on the weights (option
+    ``gal_tau``), test metrics from :data:`GAL2_EVAL_SAMPLES` forward passes, all 20
+    standard splits. Its reference is the two-layer table (``bnn-priors table
+    --reference gal2016-2layer``).
 
 Every training setting of the presets is a named constant below.
 
@@ -51,7 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bnn_priors.errors import lookup
+from bnn_priors.errors import InvalidParameterError, lookup
 from bnn_priors.suite.config import RunConfig, check_dataset, expand_grid, parse_list
 from bnn_priors.suite.data_options import GAL_LENGTH_SCALE
 from bnn_priors.suite.loading import load
@@ -107,6 +120,44 @@ GAL_EVAL_SAMPLES = 1000
 GAL_BATCH_SIZE = 128
 GAL_LR = 1e-3
 GAL_OPTIONS: dict[str, Any] = {"batch_size": GAL_BATCH_SIZE, "lr": GAL_LR, "length_scale": GAL_LENGTH_SCALE}
+
+# -------------------------------------------------------- gal2016-2layer preset
+#: The commit of Gal's DropoutUncertaintyExps whose README holds the "2 layers results" table
+#: (the Dropout column of Nalisnick et al. 2019) and whose ``experiment_2_layers.py`` made it.
+GAL2_COMMIT = "a6259f1"
+
+
+@dataclass(frozen=True)
+class Gal2Setting:
+    """One data set's settings of ``<set>/net/experiment_2_layers.py`` at :data:`GAL2_COMMIT`: the dropout
+    rate ``dropout``, the precision ``tau`` ("obtained from BO") and the prior ``lengthscale`` hard-coded in
+    ``<set>/net/net/net.py``, and ``<set>/data/n_hidden.txt`` and ``n_epochs.txt``."""
+
+    p: float
+    tau: float
+    length_scale: float
+    n_hidden: int
+    n_epochs: int
+
+
+#: Read from the files at :data:`GAL2_COMMIT` (net.py lines ``dropout = ...``, ``tau = ...``,
+#: ``lengthscale = ...``). The length-scale is 1e-2 except yacht (1e-1) and naval (1e0).
+GAL2_SETTINGS: dict[str, Gal2Setting] = {
+    "boston": Gal2Setting(0.05, 0.159707652696, 1e-2, 50, 40),
+    "concrete": Gal2Setting(0.01, 0.0557319157756, 1e-2, 50, 40),
+    "energy": Gal2Setting(0.05, 0.427114830213, 1e-2, 50, 40),
+    "kin8nm": Gal2Setting(0.05, 192.482910156, 1e-2, 50, 40),
+    "naval": Gal2Setting(0.05, 42173.5152106, 1e0, 50, 40),
+    "power": Gal2Setting(0.005, 0.0871109017617, 1e-2, 50, 40),
+    "protein": Gal2Setting(0.005, 0.0644419184588, 1e-2, 100, 20),
+    "wine": Gal2Setting(0.05, 2.95833720839, 1e-2, 50, 40),
+    "yacht": Gal2Setting(0.01, 0.541869562034, 1e-1, 50, 40),
+}
+#: ``experiment_2_layers.py`` trains ``int(n_epochs * 500)`` epochs: ``net.net(..., [n_hidden, n_hidden],
+#: n_epochs=int(n_epochs*500))``.
+GAL2_EPOCH_MULTIPLIER = 500
+#: Forward passes for the test metrics: ``T = 10000`` in ``net.py``'s ``predict``.
+GAL2_EVAL_SAMPLES = 10000
 
 _HYPERPRIOR_NAMES = {"inverse-nakagami": "inverse-gamma", "half-cauchy": "half-Cauchy"}
 
@@ -174,6 +225,27 @@ def gal_blocks(datasets: Sequence[str], data_dir: str | None = None) -> tuple[Bl
     return tuple(blocks)
 
 
+def gal2_blocks(datasets: Sequence[str], data_dir: str | None = None) -> tuple[Block, ...]:
+    """One block per data set: MC dropout on ``mlp-2x{n_hidden}`` with the set's own p, tau and length-scale
+    (:data:`GAL2_SETTINGS`), every split, no hold-out (reads nothing: the settings are constants)."""
+    blocks = []
+    for name in (check_dataset(d) for d in datasets):
+        if name not in GAL2_SETTINGS:
+            raise InvalidParameterError(
+                f"preset gal2016-2layer has no settings for data set {name}; it has: {', '.join(GAL2_SETTINGS)}"
+            )
+        s = GAL2_SETTINGS[name]
+        arch = f"mlp-2x{s.n_hidden}"
+        options = {"batch_size": GAL_BATCH_SIZE, "lr": GAL_LR, "length_scale": s.length_scale, "gal_tau": s.tau}
+        blocks.append(Block(
+            (name,), ("bernoulli",), ("ard",), (arch,), ("mc-dropout",), s.n_epochs * GAL2_EPOCH_MULTIPLIER,
+            GAL_SPLITS, options, {"p": s.p},
+            {("bernoulli", "ard"): f"MC dropout, Gal 2 layers (p={s.p:g}, tau={s.tau:.4g}, {arch})"},
+            eval_samples=GAL2_EVAL_SAMPLES,
+        ))
+    return tuple(blocks)
+
+
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
@@ -218,6 +290,13 @@ PRESETS: dict[str, Preset] = {
         build=gal_blocks,
         datasets=GAL_DATASETS,
         protocol="gal2016",
+    ),
+    "gal2016-2layer": Preset(
+        "gal2016-2layer",
+        "Gal's two-layer MC dropout runs (DropoutUncertaintyExps a6259f1, experiment_2_layers.py): each UCI "
+        "set's own dropout rate, tau and length-scale, mlp-2x50 (protein 2x100), no grid search, 20 splits",
+        build=gal2_blocks,
+        datasets=tuple(GAL2_SETTINGS),
     ),
 }
 
