@@ -151,8 +151,12 @@ def test_bench_then_table(cli, offline_env, uci_dir, tmp_path, capsys):
     assert set(rule) <= set("|-: ")
     assert "| yacht" in table and " ± " in table and "**" in table and "| average rank" in table
     assert main(["table", "--results", str(db), "--reference", "nalisnick2019"]) == 0
-    ref = capsys.readouterr().out
-    assert "ARD-ADD [Nalisnick et al. 2019] (published)" in ref and "0.604 ± 0.160" in ref
+    ref = capsys.readouterr().out  # RMSE: the paper's RMSE columns; its ARD/ADD/ARD-ADD are a sample-MAE
+    assert "Dropout [Nalisnick et al. 2019] (published)" in ref and "0.604" not in ref
+    assert main(["table", "--results", str(db), "--metric", "sample_MAE", "--reference", "nalisnick2019"]) == 0
+    mae = capsys.readouterr().out  # fresh runs have a sample-MAE: measured, ranked and bolded beside theirs
+    assert 'ARD-ADD [Nalisnick et al. 2019] (published; sample-MAE, printed as "RMSE", own splits, ±SD)' in mae
+    assert "0.604 ± 0.160" in mae and "Test sample-MAE" in mae and "**" in mae and "not measured" not in mae
     assert main(["table", "--results", str(db), "--metric", "ll", "--format", "latex"]) == 0
     assert "\\begin{tabular}" in capsys.readouterr().out
     assert main(["table", "--results", str(db), "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0

@@ -341,23 +341,59 @@ def test_one_label_over_several_configurations_is_split_by_budget(handmade):
 
 def test_reference_columns(handmade):
     t = comparison_table(handmade, "rmse", references=["nalisnick2019", "gal2016"])
-    cols = [c for c in t.published]
-    assert "ARD-ADD [Nalisnick et al. 2019] (published)" in cols
-    assert "MC dropout [Gal & Ghahramani 2016] (published)" in cols
-    assert t.cells[("boston", "ARD [Nalisnick et al. 2019] (published)")][:2] == (2.158, 0.20)
+    # RMSE columns only: Nalisnick et al.'s ARD, ADD and ARD-ADD are a sample-MAE and are left out
+    nal = "[Nalisnick et al. 2019] (published)"
+    assert t.published == [f"Dropout {nal}", f"Prob. Backprop {nal}", f"Deep GP {nal}",
+                           "MC dropout [Gal & Ghahramani 2016] (published)"]
+    assert t.left_out == {f"{m} [Nalisnick et al. 2019]": "sample-MAE" for m in ("ARD", "ADD", "ARD-ADD")}
+    assert t.cells[("boston", f"Dropout {nal}")][:2] == (2.80, 0.13)
     assert t.cells[("yacht", "MC dropout [Gal & Ghahramani 2016] (published)")][:2] == (0.67, 0.05)
     assert not any(c in t.published for _, c in t.best)  # published figures are neither bolded
     assert set(t.average_rank) == {"A", "B", "C"}  # nor ranked
     md = format_table(t, "markdown")
-    assert "2.158" not in md or "2.158 ± 0.200" in md
-    ll = comparison_table(handmade, "ll", references=["gal2016"])
+    assert "2.158" not in md and "Left out, measured in another metric: ARD [Nalisnick et al. 2019]" in md
+    ll = comparison_table(handmade, "ll", references=["gal2016", "nalisnick2019"])  # gal2016's LL only
+    assert ll.published == ["MC dropout [Gal & Ghahramani 2016] (published)"]
     assert ll.cells[("boston", "MC dropout [Gal & Ghahramani 2016] (published)")][:2] == (-2.40, 0.04)
     with pytest.raises(InvalidParameterError, match="no test log-likelihood"):
         comparison_table(handmade, "ll", references=["nalisnick2019"])
     with pytest.raises(UnknownNameError, match="gal2016"):
         comparison_table(handmade, "rmse", references=["hinton2012"])
-    assert set(REFERENCES["nalisnick2019"].columns["rmse"]["Dropout"]) == {
+    assert set(REFERENCES["nalisnick2019"].column("Dropout", "rmse").figures) == {
         "boston", "concrete", "energy", "kin8nm", "power", "wine", "yacht"}
+    from bnn_priors.suite.tables import METRICS
+
+    for ref in REFERENCES.values():
+        assert all(c.metric in METRICS for c in ref.columns)
+
+
+def test_sample_mae_table_sets_only_sample_mae_beside_ours_and_shows_unmeasured_runs(handmade):
+    """Runs recorded before the sample-MAE existed keep their columns with missing cells; the published
+    sample-MAE columns say how they differ (own splits, a standard deviation for the ±)."""
+    old = handmade.assign(sample_mae=np.nan)
+    t = comparison_table(old, "sample-mae", references=["nalisnick2019", "gal2016"])
+    ard = 'ARD [Nalisnick et al. 2019] (published; sample-MAE, printed as "RMSE", own splits, ±SD)'
+    assert t.published == [ard, ard.replace("ARD", "ADD", 1), ard.replace("ARD", "ARD-ADD", 1)]
+    assert t.cells[("boston", ard)][:2] == (2.158, 0.20) and t.spreads[ard] == "sd"
+    assert t.methods == ["A", "B", "C"] and t.datasets == ["boston", "yacht"]
+    assert not any((d, m) in t.cells for d in t.datasets for m in t.methods)
+    assert len(t.unmeasured) == 6 and not t.best and not t.average_rank
+    assert t.left_out["MC dropout [Gal & Ghahramani 2016]"] == "RMSE and test LL"
+    md = format_table(t, "markdown")
+    boston = next(line for line in md.splitlines() if line.startswith("| boston"))
+    assert [c.strip() for c in boston.split("|")[1:-1]] == ["boston", "–", "–", "–", "2.16 ± 0.20", "2.34 ± 0.31",
+                                                            "2.37 ± 0.18"]
+    assert "not measured" in md and "±SD the ± is a standard deviation" in md
+    csv = pd.read_csv(__import__("io").StringIO(format_table(t, "csv")))
+    assert set(csv["spread"]) == {"sd"} and set(csv["source"]) == {"published"}
+    # once some runs have it, they alone are ranked and bolded; the others stay missing
+    new = old.copy()
+    new.loc[new["label"] == "B", "sample_mae"] = 0.7 * new["rmse"]
+    mixed = comparison_table(new, "sample-mae")
+    assert mixed.best == {("boston", "B"), ("yacht", "B")} and set(mixed.average_rank) == {"B"}
+    assert mixed.cells[("boston", "B")][0] == pytest.approx(0.7 * 2.2)
+    assert ("boston", "A") in mixed.unmeasured and ("boston", "B") not in mixed.unmeasured
+    assert "not measured" not in format_table(comparison_table(handmade, "rmse"), "markdown")
 
 
 def test_every_output_format(handmade):
@@ -370,7 +406,7 @@ def test_every_output_format(handmade):
     html = format_table(t, "html")
     assert "<b>2.20 ± 0.12</b>" in html and "Gal &amp; Ghahramani" in html
     csv = pd.read_csv(__import__("io").StringIO(format_table(t, "csv")))
-    assert list(csv.columns) == ["dataset", "method", "source", "mean", "se", "n", "rank", "best"]
+    assert list(csv.columns) == ["dataset", "method", "source", "mean", "se", "n", "rank", "best", "spread"]
     row = csv[(csv.dataset == "boston") & (csv.method == "B")].iloc[0]
     assert row["mean"] == pytest.approx(2.2) and row["rank"] == 1 and bool(row["best"])
     assert set(csv.source) == {"suite", "published"}

@@ -1,19 +1,42 @@
-"""Published UCI regression results, to print beside a suite's own numbers.
+"""Published UCI regression results, each figure with what it measured, to set beside a suite's own.
 
-Every figure is ``(mean, standard error over the splits)`` in the target's
-original units, copied as printed in the source (the sources round them; a
-printed ``±.00`` is stored as 0.0). Only the data sets each source reports are
-present.
+A published column (:class:`PublishedColumn`) carries, as data, what its figures are:
+
+* ``metric``: a key of :data:`bnn_priors.suite.tables.METRICS` (``rmse``: RMSE of the
+  predictive mean; ``sample-mae``: ``|y - f_s(x)|`` averaged over test points and posterior
+  draws; ``ll``: test log-likelihood), whatever the source calls it (``printed_as``);
+* ``splits``: ``standard`` (the 20 splits of Hernández-Lobato & Adams 2015, which this
+  project uses) or ``own`` (the authors' own random splits: the same data sets, other test
+  sets, so their figures are not paired with ours split by split);
+* ``spread``: what the ``±`` is: ``se`` (standard error over splits) or ``sd`` (standard
+  deviation over splits).
+
+Tables and plots set a published column only beside our figures of the same metric, and
+say in its header where its splits or spread differ (:meth:`PublishedColumn.header`).
+Figures are ``(mean, spread)`` in the target's original units, copied as printed (the
+sources round them; a printed ``±.00`` is stored as 0.0); only the data sets each source
+reports are present.
 
 ``nalisnick2019``
     Nalisnick, Hernández-Lobato & Smyth (2019), "Dropout as a Structured Shrinkage
-    Prior", ICML, Table 2 (UCI regression, test RMSE): MC dropout, their ARD, ADD
-    and ARD-ADD residual networks, and the Probabilistic Backpropagation and Deep
-    GP baselines their table reprints. No test log-likelihoods.
+    Prior", ICML, Table 2 (UCI regression, printed as test RMSE). Read against the
+    authors' released code (github.com/enalisnick/dropout_icml2019, its one commit
+    2ed38e1): the ARD, ADD and ARD-ADD columns are a **sample-MAE**, not an RMSE —
+    ``get_test_metrics`` in ``models/bnn.py`` takes per posterior draw
+    ``sqrt(reduce_mean(square(Y - y_hat), axis=1))`` over the output axis of an ``(N, 1)``
+    target, i.e. ``|y - f_s(x)|`` per point, and averages it over draws and points; on
+    their **own splits** (``yacht_data/make_splits_and_pkl.py``: 20 unseeded
+    ``random.shuffle`` 90/10 splits; the shipped ``yacht_paper_splits.pkl`` holds none of
+    the standard test sets); the ``±`` is ``np.std`` over the splits (ddof 0, ``train_bnn.py``),
+    a **standard deviation**. The Dropout column equals the two-layer table of Gal's
+    DropoutUncertaintyExps README as of its commit a6259f1 (RMSE ± SE on the standard
+    splits; that commit changed the README from SD to SE "to conform with PBP paper").
+    Probabilistic Backprop and Deep GP are reprinted from their papers, which report RMSE
+    ± SE on the standard splits (taken as reprinted, not checked against those papers).
 ``gal2016``
     Gal & Ghahramani (2016), "Dropout as a Bayesian Approximation: Representing
     Model Uncertainty in Deep Learning", ICML, Table 1 (UCI regression): MC
-    dropout test RMSE and test log-likelihood.
+    dropout test RMSE and test log-likelihood ± SE on the standard splits.
 
 Imports: :mod:`bnn_priors.errors` only.
 """
@@ -24,25 +47,81 @@ from dataclasses import dataclass
 
 from bnn_priors.errors import InvalidParameterError, lookup
 
-Figures = dict[str, tuple[float, float]]  # dataset -> (mean, standard error)
+Figures = dict[str, tuple[float, float]]  # dataset -> (mean, spread)
+
+#: What a published figure's split protocol may be.
+SPLIT_PROTOCOLS = {
+    "standard": "the standard 20 splits of Hernández-Lobato & Adams (2015)",
+    "own": "the authors' own random splits",
+}
+#: What a published figure's ``±`` may be.
+SPREADS = {"se": "standard error over splits", "sd": "standard deviation over splits"}
+#: How a header names each metric (keys of :data:`bnn_priors.suite.tables.METRICS`).
+METRIC_NAMES = {"rmse": "RMSE", "sample-mae": "sample-MAE", "ll": "test LL"}
+
+
+@dataclass(frozen=True)
+class PublishedColumn:
+    """One published column: its figures and what they measured (see the module docstring)."""
+
+    method: str
+    metric: str
+    splits: str
+    spread: str
+    figures: Figures
+    printed_as: str | None = None  # the source's name for the metric, where it differs
+
+    def __post_init__(self):
+        for value, allowed in ((self.metric, METRIC_NAMES), (self.splits, SPLIT_PROTOCOLS), (self.spread, SPREADS)):
+            if value not in allowed:
+                raise InvalidParameterError(f"a published column needs one of {', '.join(allowed)}, got {value!r}")
+
+    @property
+    def qualifiers(self) -> list[str]:
+        """What sets these figures apart from ours beyond the metric: how the source names the metric,
+        other splits, a standard deviation for a ``±``."""
+        out = []
+        if self.printed_as is not None:
+            out.append(f'{METRIC_NAMES[self.metric]}, printed as "{self.printed_as}"')
+        if self.splits != "standard":
+            out.append(f"{self.splits} splits")
+        if self.spread != "se":
+            out.append(f"±{self.spread.upper()}")
+        return out
+
+    def header(self, citation: str) -> str:
+        """``method [citation] (published)``, with the qualifiers where there are any."""
+        q = self.qualifiers
+        return f"{self.method} [{citation}] (published{'; ' + ', '.join(q) if q else ''})"
 
 
 @dataclass(frozen=True)
 class Reference:
-    """One paper's table: ``columns[metric][method] -> {dataset: (mean, se)}``."""
+    """One paper's table: its published columns, each with its metric, splits and spread."""
 
     key: str
     citation: str
-    columns: dict[str, dict[str, Figures]]
+    columns: tuple[PublishedColumn, ...]
 
-    def metric_columns(self, metric: str) -> dict[str, Figures]:
-        """The paper's columns for ``metric`` (``rmse`` or ``ll``), labelled ``method [citation] (published)``."""
-        if metric not in self.columns:
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(c.metric for c in self.columns))
+
+    def column(self, method: str, metric: str) -> PublishedColumn:
+        """The column of ``method`` in ``metric``."""
+        for c in self.columns:
+            if c.method == method and c.metric == metric:
+                return c
+        raise InvalidParameterError(f"{self.citation} has no {METRIC_NAMES.get(metric, metric)} column {method!r}")
+
+    def metric_columns(self, metric: str) -> dict[str, PublishedColumn]:
+        """The paper's columns measured in ``metric``, by header (:meth:`PublishedColumn.header`)."""
+        if metric not in self.metrics:
             raise InvalidParameterError(
-                f"{self.citation} reports no {'test log-likelihood' if metric == 'll' else metric} figures; "
-                f"it has: {', '.join(self.columns)}"
+                f"{self.citation} reports no {'test log-likelihood' if metric == 'll' else METRIC_NAMES.get(metric, metric)} "
+                f"figures; it has: {', '.join(self.metrics)}"
             )
-        return {f"{method} [{self.citation}] (published)": figs for method, figs in self.columns[metric].items()}
+        return {c.header(self.citation): c for c in self.columns if c.metric == metric}
 
 
 def _figures(table: dict[str, tuple]) -> list[Figures]:
@@ -51,8 +130,8 @@ def _figures(table: dict[str, tuple]) -> list[Figures]:
     return [{ds: row[i] for ds, row in table.items()} for i in range(width)]
 
 
-_NALISNICK_RMSE = {
-    #            MC dropout      ARD             ADD             ARD-ADD         Prob. Backprop  Deep GP
+_NALISNICK = {
+    #            Dropout         ARD             ADD             ARD-ADD         Prob. Backprop  Deep GP
     "boston": ((2.80, 0.13), (2.158, 0.20), (2.343, 0.31), (2.367, 0.18), (2.795, 0.16), (2.38, 0.12)),
     "concrete": ((4.50, 0.18), (3.805, 0.28), (4.084, 0.34), (3.761, 0.23), (5.241, 0.12), (4.64, 0.11)),
     "energy": ((0.47, 0.01), (0.852, 0.01), (0.867, 0.11), (0.853, 0.08), (0.903, 0.05), (0.57, 0.02)),
@@ -61,7 +140,15 @@ _NALISNICK_RMSE = {
     "wine": ((0.60, 0.01), (0.561, 0.03), (0.555, 0.01), (0.538, 0.03), (0.643, 0.01), (0.50, 0.01)),
     "yacht": ((0.66, 0.06), (0.691, 0.12), (0.657, 0.14), (0.604, 0.16), (0.848, 0.05), (0.98, 0.09)),
 }
-_NALISNICK_COLUMNS = ("Dropout", "ARD", "ADD", "ARD-ADD", "Prob. Backprop", "Deep GP")
+_NALISNICK_COLUMNS = (
+    # method, metric, splits, spread, printed as
+    ("Dropout", "rmse", "standard", "se", None),
+    ("ARD", "sample-mae", "own", "sd", "RMSE"),
+    ("ADD", "sample-mae", "own", "sd", "RMSE"),
+    ("ARD-ADD", "sample-mae", "own", "sd", "RMSE"),
+    ("Prob. Backprop", "rmse", "standard", "se", None),
+    ("Deep GP", "rmse", "standard", "se", None),
+)
 
 _GAL = {
     #            RMSE            test LL
@@ -80,15 +167,27 @@ REFERENCES: dict[str, Reference] = {
     "nalisnick2019": Reference(
         "nalisnick2019",
         "Nalisnick et al. 2019",
-        {"rmse": dict(zip(_NALISNICK_COLUMNS, _figures(_NALISNICK_RMSE)))},
+        tuple(PublishedColumn(method, metric, splits, spread, figures, printed)
+              for (method, metric, splits, spread, printed), figures in zip(_NALISNICK_COLUMNS, _figures(_NALISNICK))),
     ),
     "gal2016": Reference(
         "gal2016",
         "Gal & Ghahramani 2016",
-        {"rmse": {"MC dropout": _figures(_GAL)[0]}, "ll": {"MC dropout": _figures(_GAL)[1]}},
+        (PublishedColumn("MC dropout", "rmse", "standard", "se", _figures(_GAL)[0]),
+         PublishedColumn("MC dropout", "ll", "standard", "se", _figures(_GAL)[1])),
     ),
 }
 
 
 def get_reference(key: str) -> Reference:
     return REFERENCES[lookup("reference", key, REFERENCES)]
+
+
+def published_columns(references, metric: str) -> dict[str, PublishedColumn]:
+    """The columns of the named references measured in ``metric``, by header; a reference with none
+    in it is passed over, unless none of them has any (:class:`~bnn_priors.InvalidParameterError`)."""
+    refs = [get_reference(r) for r in references]
+    usable = [r for r in refs if metric in r.metrics]
+    if refs and not usable:
+        refs[0].metric_columns(metric)  # raises, naming what the first has
+    return {header: c for r in usable for header, c in r.metric_columns(metric).items()}

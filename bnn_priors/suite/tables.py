@@ -10,7 +10,16 @@ bold. The last row is the average rank: on each data set the methods are ranked
 (1 = best, ties share the average rank) among those that ran on it, and each
 method's ranks are summarized over data sets as mean ± SE; the best average rank
 is in bold. Published figures (``references``) are extra columns marked
-"(published)", shown for reference: they are neither bolded nor ranked.
+"(published)", shown for reference: they are neither bolded nor ranked. Only
+published columns measured in the table's metric are shown (a paper's columns
+in another metric are left out, and the caption names them); a column whose
+splits or spread differ from ours says so in its header
+(:meth:`~bnn_priors.suite.references.PublishedColumn.header`), and its ``±`` is
+its own (e.g. a standard deviation).
+
+A run that has no figure in the metric (a run recorded before the metric existed,
+such as ``sample_mae`` of older results files) still gives its method a column, whose
+cell is missing (``–``); metrics are never mixed.
 
 Method columns are the runs' labels (the preset's name for a method, else a
 label derived from the config such as ``SVI-EM (half-cauchy/ard-add, resnet-2x50)``).
@@ -25,7 +34,8 @@ metrics; runs without a hold-out have none and are left out, and published
 Formats: those of :data:`bnn_priors.suite.render.FORMATS` (markdown, LaTeX, HTML,
 CSV), written by :mod:`bnn_priors.suite.render`. The CSV is the tidy form for
 further analysis, one line per (data set, method): ``dataset, method, source,
-mean, se, n, rank, best``.
+mean, se, n, rank, best, spread`` (``se`` holds the ``±`` figure, ``spread`` says what
+it is: ``se``, or ``sd`` for a published standard deviation).
 
 Imports: :mod:`bnn_priors.errors`, :mod:`bnn_priors.data` (the data sets' order)
 and, of the suite, :mod:`~bnn_priors.suite.references`,
@@ -45,7 +55,7 @@ import pandas as pd
 
 from bnn_priors.data import DATASETS
 from bnn_priors.errors import InvalidParameterError, lookup, normalize_name
-from bnn_priors.suite.references import get_reference
+from bnn_priors.suite.references import METRIC_NAMES, get_reference, published_columns
 from bnn_priors.suite.render import Column, Estimate, Row, Table, check_format, decimals_for, render
 from bnn_priors.suite.store import load_runs
 
@@ -62,6 +72,7 @@ class Metric(NamedTuple):
 METRICS: dict[str, Metric] = {
     "rmse": Metric("rmse", "test RMSE", False),
     "ll": Metric("log_likelihood", "test log-likelihood", True),
+    "sample-mae": Metric("sample_mae", "test sample-MAE", False),
 }
 #: Other spellings of the metrics' names.
 METRIC_ALIASES = {"log-likelihood": "ll", "loglik": "ll"}
@@ -70,9 +81,14 @@ SPLITS = ("test", "validation")
 RANK_ROW = "average rank"
 
 
+def check_metric(metric: str) -> str:
+    """The registered name of a metric (a key of :data:`METRICS`, or an alias)."""
+    return lookup("metric", METRIC_ALIASES.get(normalize_name(metric), metric), METRICS)
+
+
 def metric_info(metric: str, split: str = "test") -> Metric:
     """The metric ``metric`` (a key of :data:`METRICS` or an alias) on the test splits or the validation parts."""
-    key = lookup("metric", METRIC_ALIASES.get(normalize_name(metric), metric), METRICS)
+    key = check_metric(metric)
     column, name, higher = METRICS[key]
     if check_split(split) == "validation":
         return Metric(f"val_{column}", name.replace("test ", "validation "), higher)
@@ -117,27 +133,39 @@ def mean_se(values) -> tuple[float, float, int]:
     return float(np.mean(v)), se, n
 
 
-def summarize(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd.DataFrame:
-    """One line per (dataset, method): ``mean``, ``se`` and ``n`` (splits) of the metric.
-
-    ``df`` needs ``dataset``, ``split``, ``label`` and the metric's column
-    (``rmse`` or ``log_likelihood``; with ``split="validation"`` ``val_rmse`` or
-    ``val_log_likelihood``); ``status``, ``seed``, ``method_key`` are used
-    when present (only ``ok`` runs count).
-    """
+def ok_runs(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd.DataFrame:
+    """The successful runs of ``df`` (in ``id`` order) with their table column (``method``), whether or not
+    they have a figure in the metric; on ``split="validation"`` only those with one (hold-out runs)."""
     column, _, _ = metric_info(metric, split)
     missing = {"dataset", "split", column} - set(df.columns)
     if missing:
         raise InvalidParameterError(f"results need the columns {sorted(missing)}")
     runs = df if "status" not in df else df[df["status"] == "ok"]
-    runs = runs[np.isfinite(pd.to_numeric(runs[column], errors="coerce").astype(float))].copy()
-    out_cols = ["dataset", "method", "mean", "se", "n"]
-    if runs.empty:
-        return pd.DataFrame(columns=out_cols)
+    if check_split(split) == "validation":
+        runs = runs[np.isfinite(pd.to_numeric(runs[column], errors="coerce").astype(float))]
+    runs = runs.copy()
     if "id" in runs:
         runs = runs.sort_values("id", kind="stable")
     runs = runs.reset_index(drop=True)
-    runs["method"] = method_columns(runs)
+    runs["method"] = method_columns(runs) if len(runs) else pd.Series(dtype=str)
+    return runs
+
+
+def summarize(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd.DataFrame:
+    """One line per (dataset, method): ``mean``, ``se`` and ``n`` (splits) of the metric.
+
+    ``df`` needs ``dataset``, ``split``, ``label`` and the metric's column (see
+    :data:`METRICS`; with ``split="validation"`` its ``val_`` column); ``status``,
+    ``seed``, ``method_key`` are used when present (only ``ok`` runs with a finite
+    figure count).
+    """
+    column, _, _ = metric_info(metric, split)
+    runs = ok_runs(df, metric, split)
+    runs = runs[np.isfinite(pd.to_numeric(runs[column], errors="coerce").astype(float))]
+    out_cols = ["dataset", "method", "mean", "se", "n"]
+    if runs.empty:
+        return pd.DataFrame(columns=out_cols)
+    runs = runs.assign(**{column: pd.to_numeric(runs[column]).astype(float)})
     per_split = runs.groupby(["dataset", "method", "split"], sort=False)[column].mean().reset_index()
     grouped = per_split.groupby(["dataset", "method"], sort=False)[column]
     summary = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
@@ -147,9 +175,14 @@ def summarize(df: pd.DataFrame, metric: str = "rmse", split: str = "test") -> pd
 
 @dataclass
 class ComparisonTable:
-    """A table ready to format: cells ``(mean, se, n)`` by (data set, column)."""
+    """A table ready to format: cells ``(mean, se, n)`` by (data set, column).
 
-    metric: str
+    ``published`` are the reference columns by header, each with what it measured
+    (:class:`~bnn_priors.suite.references.PublishedColumn`); ``unmeasured`` the (data
+    set, method) pairs that have runs but no figure in the metric; ``left_out`` the
+    named references' columns in other metrics only."""
+
+    metric: str  # a key of METRICS
     datasets: list[str]
     methods: list[str]  # the suite's columns, ranked and bolded
     published: list[str] = field(default_factory=list)  # reference columns
@@ -158,6 +191,9 @@ class ComparisonTable:
     ranks: dict[tuple[str, str], float] = field(default_factory=dict)  # (dataset, method) -> rank
     average_rank: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     split: str = "test"  # or "validation": the hold-out parts
+    spreads: dict[str, str] = field(default_factory=dict)  # published column -> "se" or "sd"
+    unmeasured: set[tuple[str, str]] = field(default_factory=set)
+    left_out: dict[str, str] = field(default_factory=dict)  # "method [citation]" -> the metrics it measured
 
     @property
     def columns(self) -> list[str]:
@@ -176,28 +212,40 @@ def comparison_table(
     split: str = "test",
 ) -> ComparisonTable:
     """Summarize runs into a :class:`ComparisonTable` (see the module docstring for the rules)."""
-    _, _, higher = metric_info(metric, split)
-    key = "ll" if higher else "rmse"
+    key = check_metric(metric)
+    _, _, higher = metric_info(key, split)
     split = check_split(split)
     if split == "validation" and references:
         raise InvalidParameterError(
             "published figures are test-set figures: show them with the test metrics (--split test), "
             "not beside validation metrics"
         )
-    summary = summarize(df, metric, split)
+    runs = ok_runs(df, key, split)
+    summary = summarize(df, key, split)
     if datasets is not None:
         summary = summary[summary["dataset"].isin(list(datasets))]
-    table = ComparisonTable(key, dataset_order(summary["dataset"]), list(dict.fromkeys(summary["method"])),
-                            split=split)
+        runs = runs[runs["dataset"].isin(list(datasets))]
+    table = ComparisonTable(key, dataset_order(runs["dataset"]), list(dict.fromkeys(runs["method"])), split=split)
     for row in summary.itertuples(index=False):
         table.cells[(row.dataset, row.method)] = (float(row.mean), float(row.se), int(row.n))
+    for pair in dict.fromkeys(zip(runs["dataset"], runs["method"])):
+        if pair not in table.cells:
+            table.unmeasured.add(pair)
+    for column, published in published_columns(references, key).items():
+        table.published.append(column)
+        table.spreads[column] = published.spread
+        for dataset in table.datasets:
+            if dataset in published.figures:
+                mean, spread = published.figures[dataset]
+                table.cells[(dataset, column)] = (float(mean), float(spread), 0)
     for ref in references:
-        for column, figures in get_reference(ref).metric_columns(key).items():
-            table.published.append(column)
-            for dataset in table.datasets:
-                if dataset in figures:
-                    mean, se = figures[dataset]
-                    table.cells[(dataset, column)] = (float(mean), float(se), 0)
+        reference = get_reference(ref)
+        measured = {c.method for c in reference.columns if c.metric == key}
+        for c in reference.columns:
+            if c.method not in measured:
+                name = f"{c.method} [{reference.citation}]"
+                before = table.left_out.get(name)
+                table.left_out[name] = METRIC_NAMES[c.metric] if before is None else f"{before} and {METRIC_NAMES[c.metric]}"
     sign = -1.0 if higher else 1.0
     per_method: dict[str, list[float]] = {m: [] for m in table.methods}
     for dataset in table.datasets:
@@ -220,14 +268,31 @@ def comparison_table(
 def _caption(table: ComparisonTable) -> str:
     _, name, higher = metric_info(table.metric, table.split)
     ns = sorted({c[2] for (d, m), c in table.cells.items() if m in table.methods})
-    nsplits = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
-    text = (
-        f"{name[0].upper() + name[1:]} ({'higher' if higher else 'lower'} is better): mean ± standard error over "
-        f"splits ({nsplits}; SE = sample standard deviation with ddof=1 / sqrt(n)). Best per data set in bold. "
-        f"Average rank: mean ± SE over data sets of each method's rank (1 = best, ties averaged)."
-    )
+    title = f"{name[0].upper() + name[1:]} ({'higher' if higher else 'lower'} is better)"
+    unmeasured = (f"– : not measured (runs recorded before this code measured the {name.replace('test ', '')} "
+                  "have none).")
+    if not ns:
+        text = f"{title}: none of these runs has it. {unmeasured}"
+    else:
+        nsplits = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
+        text = (
+            f"{title}: mean ± standard error over "
+            f"splits ({nsplits}; SE = sample standard deviation with ddof=1 / sqrt(n)). Best per data set in bold. "
+            f"Average rank: mean ± SE over data sets of each method's rank (1 = best, ties averaged)."
+        )
+        if table.unmeasured:
+            text += " " + unmeasured
     if table.published:
         text += " Columns marked (published) are the source papers' figures, neither bolded nor ranked."
+        if any(spread == "sd" for spread in table.spreads.values()):
+            text += (" In a column marked ±SD the ± is a standard deviation over splits, not a standard error; "
+                     "'own splits' are the authors' random splits, not the standard ones.")
+    if table.left_out:
+        groups: dict[str, list[str]] = {}
+        for column, metric_name in table.left_out.items():
+            groups.setdefault(metric_name, []).append(column)
+        text += " Left out, measured in another metric: " + "; ".join(
+            f"{', '.join(columns)} ({metric_name})" for metric_name, columns in groups.items()) + "."
     return text
 
 
@@ -272,8 +337,9 @@ def _tidy(table: ComparisonTable) -> pd.DataFrame:
                 "n": None if published else n,
                 "rank": table.ranks.get((dataset, c)),
                 "best": (dataset, c) in table.best,
+                "spread": table.spreads.get(c, "se"),
             })
-    return pd.DataFrame(rows, columns=["dataset", "method", "source", "mean", "se", "n", "rank", "best"])
+    return pd.DataFrame(rows, columns=["dataset", "method", "source", "mean", "se", "n", "rank", "best", "spread"])
 
 
 def format_table(table: ComparisonTable, fmt: str = "markdown", decimals: int | None = None) -> str:
