@@ -248,7 +248,9 @@ class Bernoulli(NoiseModel):
         return dist.MixtureSameFamily(dist.Categorical(probs=weights), components)
 
     def sample(self, source, shape, dtype, axis=0):
-        return (source.rand(shape, dtype, axis) < 1.0 - self.p).to(dtype)
+        # In place on the fresh uniforms: lt_ writes 1.0 or 0.0 in their dtype, the values of
+        # (u < 1 - p).to(dtype) without the boolean tensor and the copy (one pass, not two).
+        return source.rand(shape, dtype, axis).lt_(1.0 - self.p)
 
     @property
     def discrete(self) -> bool:

@@ -106,15 +106,40 @@ class ReplicaRandom:
     def replicas(self) -> int:
         return len(self.generators)
 
+    def _draws(self, fill, shape: Sequence[int], dtype: torch.dtype, axis: int) -> torch.Tensor:
+        """Every replica's draws ``fill(shape, generator, out)`` in one tensor, the replica axis at ``axis``.
+
+        When a replica's slice of the result is contiguous (no axis of length > 1 before
+        the replica axis), each generator fills its slice in place: a generator fills a
+        contiguous ``out`` with exactly the numbers of a fresh tensor (tested), and the
+        copy that stacking the draws would make is saved (one pass over all the noise of
+        a step). Otherwise the draws are stacked.
+        """
+        shape = tuple(shape)
+        if len(self.generators) == 1:
+            return fill(shape, self.generators[0], None).unsqueeze(axis)
+        if all(n == 1 for n in shape[:axis]):
+            out = torch.empty((*shape[:axis], len(self.generators), *shape[axis:]), dtype=dtype, device=self.device)
+            for r, g in enumerate(self.generators):
+                fill(shape, g, out.select(axis, r))
+            return out
+        return torch.stack([fill(shape, g, None) for g in self.generators], axis)
+
     def randn(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Standard normals of ``shape`` per replica, the replica axis inserted at ``axis``."""
-        draws = [torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
-        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+        return self._draws(
+            lambda s, g, out: torch.randn(s, generator=g, device=self.device, dtype=dtype) if out is None
+            else torch.randn(s, generator=g, out=out),
+            shape, dtype, axis,
+        )
 
     def rand(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Uniform(0, 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
-        draws = [torch.rand(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
-        return draws[0].unsqueeze(axis) if len(draws) == 1 else torch.stack(draws, axis)
+        return self._draws(
+            lambda s, g, out: torch.rand(s, generator=g, device=self.device, dtype=dtype) if out is None
+            else torch.rand(s, generator=g, out=out),
+            shape, dtype, axis,
+        )
 
     def standard_gamma(self, shape: Sequence[int], concentration: float, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Gamma(concentration, rate 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""

@@ -123,7 +123,7 @@ from inference.common import (
     raise_diverged,
     unsupported,
 )
-from inference.training import Checkpoint, Shuffled, check_threads, train
+from inference.training import Checkpoint, Shuffled, adam, check_threads, train
 from models.networks import BayesianNetwork, Layer
 
 # Offsets that separate a replica's random streams (initial weights, batch order, noise).
@@ -438,7 +438,7 @@ class MCDropout(InferenceBackend):
         steps = self.epochs * schedule.steps_per_round
         K = self.num_particles
         lead = (K,) if K > 1 else ()
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        opt = adam(net.parameters(), lr=self.lr)
         a, b = lik.concentration, lik.rate
         history: list[float] = []
         # Per epoch: the squared errors and the loss, summed over the epoch's batches.

@@ -83,7 +83,7 @@ from inference.common import (
     check_positive_int,
     unsupported,
 )
-from inference.training import Checkpoint, FullBatch, RandomSubsets, check_threads, train
+from inference.training import Checkpoint, FullBatch, RandomSubsets, adam, check_threads, train
 from models.networks import BayesianNetwork, Layer
 
 GUIDES = ("mean-field", "variational-dropout", "map")
@@ -648,7 +648,7 @@ class SVI(InferenceBackend):
             self._warn_pole(model)
         rng = ReplicaRandom(seeds, model.device)
         q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, rng)
-        opt = torch.optim.Adam(list(q.params.values()), lr=self.lr)
+        opt = adam(list(q.params.values()), lr=self.lr)
         losses: list[float] = []
         N = X.shape[1]
         B = N if self.batch_size is None or self.batch_size >= N else self.batch_size

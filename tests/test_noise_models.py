@@ -524,6 +524,19 @@ def test_bernoulli_sampler_keeps_units_with_probability_one_minus_p():
     assert abs(np.mean(lam == 0.0) - p) < 5 * math.sqrt(p * (1 - p) / N)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5])
+def test_bernoulli_mask_is_the_comparison_of_the_uniforms(dtype, p):
+    """The sampler compares the uniforms in place: the mask of ``(u < 1 - p).to(dtype)``, bit for bit,
+    also for a uniform equal to ``1 - p`` in the dtype (the comparison's boundary)."""
+    lam = noise_model("bernoulli", p=p).sample(_source(1, 2), (4000, 13), dtype)
+    u = _source(1, 2).rand((4000, 13), dtype)
+    assert lam.dtype == dtype and torch.equal(lam, (u < 1.0 - p).to(dtype))
+    boundary = torch.tensor([1.0 - p], dtype=dtype)
+    at = torch.cat([boundary, torch.nextafter(boundary, torch.zeros(1, dtype=dtype))])
+    assert torch.equal(at.clone().lt_(1.0 - p), (at < 1.0 - p).to(dtype))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_sampler_draws_each_replica_from_its_own_stream(name):
     """The stream axis where asked, and replica 1 of a pair gets the numbers it gets alone."""

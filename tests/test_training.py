@@ -11,7 +11,7 @@ import models
 from bnn_priors.errors import FitDivergedError, InvalidParameterError
 from inference import SVI, MCDropout
 from inference.common import ReplicaRandom
-from inference.training import Checkpoint, FullBatch, RandomSubsets, Shuffled, train
+from inference.training import Checkpoint, FullBatch, RandomSubsets, Shuffled, adam, train
 
 
 def _data(R=2, N=50, seed=0):
@@ -157,3 +157,41 @@ def test_the_loop_runs_the_steps_in_rounds_and_stops_on_a_non_finite_loss():
         train(bad_step, X, y, [w], opt, FullBatch(4), 10, backend="toy", hint="try this", progress=False)
     with pytest.raises(InvalidParameterError, match="steps"):
         train(step, X, y, [w], opt, FullBatch(4), 0, backend="toy", hint="", progress=False)
+
+
+# ------------------------------------------------- faster steps, the same numbers
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, axis", [((7, 5), 0), ((128, 13), 0), ((1, 40), 1), ((3, 17), 1), ((4, 6, 1), 1), ((5,), 1)])
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_replica_draws_filled_in_place_equal_the_stacked_draws(dtype, shape, axis, replicas):
+    """``ReplicaRandom`` fills one tensor per draw where it can; the numbers, their layout and the
+    generators' states after the draw are those of stacking one fresh tensor per replica."""
+    seeds = [3 + 5 * r for r in range(replicas)]
+    for name in ("rand", "randn"):
+        rng = ReplicaRandom(seeds, torch.device("cpu"))
+        got = getattr(rng, name)(shape, dtype, axis)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        want = torch.stack([getattr(torch, name)(shape, generator=g, dtype=dtype) for g in gens], axis)
+        assert got.shape == want.shape and got.dtype == dtype
+        assert torch.equal(got, want) and got.is_contiguous()
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(rng.generators, gens))
+
+
+def test_the_foreach_adam_update_equals_the_per_tensor_loop():
+    """``training.adam`` (the multi-tensor update) gives bit for bit the parameters of torch's
+    default per-tensor Adam over many steps, on parameters of several shapes."""
+    def run(make):
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in ((4, 13, 50), (4, 50, 1), (4, 50), (4,))]
+        opt = make(params)
+        for _ in range(30):
+            loss = sum(((p - 0.3) * torch.randn(p.shape, generator=g)).pow(2).sum() for p in params)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return [p.detach() for p in params]
+
+    fast = run(lambda ps: adam(ps, lr=1e-2))
+    default = run(lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    assert all(torch.equal(a, b) for a, b in zip(fast, default))
+    assert not torch.equal(fast[0], run(lambda ps: adam(ps, lr=2e-2))[0])  # the comparison can fail
