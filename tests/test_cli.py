@@ -124,7 +124,9 @@ def test_choices_and_help_come_from_the_registries(capsys, monkeypatch):
     monkeypatch.setitem(REFERENCES, "hinton2012", REFERENCES["gal2016"])
     table = _help(capsys, "table")
     assert "{markdown,latex,csv,html,rows}" in table and "nalisnick2019, gal2016, hinton2012" in table
-    assert "--metric {rmse,ll} test RMSE or test log-likelihood" in table
+    assert "--metric {rmse,ll,sample-mae} test RMSE or test log-likelihood or test sample-MAE" in table
+    plot = _help(capsys, "plot")
+    assert "--metric {rmse,ll,sample-mae}" in plot and "nalisnick2019, gal2016, hinton2012" in plot
     bench = _help(capsys, "bench")
     assert "methods: svi, svi-em, map-em, vd, nuts, mc-dropout, laplace" in bench
     assert "steps of svi, svi-em, map-em, vd, laplace" in bench and "samples of nuts; also warmup of nuts" in bench

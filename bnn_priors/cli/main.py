@@ -39,7 +39,7 @@ from bnn_priors.suite.config import ARCH_PATTERN, DEFAULT_EVAL_SAMPLES, expand_g
 from bnn_priors.suite.executors import EXECUTORS
 from bnn_priors.suite.methods import BUDGET_UNITS, METHODS, methods_counting
 from bnn_priors.suite.planning import CPU_BATCH_ROWS, DEFAULT_MAX_REPLICAS
-from bnn_priors.suite.plots import plot_heatmaps, plot_metric
+from bnn_priors.suite.plots import check_out, plot_calibration, plot_heatmaps, plot_metric
 from bnn_priors.suite.presets import GAL_EVAL_SAMPLES, PRESETS, get_preset, preset_configs
 from bnn_priors.suite.protocols import PROTOCOLS, check_protocol, protocol_table
 from bnn_priors.suite.references import REFERENCES
@@ -204,10 +204,16 @@ def cmd_table(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    if not args.out and not args.heatmaps:
-        raise InvalidParameterError("plot needs --out FILE.png and/or --heatmaps FILE.png")
+    """Each figure asked for, its path checked before any is drawn; prints the files written."""
+    if not (args.out or args.heatmaps or args.calibration):
+        raise InvalidParameterError("plot needs --out FILE.png, --calibration FILE.png and/or --heatmaps FILE.png")
+    for out in (args.out, args.calibration, args.heatmaps):
+        if out:
+            check_out(out)
     if args.out:
-        print(plot_metric(args.results, args.out, args.metric))
+        print(plot_metric(args.results, args.out, args.metric, references=_references(args.reference)))
+    if args.calibration:
+        print(plot_calibration(args.results, args.calibration))
     if args.heatmaps:
         print(plot_heatmaps(args.results, args.heatmaps))
     return 0
@@ -301,10 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", help="write the table to this file instead of printing it")
     table.set_defaults(func=cmd_table)
 
-    plot = sub.add_parser("plot", help="plot a results file: metric per data set, weight heat maps")
+    plot = sub.add_parser("plot", help="plot a results file: metric per data set, calibration, weight heat maps")
     plot.add_argument("--results", default="results.sqlite", help="results database (default: %(default)s)")
-    plot.add_argument("--out", help="PNG of the metric with standard-error bars, one panel per data set")
+    plot.add_argument("--out", help="image of the metric with standard-error bars, one panel per data set (a name "
+                      "without suffix gets .png)")
     plot.add_argument("--metric", default="rmse", **_choices(METRICS), help=metric_help)
+    plot.add_argument("--reference", metavar="NAMES",
+                      help=f"draw published figures in the same metric beside ours: {', '.join(REFERENCES)} "
+                      "(comma-separated)")
+    plot.add_argument("--calibration", metavar="OUT.png",
+                      help="image of the fraction of test targets inside central predictive intervals against "
+                      "their nominal level, per method and data set")
     plot.add_argument("--heatmaps", metavar="OUT.png",
                       help="PNG of heat maps of the stored first hidden-to-hidden weight matrix, one run per structure")
     plot.set_defaults(func=cmd_plot)
