@@ -10,8 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from bnn_priors.suite import expand_grid, read_results, run_suite
 from bnn_priors.suite.runner import BLOWUP_TRAIN_RMSE, _verdict, checkpoint_dir
 
