@@ -1,7 +1,20 @@
-"""Hamiltonian Monte Carlo with the No-U-Turn sampler (Pyro's ``NUTS`` and ``MCMC``).
+"""Hamiltonian Monte Carlo with the No-U-Turn sampler: the NUTS backend and its posterior.
 
-The Pyro model of the network (``model(X, y)``) is sampled as it is declared, with
-one choice made here: the parametrization of the weights.
+Two engines sample the same posterior:
+
+``batched`` (default)
+    the project's own iterative NUTS (:mod:`inference.hmc`) on the network's log
+    density written directly (:mod:`inference.network_density`): every chain of every
+    replica advances in lockstep as one batched computation, each with its own tree,
+    step size and diagonal mass matrix (Stan's windowed adaptation), and its own
+    random stream, so a replica fitted in a batch gives what it gives alone. Chains
+    start from a short MAP fit from a prior draw (``init="map"``, jittered) or from
+    the prior draw itself (``init="prior"``).
+``pyro``
+    Pyro's ``NUTS`` and ``MCMC`` on the Pyro model ``model(X, y)``, replica after
+    replica and chain after chain, started uniformly in (-2, 2) (Pyro's default).
+
+Either engine makes one choice about the model: the parametrization of the weights.
 
 ``centered``
     ``w ~ N(0, sigma0^2 prod_k lambda_k^2)`` as the model declares it. Under a
@@ -20,12 +33,17 @@ Either way the stored samples are those of the model's own sites: ``<layer>.weig
 (recomputed from ``z`` and the scales when non-centered), ``<layer>.bias``,
 ``<layer>.<kind>`` for the scales and ``likelihood.precision`` when it is learned.
 
-Replicas are sampled one after another, each with its own step size and mass
-matrix: replica ``r`` runs on a copy of the model with ``replicas=1`` on its data
+With ``engine="pyro"``, replicas are sampled one after another, each with its own
+step size and mass matrix: replica ``r`` runs on a copy of the model with ``replicas=1`` on its data
 ``X[r], y[r]`` after ``pyro.set_rng_seed(seeds[r])``, so a batched fit is exactly a
 stack of one-at-a-time fits with the same seeds. Chains of one replica also run
 one after another in this process (deterministic under the seed; no
 multiprocessing), continuing that replica's random stream.
+
+Weight-space diagnostics mean little for a network, whose posterior is symmetric
+under permutations of hidden units: the posterior also reports split R-hat and
+bulk/tail ESS of the predictions ``f(x)`` at a set of inputs (the test inputs given
+to ``fit``, otherwise up to 50 training inputs).
 
 Refused up front: Bernoulli noise (discrete scales have no gradient) and the
 improper log-uniform prior (the posterior may be improper).
@@ -63,9 +81,15 @@ from inference.common import (
     raise_diverged,
     unsupported,
 )
+from inference.hmc import BatchedNUTS, ChainRandom, chain_seeds, potential_and_grad
+from inference.network_density import NetworkDensity
 from models.networks import BayesianNetwork
 
 PARAMETRIZATIONS = ("auto", "centered", "non-centered")
+ENGINES = ("batched", "pyro")
+INITS = ("map", "prior")
+_DIAGNOSTIC_POINTS = 50  # training inputs at which f(x) is diagnosed when no test inputs are given
+_INIT_LR, _INIT_JITTER = 0.02, 0.1  # Adam's step size of the initial MAP fit; the jitter after it
 _DRAW_CHUNK = 256  # draws per vectorized replay when recomputing non-centered weights
 
 
@@ -75,6 +99,13 @@ def _check_parametrization(value) -> str:
         raise InvalidParameterError(
             f"unknown parametrization {value!r}; valid choices are: {', '.join(PARAMETRIZATIONS)}"
         )
+    return key
+
+
+def _check_choice(label: str, value, choices: tuple[str, ...]) -> str:
+    key = normalize_name(value) if isinstance(value, str) else value
+    if key not in choices:
+        raise InvalidParameterError(f"unknown {label} {value!r}; valid choices are: {', '.join(choices)}")
     return key
 
 
@@ -135,6 +166,10 @@ class NUTSPosterior(Posterior):
     random subset without replacement when ``num_samples <= D``; otherwise every
     stored draw is used ``num_samples // D`` or one more times (a random
     permutation, cycled). Asking for ``D`` draws uses each stored draw exactly once.
+
+    ``diagnostic_inputs`` ``(R, N, in)``: where :meth:`diagnostics` looks at the
+    predictions ``f(x)``; ``stats``: the batched engine's per-draw sampler statistics
+    ``{name: (C, D_chain, R)}`` (``None`` for Pyro's engine).
     """
 
     def __init__(
@@ -145,11 +180,15 @@ class NUTSPosterior(Posterior):
         thin: int,
         seeds: Sequence[int],
         info: dict,
+        diagnostic_inputs: torch.Tensor | None = None,
+        stats: dict[str, torch.Tensor] | None = None,
     ):
         self.chains = chains  # site -> (C, D_chain, R, *shape)
         self.samples = {name: t.reshape(-1, *t.shape[2:]) for name, t in chains.items()}
         self.divergences = divergences  # [replica][chain] -> iterations
         self.thin = thin
+        self.diagnostic_inputs = diagnostic_inputs
+        self.stats = stats
         self._diagnostics_cache: dict[str, dict[str, np.ndarray]] | None = None
         super().__init__(
             model,
@@ -202,19 +241,47 @@ class NUTSPosterior(Posterior):
         return f, precision
 
     # -------------------------------------------------------------- diagnostics
+    def predictions(self, X=None) -> torch.Tensor:
+        """The network's output at ``X`` under every stored draw, by chain: ``(C, D_chain, R, N, out)``.
+
+        ``X`` defaults to the diagnostic inputs (the test inputs given to ``fit``, or a
+        subsample of the training inputs).
+        """
+        X = self.diagnostic_inputs if X is None else self.model.check_inputs(X)
+        C, D = next(iter(self.chains.values())).shape[:2]
+        parts = []
+        with torch.no_grad():
+            for start in range(0, C * D, _DRAW_CHUNK):
+                params = {}
+                for layer in self.model.layers:
+                    for kind in ("weight", "bias"):
+                        t = self.chains[f"{layer.name}.{kind}"]
+                        params[f"{layer.name}.{kind}"] = t.reshape(C * D, *t.shape[2:])[start:start + _DRAW_CHUNK]
+                parts.append(self.model.forward_params(X, params))
+        f = torch.cat(parts)
+        return f.reshape(C, D, *f.shape[1:])
+
+    @staticmethod
+    def _summaries(a: np.ndarray) -> dict[str, np.ndarray]:
+        return {"r_hat": rhat(a), "ess_bulk": ess(a, "bulk"), "ess_tail": ess(a, "tail")}
+
     def _elementwise(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per site: R-hat, bulk and tail ESS per replica and element, shape ``(R, *site)``."""
+        """Per site (and ``f``): R-hat, bulk and tail ESS per replica and element, shape ``(R, *site)``."""
         if self._diagnostics_cache is None:
             out: dict[str, dict[str, np.ndarray]] = {}
             for name, t in self.chains.items():
-                a = t.detach().cpu().double().numpy()  # (C, D, R, *shape)
-                out[name] = {
-                    "r_hat": rhat(a),
-                    "ess_bulk": ess(a, "bulk"),
-                    "ess_tail": ess(a, "tail"),
-                }
+                out[name] = self._summaries(t.detach().cpu().double().numpy())  # (C, D, R, *shape)
+            if self.diagnostic_inputs is not None:
+                out["f"] = self._summaries(self.predictions().cpu().double().numpy())
             self._diagnostics_cache = out
         return self._diagnostics_cache
+
+    def predictive_diagnostics(self, X=None) -> dict[str, np.ndarray]:
+        """Split R-hat, bulk and tail ESS of ``f(x)`` per replica and point, ``(R, N, out)``, at ``X``
+        (default: the diagnostic inputs)."""
+        if X is None and self.diagnostic_inputs is not None:
+            return self._elementwise()["f"]
+        return self._summaries(self.predictions(X).cpu().double().numpy())
 
     def diagnostics(self, elementwise: bool = False):
         """Convergence diagnostics as a :class:`pandas.DataFrame`, one row per replica and site.
@@ -226,6 +293,12 @@ class NUTSPosterior(Posterior):
         replica's divergent post-warmup iterations, all chains, before thinning: the
         same number on every row of a replica). ``elementwise=True`` gives one row per
         element instead (``index``, ``r_hat``, ``ess_bulk``, ``ess_tail``).
+
+        The site ``f`` (last) is the network's output at the diagnostic inputs: its
+        R-hat and ESS are the figures that mean something for a network, whose weights
+        can swap places (hidden units permuted) without changing the function. With
+        the batched engine, the columns ``tree_depth`` (mean), ``step_size`` (mean over
+        chains) and ``mean_accept_prob`` come from the sampler.
         """
         import pandas as pd
 
@@ -255,7 +328,7 @@ class NUTSPosterior(Posterior):
                         "ess_bulk": float(bulk[index]), "ess_tail": float(tail[index]),
                     })
                 continue
-            rows.append({
+            row = {
                 "replica": r,
                 "site": name,
                 "size": int(r_hat.size),
@@ -265,7 +338,12 @@ class NUTSPosterior(Posterior):
                 "ess_tail_min": float(np.nanmin(tail)),
                 "draws": self.num_draws,
                 "divergences": n_div,
-            })
+            }
+            if self.stats is not None:
+                row["tree_depth"] = float(self.stats["tree_depth"][:, :, r].double().mean())
+                row["step_size"] = float(self.stats["step_size"][:, :, r].double().mean())
+                row["mean_accept_prob"] = float(self.stats["acceptance_rate"][:, :, r].double().mean())
+            rows.append(row)
         return rows
 
     def _arviz_draws(self, num_samples: int, rng: ReplicaRandom) -> dict[str, torch.Tensor]:
@@ -279,7 +357,10 @@ class NUTSPosterior(Posterior):
         return draws
 
     def _arviz_sample_stats(self) -> dict[str, np.ndarray]:
-        """``diverging``: whether the iteration of each kept draw diverged, ``(C, D, R)``."""
+        """``diverging``: whether the iteration of each kept draw diverged, ``(C, D, R)``; with the
+        batched engine also ``tree_depth``, ``n_steps``, ``acceptance_rate``, ``energy`` and ``step_size``."""
+        if self.stats is not None:
+            return {name: t.detach().cpu().numpy() for name, t in self.stats.items()}
         C, D = next(iter(self.chains.values())).shape[:2]
         diverging = np.zeros((C, D, self.model.replicas), dtype=bool)
         for r, per_chain in enumerate(self.divergences):
@@ -290,31 +371,43 @@ class NUTSPosterior(Posterior):
         return {"diverging": diverging}
 
     def _arviz_attrs(self) -> dict[str, str]:
-        return {"draws": "MCMC draws (NUTS), by chain", "sampler": "NUTS", "sampler_library": "pyro"}
+        library = "pyro" if self.stats is None else "bnn-priors (batched iterative NUTS)"
+        return {"draws": "MCMC draws (NUTS), by chain", "sampler": "NUTS", "sampler_library": library}
 
 
 class NUTS(InferenceBackend):
     """The No-U-Turn sampler: ``NUTS(num_samples=200, warmup=200).fit(model, X, y)``.
 
     Parameters: ``num_samples`` (draws kept per chain before thinning), ``warmup``
-    (adaptation iterations per chain, discarded; 0 for none), ``num_chains`` (run one
-    after another), ``thin`` (keep every ``thin``-th draw: ``ceil(num_samples / thin)``
+    (adaptation iterations per chain, discarded; 0 for none), ``num_chains`` (4 by
+    default; in lockstep with the batched engine, one after another with Pyro's), ``thin`` (keep every ``thin``-th draw: ``ceil(num_samples / thin)``
     per chain), ``target_accept`` (step-size adaptation target, in (0, 1)),
     ``max_tree_depth`` (at most ``2**max_tree_depth`` leapfrog steps per iteration),
-    ``jit_compile`` (trace the potential with the PyTorch JIT; if that fails for a
-    model, sampling falls back to no JIT with a warning), ``parametrization``
-    (``"auto"``, ``"centered"`` or ``"non-centered"``, see :mod:`inference.nuts`),
-    and ``device``, ``seed`` (one int, replica ``r`` gets ``seed + r``, or one per
-    replica) and ``progress`` (Pyro's progress bar).
+    ``parametrization`` (``"auto"``, ``"centered"`` or ``"non-centered"``, see
+    :mod:`inference.nuts`), ``engine`` (``"batched"``, the project's own sampler, or
+    ``"pyro"``), and ``device``, ``seed`` (one int, replica ``r`` gets ``seed + r``, or
+    one per replica) and ``progress`` (a progress bar).
 
-    Initialisation is Pyro's default (``init_to_uniform``: uniform in (-2, 2) in
-    the unconstrained space). ``info`` reports ``seconds`` (wall time of warmup and
+    Batched engine only: ``init`` (``"map"``: each chain starts from ``init_steps``
+    Adam steps on its log density from its own prior draw, plus a jitter of
+    N(0, 0.1^2) in the unconstrained coordinates; ``"prior"``: from the prior draw).
+    Pyro's engine only: ``jit_compile`` (trace the potential with the PyTorch JIT; if
+    that fails for a model, sampling falls back to no JIT with a warning); it starts
+    from Pyro's default (``init_to_uniform``: uniform in (-2, 2), unconstrained).
+
+    ``fit(model, X, y, X_test=None)``: the predictions are diagnosed at ``X_test``
+    when given, otherwise at up to 50 training inputs. ``info`` reports ``seconds`` (wall time of warmup and
     sampling, JIT compilation included), ``divergences``, ``ess_per_second`` (median
     bulk ESS of the first layer's weights per second of that replica's run, median
     over replicas), ``step_size`` (adapted, per replica and chain),
     ``mean_accept_prob`` (mean NUTS acceptance statistic after warmup, to compare
     with ``target_accept``), ``acceptance_rate`` (Pyro's fraction of iterations
-    that moved, near 1 for NUTS) and a ``per_replica`` list of the same per replica.
+    that moved, near 1 for NUTS; Pyro's engine only) and a ``per_replica`` list of the
+    same per replica. Both engines add ``predictive`` (per replica: the largest split
+    R-hat, the median and smallest bulk ESS and the smallest tail ESS of ``f(x)`` at
+    the diagnostic inputs, and that median bulk ESS per second); the batched engine
+    adds ``tree_depth`` and ``n_steps`` (means per replica and chain),
+    ``warmup_divergences``, ``init`` and ``engine``.
 
     Supports every prior with continuous scales (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise, and the normal prior) on every model.
@@ -324,8 +417,9 @@ class NUTS(InferenceBackend):
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {
-        "num_samples": 200, "warmup": 200, "num_chains": 1, "thin": 1, "target_accept": 0.8,
-        "max_tree_depth": 10, "jit_compile": True, "parametrization": "auto",
+        "num_samples": 200, "warmup": 200, "num_chains": 4, "thin": 1, "target_accept": 0.8,
+        "max_tree_depth": 10, "jit_compile": True, "parametrization": "auto", "engine": "batched",
+        "init": "map", "init_steps": 200,
     }
     #: The option that counts the training budget, and its unit.
     budget_option, budget_unit = "num_samples", "samples"
@@ -336,12 +430,15 @@ class NUTS(InferenceBackend):
         self,
         num_samples: int = 200,
         warmup: int = 200,
-        num_chains: int = 1,
+        num_chains: int = 4,
         thin: int = 1,
         target_accept: float = 0.8,
         max_tree_depth: int = 10,
         jit_compile: bool = True,
         parametrization: str = "auto",
+        engine: str = "batched",
+        init: str = "map",
+        init_steps: int = 200,
         device="cpu",
         seed: int | Sequence[int] = 0,
         progress: bool = True,
@@ -365,13 +462,17 @@ class NUTS(InferenceBackend):
             )
         self.jit_compile = _check_bool("jit_compile", jit_compile)
         self.parametrization = _check_parametrization(parametrization)
+        self.engine = _check_choice("engine", engine, ENGINES)
+        self.init = _check_choice("init", init, INITS)
+        self.init_steps = check_nonnegative_int("init_steps", init_steps)
         self.progress = _check_bool("progress", progress)
 
     def __repr__(self) -> str:
         return (
             f"NUTS(num_samples={self.num_samples}, warmup={self.warmup}, num_chains={self.num_chains}, "
             f"thin={self.thin}, target_accept={self.target_accept:g}, max_tree_depth={self.max_tree_depth}, "
-            f"jit_compile={self.jit_compile}, parametrization={self.parametrization!r})"
+            f"jit_compile={self.jit_compile}, parametrization={self.parametrization!r}, engine={self.engine!r}, "
+            f"init={self.init!r}, init_steps={self.init_steps})"
         )
 
     # ------------------------------------------------------------------ checks
@@ -411,8 +512,17 @@ class NUTS(InferenceBackend):
         return out
 
     # --------------------------------------------------------------------- fit
-    def fit(self, model: BayesianNetwork, X, y) -> NUTSPosterior:
+    def fit(self, model: BayesianNetwork, X, y, X_test=None) -> NUTSPosterior:
         X, y, seeds = self.prepare(model, X, y)
+        X_diag = _diagnostic_inputs(model, X, X_test)
+        if self.engine == "batched":
+            post = self._fit_batched(model, X, y, seeds, X_diag)
+        else:
+            post = self._fit_pyro(model, X, y, seeds, X_diag)
+        post.info["predictive"] = _predictive_info(post)
+        return post
+
+    def _fit_pyro(self, model, X, y, seeds, X_diag) -> NUTSPosterior:
         forms = self.layer_parametrization(model)
         noncentered = {f"{name}.weight" for name, form in forms.items() if form == "non-centered"}
         single = copy.copy(model)
@@ -440,7 +550,98 @@ class NUTS(InferenceBackend):
         chains = {name: torch.cat([run.chains[name] for run in runs], dim=2) for name in _site_order(model, runs[0])}
         chains = {name: t.to(model.device) for name, t in chains.items()}
         info = self._info(model, runs, chains, forms, jit, elapsed, seeds)
-        return NUTSPosterior(model, chains, [run.divergences for run in runs], self.thin, seeds, info)
+        info["engine"] = "pyro"
+        return NUTSPosterior(model, chains, [run.divergences for run in runs], self.thin, seeds, info, X_diag)
+
+    # ------------------------------------------------------------ batched engine
+    def _fit_batched(self, model, X, y, seeds, X_diag) -> NUTSPosterior:
+        """Every chain of every replica in lockstep on the direct log density."""
+        forms = self.layer_parametrization(model)
+        density = NetworkDensity(model, X, y, {name for name, form in forms.items() if form == "non-centered"})
+        K, R = self.num_chains, model.replicas
+        rng = ChainRandom(chain_seeds(seeds, K), model.device)
+        start = time.perf_counter()
+        q0 = self._initial_positions(density, rng)
+        sampler = BatchedNUTS(density.potential, rng, self.max_tree_depth, self.target_accept)
+        out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress)
+        elapsed = time.perf_counter() - start
+        S = out.draws.shape[1]
+        with torch.no_grad():
+            sites = density.sites(out.draws.reshape(-1, density.dim))  # rows (R, K, S): {site: (R, K * S, ...)}
+        chains = {}
+        for name in _site_names(model):
+            t = sites[name].reshape(R, K, S, *sites[name].shape[2:])
+            chains[name] = t.movedim(0, 2).contiguous().detach()  # (K, S, R, *shape)
+        for r in range(R):
+            _check_finite(_ReplicaRun({k: v[:, :, r] for k, v in chains.items()}, []), r, self.thin)
+        by_chain = {k: v.reshape(R, K, -1) for k, v in out.stats.items()}  # every iteration after warmup
+        divergences = [[by_chain["diverging"][r, k].nonzero().flatten().tolist() for k in range(K)] for r in range(R)]
+        stats = {k: v[:, :, :: self.thin].movedim(0, 2).contiguous() for k, v in by_chain.items()}  # (K, S, R)
+        info = self._batched_info(model, chains, by_chain, out, forms, elapsed, seeds)
+        return NUTSPosterior(model, chains, divergences, self.thin, seeds, info, X_diag, stats)
+
+    def _initial_positions(self, density: NetworkDensity, rng: ChainRandom) -> torch.Tensor:
+        """A prior draw per chain; with ``init="map"``, ``init_steps`` of Adam on each chain's log
+        density from there (the chains do not interact: Adam acts elementwise), then a jitter."""
+        q = density.prior_draw(rng).detach()
+        if self.init == "prior" or self.init_steps == 0:
+            return q
+        q = q.clone().requires_grad_(True)
+        opt = torch.optim.Adam([q], lr=_INIT_LR)
+        for _ in range(self.init_steps):
+            opt.zero_grad()
+            _, grad = potential_and_grad(density.potential, q.detach())
+            ok = torch.isfinite(grad).all(-1, keepdim=True)
+            q.grad = torch.where(ok, grad, torch.zeros_like(grad))
+            opt.step()
+        q = q.detach()
+        return q + _INIT_JITTER * rng.randn(q.shape[1:], q.dtype)
+
+    def _batched_info(self, model, chains, by_chain, out, forms, elapsed, seeds) -> dict:
+        first = f"{model.layers[0].name}.weight"
+        R, K = model.replicas, self.num_chains
+        step = out.step_size.reshape(R, K)
+        per_replica = []
+        for r in range(R):
+            a = chains[first][:, :, r].detach().cpu().double().numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all NaN for very short chains
+                med = float(np.nanmedian(ess(a, "bulk")))
+            per_replica.append({
+                "seed": seeds[r],
+                "seconds": elapsed,  # all replicas ran together
+                "divergences": int(by_chain["diverging"][r].sum()),
+                "warmup_divergences": int(out.warmup_divergences.reshape(R, K)[r].sum()),
+                "step_size": step[r].tolist(),
+                "mean_accept_prob": by_chain["acceptance_rate"][r].double().mean(-1).tolist(),
+                "tree_depth": by_chain["tree_depth"][r].double().mean(-1).tolist(),
+                "n_steps": by_chain["n_steps"][r].double().mean(-1).tolist(),
+                "ess_bulk_median_first_layer": med,
+                "ess_per_second": med / elapsed,
+            })
+        return {
+            "engine": "batched",
+            "init": self.init,
+            "seconds": elapsed,
+            "num_samples": self.num_samples,
+            "warmup": self.warmup,
+            "num_chains": K,
+            "thin": self.thin,
+            "draws": math.prod(chains[first].shape[:2]),  # chains x draws per chain
+            "divergences": sum(p["divergences"] for p in per_replica),
+            "warmup_divergences": sum(p["warmup_divergences"] for p in per_replica),
+            "parametrization": forms,
+            "jit_compile": False,
+            "target_accept": self.target_accept,
+            "max_tree_depth": self.max_tree_depth,
+            "step_size": [p["step_size"] for p in per_replica],
+            "mean_accept_prob": [p["mean_accept_prob"] for p in per_replica],
+            "tree_depth": [p["tree_depth"] for p in per_replica],
+            "n_steps": [p["n_steps"] for p in per_replica],
+            "ess_bulk_median_first_layer": float(np.median([p["ess_bulk_median_first_layer"] for p in per_replica])),
+            "ess_per_second": float(np.median([p["ess_per_second"] for p in per_replica])),
+            "per_replica": per_replica,
+        }
 
     def _sample_replicas(self, pyro_model, X, y, seeds, jit: bool, noncentered: set[str]) -> list[_ReplicaRun]:
         """Every replica in turn, each on its own data and seed; weights recomputed and checked."""
@@ -535,6 +736,46 @@ class NUTS(InferenceBackend):
 
 
 # ---------------------------------------------------------------------- helpers
+def _diagnostic_inputs(model: BayesianNetwork, X: torch.Tensor, X_test) -> torch.Tensor:
+    """Where the predictions are diagnosed: ``X_test``, or up to 50 evenly spaced training inputs."""
+    if X_test is not None:
+        return model.check_inputs(X_test)
+    n = X.shape[1]
+    idx = torch.linspace(0, n - 1, min(n, _DIAGNOSTIC_POINTS)).round().long().to(X.device)
+    return X[:, idx]
+
+
+def _predictive_info(post: NUTSPosterior) -> list[dict]:
+    """Per replica: convergence of ``f(x)`` at the diagnostic inputs (R-hat, bulk and tail ESS)."""
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN for very short chains
+        d = post.predictive_diagnostics()
+        for r in range(post.model.replicas):
+            bulk = d["ess_bulk"][r]
+            seconds = post.info["per_replica"][r]["seconds"]
+            out.append({
+                "points": int(post.diagnostic_inputs.shape[1]),
+                "r_hat_max": float(np.nanmax(d["r_hat"][r])),
+                "ess_bulk_median": float(np.nanmedian(bulk)),
+                "ess_bulk_min": float(np.nanmin(bulk)),
+                "ess_tail_min": float(np.nanmin(d["ess_tail"][r])),
+                "ess_per_second": float(np.nanmedian(bulk)) / seconds,
+            })
+    return out
+
+
+def _site_names(model: BayesianNetwork) -> list[str]:
+    """The model's latent sites in declaration order: per layer scales, weight, bias; then the precision."""
+    names = []
+    for layer in model.layers:
+        names += [f"{layer.name}.{kind}" for kind in layer.prior.scale_shapes(layer.in_features, layer.out_features)]
+        names += [f"{layer.name}.weight", f"{layer.name}.bias"]
+    if model.likelihood.learned:
+        names.append(model.likelihood.site)
+    return names
+
+
 def _unwrap(fn):
     while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
@@ -555,14 +796,8 @@ def _reparametrized(model: BayesianNetwork, noncentered: set[str]):
 
 
 def _site_order(model: BayesianNetwork, run: _ReplicaRun) -> list[str]:
-    """The model's latent sites in declaration order: per layer scales, weight, bias; then the precision."""
-    names = []
-    for layer in model.layers:
-        names += [f"{layer.name}.{kind}" for kind in layer.prior.scale_shapes(layer.in_features, layer.out_features)]
-        names += [f"{layer.name}.weight", f"{layer.name}.bias"]
-    if model.likelihood.learned:
-        names.append(model.likelihood.site)
-    return [n for n in names if n in run.chains]
+    """The sites of a Pyro run in the model's declaration order."""
+    return [n for n in _site_names(model) if n in run.chains]
 
 
 def _check_finite(run: _ReplicaRun, replica: int, thin: int = 1) -> None:

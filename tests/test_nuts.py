@@ -1,6 +1,7 @@
 """The NUTS backend: fits, replicas, seeding, refusals, diagnostics, parametrizations.
 
-Fits are kept tiny (one hidden layer of 5 units, 40 points, a few dozen draws and a
+These run Pyro's engine (``engine="pyro"``); the batched engine, the default, is
+tested in tests/test_hmc.py. Fits are kept tiny (one hidden layer of 5 units, 40 points, a few dozen draws and a
 shallow tree) so the whole file runs in well under a minute on two cores.
 """
 
@@ -27,7 +28,8 @@ from inference.nuts import (
 )
 from models import BayesianMLP, BayesianResNet, GaussianLikelihood
 
-TINY = dict(num_samples=15, warmup=15, max_tree_depth=4, jit_compile=False, progress=False)
+TINY = dict(num_samples=15, warmup=15, num_chains=1, max_tree_depth=4, jit_compile=False, progress=False,
+            engine="pyro")
 
 
 def _data(n=40, seed=0):
@@ -46,7 +48,8 @@ def _mlp(prior="half-cauchy", replicas=1, **kw):
 def fit1d():
     X, y = _data()
     model = _mlp()
-    post = NUTS(num_samples=60, warmup=60, max_tree_depth=5, jit_compile=True, progress=False, seed=1).fit(model, X, y)
+    post = NUTS(num_samples=60, warmup=60, num_chains=1, max_tree_depth=5, jit_compile=True, progress=False, seed=1,
+                engine="pyro").fit(model, X, y)
     return model, X, y, post
 
 
@@ -168,7 +171,8 @@ def test_refuses_log_uniform_before_sampling():
         dict(num_samples=0), dict(num_samples=2.5), dict(warmup=-1), dict(warmup=True), dict(num_chains=0),
         dict(thin=0), dict(target_accept=1.0), dict(target_accept=0), dict(target_accept="high"),
         dict(max_tree_depth=0), dict(max_tree_depth=25), dict(jit_compile="yes"), dict(parametrization="funnel"),
-        dict(progress=None), dict(seed=-1), dict(device="tpu"),
+        dict(progress=None), dict(seed=-1), dict(device="tpu"), dict(engine="stan"), dict(init="uniform"),
+        dict(init_steps=-1),
     ],
 )
 def test_invalid_arguments(kwargs):
@@ -180,7 +184,7 @@ def test_invalid_arguments(kwargs):
 def test_diagnostics_single_chain(fit1d):
     post = fit1d[3]
     df = post.diagnostics()
-    assert list(df["site"]) == list(post.samples)
+    assert list(df["site"]) == [*post.samples, "f"]  # f: the predictions at the diagnostic inputs
     for col in ("r_hat_max", "ess_bulk_min", "ess_bulk_median", "ess_tail_min", "divergences"):
         assert col in df
     assert np.isfinite(df["r_hat_max"]).all() and (df["r_hat_max"] > 0.9).all()
@@ -188,7 +192,7 @@ def test_diagnostics_single_chain(fit1d):
     assert (df["divergences"] == post.info["divergences"]).all()
     assert "one chain" in df.attrs["r_hat"]
     per_element = post.diagnostics(elementwise=True)
-    assert len(per_element) == sum(v[0, 0].numel() for v in post.samples.values())
+    assert len(per_element) == sum(v[0, 0].numel() for v in post.samples.values()) + 40  # f at the 40 inputs
 
 
 def test_diagnostics_and_arviz_with_chains_and_replicas(batched):

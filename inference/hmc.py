@@ -1,0 +1,448 @@
+"""A batched No-U-Turn sampler: many independent chains advancing in lockstep.
+
+The sampler knows nothing of networks. It takes a batched potential ``U(q) -> (C,)``
+(the negative log density, differentiable) over flattened positions ``q`` of shape
+``(C, D)``, one row per chain, and moves all ``C`` chains at once: every leapfrog
+step is one evaluation of ``U`` and its gradient for the whole batch. Each chain has
+its own tree, step size and diagonal mass matrix; a chain whose trajectory has ended
+(a U-turn, a divergence) is masked: its state is frozen while the others go on.
+
+The transition is the iterative NUTS of Phan, Pradhan & Jankowiak (2019): the
+trajectory doubles (Hoffman & Gelman 2014), each new subtree is built leaf by leaf
+with no recursion, and the U-turn checks inside a subtree use a stack of
+checkpoints, one per level, holding the momentum at the start and end of the
+latest block of ``2**k`` leaves and the running momentum sum before it. As in Stan
+(Betancourt 2017):
+
+* multinomial sampling: inside a subtree a leaf replaces the subtree's proposal
+  with probability ``w_leaf / (w_subtree so far)``, ``w = exp(-H)``; between
+  subtrees the new subtree's proposal replaces the tree's with probability
+  ``min(1, w_new / w_old)`` (biased progressive sampling);
+* the generalized U-turn criterion ``rho . M^{-1} p_minus > 0`` and
+  ``rho . M^{-1} p_plus > 0`` (``rho`` the sum of momenta of the checked span),
+  for every merge of two halves, with the two extra checks across the merge (the
+  first half plus the first leaf of the second, the last leaf of the first plus
+  the second half);
+* a divergence when the energy error ``H - H0`` exceeds 1000 (or is not finite);
+* the acceptance statistic: the mean over the tree's leaves of
+  ``min(1, exp(H0 - H))``.
+
+Warm-up adapts per chain as Stan does: a fast initial window (75 iterations), slow
+windows of 25, 50, 100, ... (the last stretched to the terminal window) whose
+draws give the diagonal mass matrix (the Welford variance, regularised towards
+1e-3 as Stan does), and a terminal fast window (50); the step size follows dual
+averaging (target acceptance 0.8 by default) throughout, restarted after each mass
+matrix update, and ends at its averaged value. Short warm-ups scale the windows
+to 15% / 75% / 10% of the iterations, as Stan does; below 20 only the step size adapts.
+
+Random numbers: each chain draws from its own generator (:class:`ChainRandom`), and
+how many numbers it draws depends on that chain's own trajectory only (its
+momentum, then per doubling one direction, one number for the progressive
+sampling and one per new leaf, drawn only while the chain is still building). A
+chain therefore moves exactly as it would alone, whatever the other chains in the
+batch do; a replica of a batched fit gives what it gives fitted alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from inference.common import ReplicaRandom, progress_bar
+
+#: ``potential(q) -> U``: positions ``(C, D)`` to potential energies ``(C,)``, differentiable.
+Potential = Callable[[torch.Tensor], torch.Tensor]
+
+MAX_ENERGY_ERROR = 1000.0
+INIT_BUFFER, BASE_WINDOW, TERM_BUFFER = 75, 25, 50
+
+
+# --------------------------------------------------------------------- randomness
+def chain_seeds(seeds: Sequence[int], num_chains: int) -> list[int]:
+    """One generator seed per chain, replica-major: chain ``k`` of the replica seeded ``s``
+    gets a seed that depends on ``(s, k)`` alone."""
+    out = []
+    for s in seeds:
+        for k in range(num_chains):
+            state = np.random.SeedSequence([int(s), k, 0x4E555453]).generate_state(2, np.uint32)
+            out.append(int(state[0]) << 31 | int(state[1]) >> 1)
+    return out
+
+
+class ChainRandom(ReplicaRandom):
+    """One random stream per chain; masked draws leave the streams of masked chains untouched."""
+
+    def masked_rand(self, n: int, dtype: torch.dtype, active: torch.Tensor) -> torch.Tensor:
+        """Uniform draws ``(C, n)``: ``n`` from each active chain's stream, zeros for the others."""
+        out = torch.zeros((len(self.generators), n), dtype=dtype, device=self.device)
+        for c in active.nonzero().flatten().tolist():
+            out[c] = torch.rand(n, generator=self.generators[c], device=self.device, dtype=dtype)
+        return out
+
+
+def potential_and_grad(potential: Potential, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``U(q)`` and ``dU/dq`` for every chain (the chains are independent: the gradient of the sum)."""
+    with torch.enable_grad():
+        q = q.detach().requires_grad_(True)
+        U = potential(q)
+        (grad,) = torch.autograd.grad(U.sum(), q)
+    return U.detach(), grad
+
+
+# --------------------------------------------------------------------- adaptation
+def adaptation_windows(warmup: int) -> list[tuple[int, int]]:
+    """Stan's slow adaptation windows ``[start, end)`` for ``warmup`` iterations.
+
+    An initial fast window of 75, slow windows of 25, 50, 100, ... and a terminal fast
+    window of 50; a slow window that would leave less than twice its successor's size
+    before the terminal window is stretched to it. Fewer than 150 iterations: 15%,
+    75%, 10%. Fewer than 20: no slow window (step size only).
+    """
+    if warmup < 20:
+        return []
+    init, term, base = INIT_BUFFER, TERM_BUFFER, BASE_WINDOW
+    if init + term + base > warmup:
+        init, term = int(0.15 * warmup), int(0.1 * warmup)
+        base = warmup - init - term
+    windows, start, size, last = [], init, base, warmup - term
+    while start < last:
+        end = start + size
+        if end + 2 * size > last:
+            end = last
+        windows.append((start, end))
+        start, size = end, 2 * size
+    return windows
+
+
+class DualAveraging:
+    """Nesterov dual averaging of the log step size, one per chain (Hoffman & Gelman 2014, Alg. 5)."""
+
+    def __init__(self, step_size: torch.Tensor, target: float, gamma=0.05, t0=10.0, kappa=0.75):
+        self.target, self.gamma, self.t0, self.kappa = target, gamma, t0, kappa
+        self.restart(step_size)
+
+    def restart(self, step_size: torch.Tensor) -> None:
+        self.mu = torch.log(10 * step_size)
+        self.t = 0
+        self.h_bar = torch.zeros_like(step_size)
+        self.x_bar = torch.zeros_like(step_size)
+
+    def update(self, accept_stat: torch.Tensor) -> torch.Tensor:
+        """Fold in one iteration's acceptance statistics; the next step sizes."""
+        self.t += 1
+        eta = 1.0 / (self.t + self.t0)
+        self.h_bar = (1 - eta) * self.h_bar + eta * (self.target - accept_stat)
+        x = self.mu - math.sqrt(self.t) / self.gamma * self.h_bar
+        w = self.t ** (-self.kappa)
+        self.x_bar = w * x + (1 - w) * self.x_bar
+        return x.exp()
+
+    def final(self) -> torch.Tensor:
+        return self.x_bar.exp()
+
+
+class Welford:
+    """Running per-chain, per-coordinate mean and variance of the draws."""
+
+    def __init__(self, shape, dtype, device):
+        self.n = 0
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.dtype = dtype
+
+    def add(self, q: torch.Tensor) -> None:
+        self.n += 1
+        q = q.double()
+        delta = q - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (q - self.mean)
+
+    def regularized_variance(self) -> torch.Tensor:
+        """Stan's estimate: the sample variance shrunk towards 1e-3 with weight 5 / (n + 5)."""
+        n = self.n
+        var = self.m2 / (n - 1)
+        return ((n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))).to(self.dtype)
+
+
+# ----------------------------------------------------------------------- results
+@dataclass
+class SamplerOutput:
+    """Kept draws ``(C, ceil(S / thin), D)``, statistics of every iteration after warm-up ``(C, S)``,
+    and the adapted values."""
+
+    draws: torch.Tensor
+    stats: dict[str, torch.Tensor]  # diverging, tree_depth, n_steps, acceptance_rate, energy, step_size
+    step_size: torch.Tensor  # (C,)
+    inv_mass: torch.Tensor  # (C, D)
+    warmup_divergences: torch.Tensor  # (C,)
+
+
+def _pick(mask: torch.Tensor, a: list, b: list) -> list:
+    """Per chain, the items of ``a`` where ``mask`` holds and those of ``b`` elsewhere."""
+    return [torch.where(mask[:, None] if x.dim() == 2 else mask, x, z) for x, z in zip(a, b)]
+
+
+def _criterion(ps_a: torch.Tensor, ps_b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """The generalized no-U-turn criterion per chain: true while the span has not turned."""
+    return ((ps_a * rho).sum(-1) > 0) & ((ps_b * rho).sum(-1) > 0)
+
+
+class BatchedNUTS:
+    """NUTS over ``C`` chains in lockstep on a batched potential; see the module docstring.
+
+    ``potential``: ``(C, D) -> (C,)``; ``rng``: one stream per chain; ``max_tree_depth``:
+    at most ``2**max_tree_depth`` leapfrog steps per iteration; ``target_accept``: the
+    dual-averaging target.
+    """
+
+    def __init__(self, potential: Potential, rng: ChainRandom, max_tree_depth: int = 10,
+                 target_accept: float = 0.8, max_energy_error: float = MAX_ENERGY_ERROR):
+        self.potential = potential
+        self.rng = rng
+        self.max_tree_depth = max_tree_depth
+        self.target_accept = target_accept
+        self.max_energy_error = max_energy_error
+
+    # ----------------------------------------------------------------- dynamics
+    def _grad(self, q):
+        U, g = potential_and_grad(self.potential, q)
+        bad = ~torch.isfinite(U)
+        if bool(bad.any()):
+            U = torch.where(bad, torch.full_like(U, math.inf), U)
+            g = torch.where(bad[:, None], torch.zeros_like(g), g)
+        return U, g
+
+    def _leapfrog(self, q, p, g, eps, inv_mass, active):
+        """One leapfrog step of signed size ``eps`` ``(C,)`` for the active chains; the others stay."""
+        e = eps[:, None]
+        p_half = p - 0.5 * e * g
+        q_new = q + e * inv_mass * p_half
+        everyone = bool(active.all())  # the common case: no masking (the same values, fewer operations)
+        if not everyone:
+            q_new = torch.where(active[:, None], q_new, q)
+        U_new, g_new = self._grad(q_new)
+        p_new = p_half - 0.5 * e * g_new
+        if not everyone:
+            p_new = torch.where(active[:, None], p_new, p)
+        return q_new, p_new, g_new, U_new
+
+    @staticmethod
+    def _kinetic(p, inv_mass):
+        return 0.5 * (p * p * inv_mass).sum(-1)
+
+    def _momentum(self, inv_mass):
+        return self.rng.randn(inv_mass.shape[1:], inv_mass.dtype) / inv_mass.sqrt()
+
+    # ------------------------------------------------------------------- subtree
+    def _subtree(self, q, p, g, U, eps, inv_mass, H0, depth, leaf_u, alive):
+        """Build ``2**depth`` new leaves from ``(q, p, g)`` with signed step ``eps``, per chain.
+
+        Returns the subtree's proposal, its log weight (relative to ``H0``), momentum sum,
+        first and last leaves, whether it turned or diverged, and its leapfrog statistics.
+        """
+        C = q.shape[0]
+        dev, dt = q.device, q.dtype
+        active = alive.clone()
+        log_w = torch.full((C,), -math.inf, device=dev, dtype=dt)
+        rho = torch.zeros_like(q)
+        prop_q, prop_U, prop_g, prop_H = q, U, g, torch.zeros_like(U)
+        bad = torch.zeros(C, dtype=torch.bool, device=dev)
+        diverging = torch.zeros_like(bad)
+        n_steps = torch.zeros(C, dtype=torch.long, device=dev)
+        sum_accept = torch.zeros(C, dtype=dt, device=dev)
+        start: dict[int, tuple] = {}  # level -> (p, p_sharp, rho before) of the latest block's first leaf
+        end: dict[int, tuple] = {}  # level -> (p, p_sharp) of the latest completed block's last leaf
+        first = None
+        for n in range(2**depth):
+            q, p, g, U = self._leapfrog(q, p, g, eps, inv_mass, active)
+            ps = inv_mass * p
+            H = U + 0.5 * (p * ps).sum(-1)
+            dH = (H - H0).nan_to_num(nan=math.inf)
+            div = active & (dH > self.max_energy_error)
+            diverging |= div
+            n_steps += active.long()
+            sum_accept += torch.exp(-dH).clamp(max=1.0) * active
+            ok = active & ~div
+            # multinomial sampling inside the subtree, leaf by leaf
+            new_log_w = torch.logaddexp(log_w, -dH)
+            take = ok & (torch.log(leaf_u[:, n]) < -dH - new_log_w)
+            if bool(take.any()):
+                prop_q = torch.where(take[:, None], q, prop_q)
+                prop_g = torch.where(take[:, None], g, prop_g)
+                prop_U = torch.where(take, U, prop_U)
+                prop_H = torch.where(take, H, prop_H)
+            log_w = torch.where(ok, new_log_w, log_w)
+            # checkpoints: leaf n opens a block of 2**k leaves where 2**k divides n
+            for k in range(depth + 1):
+                if n % 2**k == 0:
+                    start[k] = (p, ps, rho)
+            rho = torch.where(ok[:, None], rho + p, rho)
+            if n == 0:
+                first = (p, ps)
+            # U-turn checks of every block of 2**k leaves (k >= 1) that leaf n closes
+            turn = torch.zeros_like(bad)
+            for k in range(1, depth + 1):
+                if (n + 1) % 2**k:
+                    break
+                _, ps_start, rho_before = start[k]
+                p_mid, ps_mid, rho_mid = start[k - 1]  # first leaf of the block's second half
+                p_last_half, ps_last_half = end[k - 1]  # last leaf of its first half
+                turn |= ~_criterion(ps_start, ps, rho - rho_before)
+                turn |= ~_criterion(ps_start, ps_mid, rho_mid - rho_before + p_mid)
+                turn |= ~_criterion(ps_last_half, ps, p_last_half + rho - rho_mid)
+            for k in range(depth + 1):
+                if (n + 1) % 2**k == 0:
+                    end[k] = (p, ps)
+            turn &= ok
+            bad |= div | turn
+            active = active & ~(div | turn)
+            if not bool(active.any()):
+                break
+        return {
+            "q": prop_q, "U": prop_U, "g": prop_g, "H": prop_H, "log_w": log_w, "rho": rho,
+            "first": first, "last": (q, p, g, U, inv_mass * p), "bad": bad, "diverging": diverging,
+            "n_steps": n_steps, "sum_accept": sum_accept,
+        }
+
+    # ---------------------------------------------------------------- transition
+    def transition(self, q, U, g, step_size, inv_mass):
+        """One NUTS iteration for every chain: the new ``(q, U, g)`` and the iteration's statistics."""
+        C = q.shape[0]
+        dev, dt = q.device, q.dtype
+        p = self._momentum(inv_mass)
+        ps = inv_mass * p
+        H0 = U + 0.5 * (p * ps).sum(-1)
+        minus = [q, p, g, U, ps]
+        plus = [q, p, g, U, ps]
+        prop_q, prop_U, prop_g, prop_H = q, U, g, H0
+        log_w = torch.zeros(C, device=dev, dtype=dt)
+        rho = p.clone()
+        done = torch.zeros(C, dtype=torch.bool, device=dev)
+        diverging = torch.zeros_like(done)
+        depth = torch.zeros(C, dtype=torch.long, device=dev)
+        n_steps = torch.zeros(C, dtype=torch.long, device=dev)
+        sum_accept = torch.zeros(C, dtype=dt, device=dev)
+        for j in range(self.max_tree_depth):
+            alive = ~done
+            if not bool(alive.any()):
+                break
+            u = self.rng.masked_rand(2**j + 2, dt, alive)
+            forward = u[:, 0] < 0.5
+            sign = torch.where(forward, 1.0, -1.0).to(dt)
+            near = _pick(forward, plus, minus)  # the end the new subtree grows from
+            far = _pick(forward, minus, plus)
+            sub = self._subtree(near[0], near[1], near[2], near[3], sign * step_size, inv_mass, H0, j,
+                                u[:, 2:], alive)
+            depth = torch.where(alive, j + 1, depth)
+            n_steps += sub["n_steps"]
+            sum_accept += sub["sum_accept"]
+            diverging |= sub["diverging"]
+            valid = alive & ~sub["bad"]
+            # biased progressive sampling between the old tree and the new subtree
+            take = valid & (torch.log(u[:, 1]) < sub["log_w"] - log_w)
+            prop_q = torch.where(take[:, None], sub["q"], prop_q)
+            prop_g = torch.where(take[:, None], sub["g"], prop_g)
+            prop_U = torch.where(take, sub["U"], prop_U)
+            prop_H = torch.where(take, sub["H"], prop_H)
+            log_w = torch.where(valid, torch.logaddexp(log_w, sub["log_w"]), log_w)
+            # the merged tree: new ends in the direction of travel, and its U-turn checks
+            new_end = list(sub["last"])
+            plus = _pick(forward & valid, new_end, plus)
+            minus = _pick(~forward & valid, new_end, minus)
+            rho_total = rho + sub["rho"]
+            p_first, ps_first = sub["first"]
+            turn = ~_criterion(minus[4], plus[4], rho_total)
+            turn |= ~_criterion(far[4], ps_first, rho + p_first)
+            turn |= ~_criterion(near[4], new_end[4], near[1] + sub["rho"])
+            rho = torch.where(valid[:, None], rho_total, rho)
+            done = done | sub["bad"] | (valid & turn)
+        stats = {
+            "diverging": diverging,
+            "tree_depth": depth,
+            "n_steps": n_steps,
+            "acceptance_rate": sum_accept / n_steps.clamp(min=1).to(dt),
+            "energy": prop_H,
+        }
+        return prop_q, prop_U, prop_g, stats
+
+    # -------------------------------------------------------------- step size
+    def reasonable_step_size(self, q, U, g, step_size, inv_mass, max_iter: int = 100) -> torch.Tensor:
+        """Stan's initial step size per chain: double or halve until one leapfrog step's acceptance
+        ``exp(H0 - H)`` crosses 0.8. One momentum draw per chain, reused."""
+        p = self._momentum(inv_mass)
+        H0 = U + self._kinetic(p, inv_mass)
+        everyone = torch.ones_like(U, dtype=torch.bool)
+        log_target = math.log(0.8)
+
+        def delta(eps):
+            _, p1, _, U1 = self._leapfrog(q, p, g, eps, inv_mass, everyone)
+            d = H0 - (U1 + self._kinetic(p1, inv_mass))
+            return torch.where(torch.isnan(d), torch.full_like(d, -math.inf), d)
+
+        d = delta(step_size)
+        up = d > log_target
+        active = everyone.clone()
+        for _ in range(max_iter):
+            step_size = torch.where(active, torch.where(up, step_size * 2, step_size / 2), step_size)
+            d = delta(step_size)
+            stop = torch.where(up, ~(d > log_target), ~(d < log_target))
+            stop |= (step_size < 1e-8) | (step_size > 1e7)
+            active &= ~stop
+            if not bool(active.any()):
+                break
+        return step_size.clamp(1e-8, 1e7)
+
+    # -------------------------------------------------------------------- run
+    def sample(self, q0: torch.Tensor, warmup: int, num_samples: int, thin: int = 1,
+               progress: bool = False, step_size: float = 1.0) -> SamplerOutput:
+        """Warm up (adapting step size and mass matrix per chain), then keep every ``thin``-th of
+        ``num_samples`` draws."""
+        C, D = q0.shape
+        dev, dt = q0.device, q0.dtype
+        q = q0.detach().clone()
+        U, g = self._grad(q)
+        inv_mass = torch.ones((C, D), device=dev, dtype=dt)
+        eps = torch.full((C,), float(step_size), device=dev, dtype=dt)
+        if warmup:
+            eps = self.reasonable_step_size(q, U, g, eps, inv_mass)
+        averaging = DualAveraging(eps, self.target_accept)
+        windows = adaptation_windows(warmup)
+        window_of = {s: e for s, e in windows}
+        welford, window_end = None, None
+        kept = math.ceil(num_samples / thin)
+        draws = torch.empty((C, kept, D), device=dev, dtype=dt)
+        names = ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "step_size")
+        stats = {name: [] for name in names}
+        warm_div = torch.zeros(C, dtype=torch.long, device=dev)
+        bar = progress_bar(warmup + num_samples, "NUTS", progress)
+        for it in range(warmup + num_samples):
+            q, U, g, st = self.transition(q, U, g, eps, inv_mass)
+            if it < warmup:
+                warm_div += st["diverging"].long()
+                eps = averaging.update(st["acceptance_rate"])
+                if it in window_of:
+                    welford, window_end = Welford((C, D), dt, dev), window_of[it]
+                if welford is not None:
+                    welford.add(q)
+                    if it + 1 == window_end:
+                        inv_mass = welford.regularized_variance()
+                        welford = None
+                        eps = self.reasonable_step_size(q, U, g, eps, inv_mass)
+                        averaging.restart(eps)
+                if it + 1 == warmup:
+                    eps = averaging.final()
+            else:
+                s = it - warmup
+                if s % thin == 0:
+                    draws[:, s // thin] = q
+                for name in names[:-1]:
+                    stats[name].append(st[name])
+                stats["step_size"].append(eps)
+            bar.update(1)
+        bar.close()
+        stacked = {name: torch.stack(v, 1) if v else torch.empty((C, 0), device=dev) for name, v in stats.items()}
+        return SamplerOutput(draws, stacked, eps, inv_mass, warm_div)

@@ -1,0 +1,253 @@
+"""The batched NUTS (inference/hmc.py), the direct log density it samples, and the batched engine.
+
+Targets with known answers (a correlated Gaussian, Bayesian linear regression, the
+funnel) are checked within Monte Carlo error, measured by ArviZ's effective sample
+sizes; a small network is checked against Pyro's NUTS; replicas and chains are checked
+to move exactly as they would alone. Runs are kept short: this file takes well under a
+minute on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pyro import poutine
+
+import bnn_priors as bp
+from inference import NUTS
+from inference.hmc import BatchedNUTS, ChainRandom, adaptation_windows, chain_seeds
+from inference.network_density import NetworkDensity
+from inference.nuts import _reparametrized, ess
+from models import BayesianMLP, BayesianResNet, GaussianLikelihood
+
+CPU = torch.device("cpu")
+
+
+def _sample(U, D, seeds=(0,), chains=4, warmup=150, draws=300, depth=6, q0=None):
+    rng = ChainRandom(chain_seeds(list(seeds), chains), CPU)
+    q0 = torch.zeros(len(seeds) * chains, D, dtype=torch.float64) if q0 is None else q0
+    return BatchedNUTS(U, rng, max_tree_depth=depth).sample(q0, warmup, draws)
+
+
+def _mc_z(draws: torch.Tensor, expected_mean: torch.Tensor) -> np.ndarray:
+    """Per coordinate: (sample mean - expected) / its Monte Carlo standard error (ESS-based)."""
+    a = draws.numpy()  # (C, S, D)
+    n_eff = ess(a, "bulk")
+    se = a.reshape(-1, a.shape[-1]).std(0) / np.sqrt(n_eff)
+    return (a.reshape(-1, a.shape[-1]).mean(0) - expected_mean.numpy()) / se
+
+
+# ------------------------------------------------------------------ the sampler
+def test_adaptation_windows_are_stans():
+    assert adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert adaptation_windows(200) == [(75, 100), (100, 150)]
+    assert adaptation_windows(100) == [(15, 90)]  # 15% / 75% / 10%
+    assert adaptation_windows(19) == []
+
+
+def test_correlated_gaussian_mean_and_variance_within_mc_error():
+    D = 10
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(D, D, generator=g, dtype=torch.float64)
+    cov = A @ A.T / D + 0.1 * torch.eye(D, dtype=torch.float64)
+    mean = torch.linspace(-2, 2, D, dtype=torch.float64)
+    prec = torch.linalg.inv(cov)
+
+    def U(q):
+        d = q - mean
+        return 0.5 * ((d @ prec) * d).sum(-1)
+
+    out = _sample(U, D, warmup=100, draws=150)
+    assert int(out.stats["diverging"].sum()) == 0
+    assert np.abs(_mc_z(out.draws, mean)).max() < 4.5
+    x = out.draws.reshape(-1, D)
+    # the variance of a sample variance of a Gaussian is 2 sigma^4 / n_eff
+    n_eff = ess(out.draws.numpy(), "bulk")
+    z_var = (x.var(0) - cov.diag()).numpy() / (np.sqrt(2 / n_eff) * cov.diag().numpy())
+    assert np.abs(z_var).max() < 4.5
+    # adaptation reached a sensible regime: target 0.8, trees far from the depth limit
+    assert 0.7 < float(out.stats["acceptance_rate"].mean()) < 0.97
+    assert float(out.stats["tree_depth"].double().mean()) < 5
+
+
+def test_funnel_non_centered_no_divergences_centered_diverges():
+    """Neal's funnel, v ~ N(0, 3^2), x_i ~ N(0, e^v): non-centred (x = e^{v/2} z) it samples
+    cleanly and recovers v's law; centred, the divergence check fires."""
+    D = 10
+
+    def non_centered(q):
+        return 0.5 * (q[:, 0] / 3) ** 2 + 0.5 * (q[:, 1:] ** 2).sum(-1)
+
+    def centered(q):
+        v, x = q[:, 0], q[:, 1:]
+        return 0.5 * (v / 3) ** 2 + 0.5 * (x**2).sum(-1) * torch.exp(-v) + 0.5 * (D - 1) * v
+
+    out = _sample(non_centered, D, seeds=(1,), warmup=100, draws=150)
+    assert int(out.stats["diverging"].sum()) == 0  # after warm-up (early warm-up tries long steps)
+    v = out.draws[:, :, :1]
+    assert abs(float(_mc_z(v, torch.zeros(1))[0])) < 4.5
+    assert 0.75 < float(v.var()) / 9 < 1.25
+    # centred, from the neck (v = -4, where x has scale e^-2) with a unit step: the energy error explodes
+    neck = torch.zeros(4, D, dtype=torch.float64)
+    neck[:, 0] = -4.0
+    bad = _sample(centered, D, seeds=(1,), warmup=0, draws=20, depth=5, q0=neck)
+    assert int(bad.stats["diverging"].sum()) > 0 and not bool(out.stats["diverging"].any())
+
+
+def test_chain_moves_as_it_would_alone():
+    """Random numbers per chain, consumed by the chain's own trajectory only: a chain
+    sampled beside others (with different trees and step sizes) gives exactly its draws alone."""
+    scales = torch.tensor([0.1, 1.0, 5.0], dtype=torch.float64)
+
+    def U(q):
+        return 0.5 * ((q / scales) ** 2).sum(-1) + 0.1 * (q**4).sum(-1)
+
+    rng_seeds = chain_seeds([7, 11], 2)
+    q0 = torch.arange(12, dtype=torch.float64).reshape(4, 3) / 10
+    together = BatchedNUTS(U, ChainRandom(rng_seeds, CPU), max_tree_depth=5).sample(q0, 30, 20)
+    for c in (0, 3):
+        alone = BatchedNUTS(U, ChainRandom([rng_seeds[c]], CPU), max_tree_depth=5).sample(q0[c:c + 1], 30, 20)
+        assert torch.equal(alone.draws[0], together.draws[c])
+        assert torch.equal(alone.stats["tree_depth"][0], together.stats["tree_depth"][c])
+    assert not torch.equal(together.stats["tree_depth"][0], together.stats["tree_depth"][3])
+
+
+# ----------------------------------------------------------- the log density
+@pytest.mark.parametrize(
+    "noise, structure, learned, noncentered",
+    [("half-cauchy", "ard", True, True), ("gaussian", "ard-add", False, False),
+     ("inverse-nakagami", "none", True, False), ("rayleigh", "add", False, True)],
+)
+def test_log_density_is_pyros_plus_jacobians(noise, structure, learned, noncentered):
+    R, K = 2, 3
+    lik = GaussianLikelihood() if learned else GaussianLikelihood(precision=4.0)
+    model = BayesianResNet(3, 2, hidden=(4, 4), prior=[bp.prior(noise, structure), bp.prior(noise, structure),
+                                                        bp.prior("normal")],
+                           likelihood=lik, replicas=R).double()
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(R, 7, 3, generator=g, dtype=torch.float64), torch.randn(R, 7, 2, generator=g, dtype=torch.float64)
+    layers = {"layer0", "layer1"} if noncentered else set()
+    density = NetworkDensity(model, X, y, layers)
+    q = 0.5 * density.prior_draw(ChainRandom(chain_seeds([1, 2], K), CPU))
+    ours = density.log_density(q).reshape(R, K)
+    sites = density.sites(q)
+    by_chain = density._by_chain(q)
+    pyro_model = _reparametrized(model, {f"{name}.weight" for name in layers})
+    positive = noise != "gaussian"
+    for k in range(K):
+        data = {name: v[:, k] for name, v in sites.items()}
+        jacobian = torch.zeros(R, dtype=torch.float64)
+        for block in density.blocks:
+            u = block.take(by_chain)[:, k]
+            if block.role == "weight" and block.layer in layers:
+                data[f"{block.name}_decentered"] = u
+                del data[block.name]
+            if (block.role == "scale" and positive) or block.role == "precision":
+                jacobian = jacobian + u.reshape(R, -1).sum(-1)  # log |d e^u / du| = u
+        trace = poutine.trace(poutine.condition(pyro_model, data=data)).get_trace(X, y)
+        trace.compute_log_prob()
+        theirs = sum(node["log_prob"] for node in trace.nodes.values() if node["type"] == "sample")
+        torch.testing.assert_close(ours[:, k], theirs + jacobian, rtol=1e-10, atol=1e-9)
+
+
+# ----------------------------------------------------------------- the backend
+def test_bayesian_linear_regression_matches_closed_form():
+    """No hidden layer, fixed noise: the posterior of (w, b) is Gaussian in closed form."""
+    g = torch.Generator().manual_seed(3)
+    N, tau, bias_scale = 30, 25.0, 1.0
+    X = torch.randn(N, 3, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([0.5, -1.0, 0.0], dtype=torch.float64) + 0.3 + torch.randn(N, generator=g, dtype=torch.float64) / 5
+    model = BayesianMLP(3, 1, hidden=(), prior=bp.prior("normal", sigma0=0.7), bias_scale=bias_scale,
+                        likelihood=GaussianLikelihood(precision=tau)).double()
+    post = NUTS(num_samples=150, warmup=100, max_tree_depth=4, progress=False, seed=4).fit(model, X, y)
+    Phi = torch.cat([X, torch.ones(N, 1, dtype=torch.float64)], 1)
+    prior_prec = torch.diag(torch.tensor([0.7**-2] * 3 + [bias_scale**-2], dtype=torch.float64))
+    cov = torch.linalg.inv(tau * Phi.T @ Phi + prior_prec)
+    mean = cov @ (tau * Phi.T @ y)
+    chains = torch.cat([post.chains["output.weight"][:, :, 0, :, 0], post.chains["output.bias"][:, :, 0]], -1)
+    assert post.info["divergences"] == 0
+    assert np.abs(_mc_z(chains, mean)).max() < 4.5
+    flat = chains.reshape(-1, 4)
+    emp = torch.cov(flat.T)
+    n_eff = float(np.min(ess(chains.numpy(), "bulk")))
+    # Var of a sample covariance: (S_ij^2 + S_ii S_jj) / n
+    se = ((cov**2 + torch.outer(cov.diag(), cov.diag())) / n_eff).sqrt()
+    assert ((emp - cov).abs() / se).max() < 4.5
+
+
+def test_replicas_in_a_batch_give_what_they_give_alone():
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(2, 25, 1, generator=g) * 3 - 1.5
+    y = torch.sin(2 * X[..., 0]) + 0.1 * torch.randn(2, 25, generator=g)
+    kw = dict(num_samples=12, warmup=25, num_chains=2, max_tree_depth=4, init_steps=20, progress=False)
+    prior = bp.prior("half-cauchy")
+    both = NUTS(seed=[3, 8], **kw).fit(BayesianMLP(1, 1, hidden=(4,), prior=prior, replicas=2), X, y)
+    for r, seed in enumerate([3, 8]):
+        alone = NUTS(seed=seed, **kw).fit(BayesianMLP(1, 1, hidden=(4,), prior=prior), X[r], y[r])
+        for name, t in both.chains.items():
+            assert torch.equal(t[:, :, r], alone.chains[name][:, :, 0]), name
+        assert both.divergences[r] == alone.divergences[0]
+        for name, t in both.stats.items():
+            assert torch.equal(t[:, :, r], alone.stats[name][:, :, 0]), name
+
+
+def test_small_network_predictions_agree_with_pyros_nuts():
+    """A two-sample test on f(x) at test inputs: the batched engine against Pyro's NUTS,
+    predictive mean and sd, with each side's Monte Carlo error from its ESS."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(20, 1, generator=g) * 4 - 2
+    y = torch.tanh(1.5 * X[:, 0]) + 0.2 * torch.randn(20, generator=g)
+    X_test = torch.linspace(-3, 3, 5)[:, None]
+
+    def model():
+        return BayesianMLP(1, 1, hidden=(3,), activation="tanh", prior=bp.prior("normal"),
+                           likelihood=GaussianLikelihood(precision=4.0))
+
+    budget = dict(num_samples=150, warmup=100, max_tree_depth=4, progress=False, seed=2)
+    ours = NUTS(**budget).fit(model(), X, y, X_test)
+    theirs = NUTS(engine="pyro", num_chains=1, **budget).fit(model(), X, y, X_test)
+    assert ours.info["predictive"][0]["r_hat_max"] < 1.05
+
+    def moments(post):
+        f = post.predictions(X_test)[..., 0, :, 0].double().numpy()  # (C, D, N)
+        n_eff = ess(f, "bulk")
+        flat = f.reshape(-1, f.shape[-1])
+        return flat.mean(0), flat.std(0), flat.std(0) / np.sqrt(n_eff), n_eff
+
+    m1, s1, se1, n1 = moments(ours)
+    m2, s2, se2, n2 = moments(theirs)
+    assert (np.abs(m1 - m2) / np.sqrt(se1**2 + se2**2)).max() < 4.5
+    # a standard deviation's relative standard error is about 1 / sqrt(2 n_eff)
+    assert (np.abs(np.log(s1 / s2)) / np.sqrt(1 / (2 * n1) + 1 / (2 * n2))).max() < 4.5
+
+
+def test_batched_engine_diagnostics_info_and_arviz():
+    import arviz as az
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 1, generator=g) * 3 - 1.5
+    y = torch.sin(2 * X[:, 0]) + 0.1 * torch.randn(30, generator=g)
+    model = BayesianMLP(1, 1, hidden=(4,), prior=bp.prior("half-cauchy", "ard"))
+    post = NUTS(num_samples=40, warmup=40, num_chains=2, max_tree_depth=4, thin=2, progress=False, seed=0).fit(
+        model, X, y)
+    info = post.info
+    assert info["engine"] == "batched" and info["init"] == "map" and info["num_chains"] == 2
+    assert len(info["step_size"][0]) == 2 and all(s > 0 for s in info["step_size"][0])
+    assert all(1 <= d <= 4 for d in info["tree_depth"][0]) and all(0 < a <= 1 for a in info["mean_accept_prob"][0])
+    pred = info["predictive"][0]
+    assert pred["points"] == 30 and pred["r_hat_max"] > 0.9 and pred["ess_bulk_min"] > 0
+    df = post.diagnostics()
+    assert list(df["site"])[-1] == "f" and {"tree_depth", "step_size", "mean_accept_prob"} <= set(df.columns)
+    assert float(df.set_index("site").loc["f", "r_hat_max"]) == pytest.approx(pred["r_hat_max"])
+    assert post.num_draws == 40 and post.chains["layer0.weight"].shape == (2, 20, 1, 1, 4)
+    # the weights are sigma0 * lambda * z of the sampled z: the prior's conditional std is the scale
+    assert torch.isfinite(post.samples["layer0.unit_scale"]).all() and (post.samples["layer0.unit_scale"] > 0).all()
+    idata = post.to_arviz(X, y)
+    for stat in ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "step_size"):
+        assert idata.sample_stats[stat].shape == (2, 20)
+    assert int(idata.sample_stats["diverging"].sum()) <= info["divergences"]
+    assert math.isfinite(float(az.loo(idata).elpd_loo))
+    assert "f" not in az.summary(idata, var_names=["output.bias"]).index
