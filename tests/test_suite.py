@@ -167,14 +167,18 @@ def test_method_labels_and_presets():
     }
     assert all(c.label for c in paper)
     # command-line values override the preset's
-    small = preset_configs("nalisnick2019", datasets="yacht", splits="0-1", budget={"steps": 10, "epochs": 2})
+    with pytest.warns(UserWarning, match="steps 10 \\(the preset's svi-em, map-em: 3000\\)"):
+        small = preset_configs("nalisnick2019", datasets="yacht", splits="0-1", budget={"steps": 10, "epochs": 2})
     assert {(c.dataset, c.split) for c in small} == {("yacht", 0), ("yacht", 1)}
     assert {(c.inference, c.budget) for c in small} == {("svi-em", 10), ("map-em", 10), ("mc-dropout", 2)}
     assert {(c.noise, c.structure) for c in paper if c.inference == "map-em"} == {
         ("inverse-nakagami", s) for s in ("ard", "add", "ard-add")
     }
-    relabelled = preset_configs("quick", noise="rayleigh", inference="svi")
-    assert {c.noise for c in relabelled} == {"rayleigh"} and all(c.label is None for c in relabelled)
+    # the grid axes select among the preset's runs (issue 14, item 10: tests/test_reliability_suite.py)
+    narrowed = preset_configs("quick", noise="half-cauchy")
+    assert {(c.inference, c.options["lr"]) for c in narrowed} == {("svi", 0.01)} and len(narrowed) == 5
+    with pytest.raises(InvalidParameterError, match="preset quick has no run with noise rayleigh"):
+        preset_configs("quick", noise="rayleigh", inference="svi")
     with pytest.raises(UnknownNameError, match="quick"):
         preset_configs("slow")
 

@@ -9,6 +9,10 @@ metrics); ``table --split validation`` tabulates the validation metrics and
 ``table --protocol gal2016`` the runs that Gal & Ghahramani's protocol chooses on
 them (``bench --preset gal2016`` prints that table itself).
 
+``bench`` prints each distinct warning of the backends once, after the runs (also
+those of worker processes), as ``bnn-priors: warning: LABEL on DATA SETS: MESSAGE``:
+a warning does not by itself fail a run.
+
 Exit status: 0 on success; 1 when ``bench`` finished but some runs failed (they
 are recorded with their message, the table shows the others); 2 for a user
 mistake (one line ``bnn-priors: error: ...`` on stderr, no traceback); 130 on
@@ -152,6 +156,8 @@ def _table_text(args, results, hashes=None, datasets=None, decimals=None) -> str
 
 
 def cmd_bench(args) -> int:
+    if args.threads < 1:
+        raise InvalidParameterError(f"--threads must be a positive integer, got {args.threads}")
     if args.preset and args.protocol is None:
         args.protocol = get_preset(args.preset).protocol
     _check_table_args(args)
@@ -179,6 +185,8 @@ def cmd_bench(args) -> int:
         return 130
     if not args.quiet:
         print(f"{PROG}: {report.summary()}", file=sys.stderr)
+    for line in report.warning_lines():
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     for cfg, message in report.failed[:MAX_FAILURES_SHOWN]:
         print(f"{PROG}: failed: {cfg.describe()} (seed {cfg.seed}): {' '.join(str(message).split())}", file=sys.stderr)
     if len(report.failed) > MAX_FAILURES_SHOWN:
@@ -261,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         "finished runs in --results are skipped, so rerunning a command resumes it.",
     )
     grid = bench.add_argument_group("the grid (comma-separated lists)")
-    grid.add_argument("--preset", help=f"a named suite: {', '.join(PRESETS)} (the options below override it)")
+    grid.add_argument("--preset", help=f"a named suite: {', '.join(PRESETS)}; --noise, --structure, --arch and "
+                      "--inference select among its runs, the budget, --option, --prior and --seed change them "
+                      "(with a warning)")
     grid.add_argument("--datasets", help=f"data sets: {', '.join(DATASETS)}, e.g. boston,yacht")
     grid.add_argument("--splits", help="splits: 0-4, 0,3,5 or all (default: all, or the preset's)")
     grid.add_argument("--noise", help=f"noise models / priors: {', '.join(PRIOR_NAMES)} (default half-cauchy)")

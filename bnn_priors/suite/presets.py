@@ -2,14 +2,20 @@
 
 A preset is a list of blocks; each block is a grid (the product of its lists)
 with its own training budget, options and, optionally, the column label its
-runs get in tables. Options given on the command line override the preset's
-values in every block: ``--datasets``, ``--splits``, ``--seed``, a budget
-(``--steps`` for the SVI methods, ``--epochs`` for MC dropout, ``--samples`` for
-NUTS) and the grid axes ``--noise``, ``--structure``, ``--arch``,
-``--inference`` (overriding an axis drops the preset's labels, which would no
-longer describe the runs; overriding ``--noise`` drops the preset's noise
-parameters and ``--inference`` its backend options, which belong to the
-replaced noise models and methods).
+runs get in tables. The options of the command line narrow a preset or change
+its runs (:func:`preset_configs`):
+
+* ``--datasets`` and ``--splits`` choose the data the preset runs on;
+* the grid axes ``--noise``, ``--structure``, ``--arch`` and ``--inference``
+  *select* among the preset's configurations, each kept with its options, budget
+  and label, so ``--preset nalisnick2019 --datasets yacht --inference map-em``
+  reruns exactly the preset's MAP-EM columns of yacht. A value that no
+  configuration of the preset has is an error listing what it has;
+* a budget (``--steps`` for the SVI methods, ``--epochs`` for MC dropout,
+  ``--samples`` for NUTS), ``--option``, ``--prior``, ``--seed``, ``--holdout``
+  and ``--eval-samples`` change the runs where they differ from the preset's
+  values, and a warning (one line) names each change: those runs are no
+  longer the preset's.
 
 ``quick``
     diabetes (ships with scikit-learn, nothing to download), splits 0-4, four
@@ -53,19 +59,30 @@ replaced noise models and methods).
 
 Every training setting of the presets is a named constant below.
 
-Imports: :mod:`bnn_priors.errors` and, of the suite, :mod:`~bnn_priors.suite.config`,
+Imports: :mod:`bnn_priors.errors`, :mod:`bnn_priors.structures` and, of the suite, :mod:`~bnn_priors.suite.config`,
 :mod:`~bnn_priors.suite.methods`, :mod:`~bnn_priors.suite.data_options` (Gal's
 length-scale) and :mod:`~bnn_priors.suite.loading` (a built preset reads its data sets).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bnn_priors.errors import InvalidParameterError, lookup
-from bnn_priors.suite.config import RunConfig, check_dataset, expand_grid, parse_list
+from bnn_priors.structures import check_structure
+from bnn_priors.suite.config import (
+    DEFAULT_EVAL_SAMPLES,
+    RunConfig,
+    check_arch,
+    check_dataset,
+    check_inference,
+    check_noise,
+    expand_grid,
+    parse_list,
+)
 from bnn_priors.suite.data_options import GAL_LENGTH_SCALE
 from bnn_priors.suite.loading import load
 from bnn_priors.suite.methods import BUDGET_UNITS
@@ -305,6 +322,65 @@ def get_preset(name: str) -> Preset:
     return PRESETS[lookup("preset", name, PRESETS)]
 
 
+#: The grid axes by which a preset is narrowed, with the check that spells each value as the configs do.
+SELECTORS: dict[str, Callable[[str], str]] = {
+    "noise": check_noise,
+    "structure": check_structure,
+    "arch": check_arch,
+    "inference": check_inference,
+}
+#: The seed of every preset run.
+PRESET_SEED = 0
+_UNSET = object()
+
+
+def _selection(axes: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The values asked for on each narrowed axis, spelled as the configs spell them (names checked)."""
+    return {axis: [SELECTORS[axis](v) for v in parse_list(value)] for axis, value in axes.items() if value is not None}
+
+
+def _check_selection(name: str, wanted: Mapping[str, list[str]], offered: Sequence[RunConfig]) -> None:
+    """Refuse a narrowing value that no configuration of the preset has, and a narrowing that keeps nothing."""
+    for axis, values in wanted.items():
+        have = list(dict.fromkeys(getattr(c, axis) for c in offered))
+        missing = [v for v in values if v not in have]
+        if missing:
+            raise InvalidParameterError(
+                f"preset {name} has no run with {axis} {', '.join(missing)}; its {axis} values: {', '.join(have)}"
+            )
+    if wanted and not any(all(getattr(c, axis) in values for axis, values in wanted.items()) for c in offered):
+        asked = " and ".join(f"{axis} {','.join(values)}" for axis, values in wanted.items())
+        combos = dict.fromkeys(f"{c.noise}/{c.structure} {c.arch} {c.inference}" for c in offered)
+        raise InvalidParameterError(f"preset {name} has no run with {asked}; its runs: {', '.join(combos)}")
+
+
+def _changes(cfg: RunConfig, own: RunConfig) -> list[tuple[str, str]]:
+    """What sets ``cfg`` apart from the preset's own configuration ``own``: ``(setting, preset's value)`` pairs."""
+    out = []
+    if cfg.budget != own.budget:
+        out.append((f"{cfg.budget_unit} {cfg.budget}", str(own.budget)))
+    for kind in ("options", "prior"):
+        mine, theirs = getattr(cfg, kind), getattr(own, kind)
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key, _UNSET) != theirs.get(key, _UNSET):
+                out.append((f"{kind[:-1] if kind == 'options' else kind} {key}={mine.get(key, 'unset')}",
+                            f"{key}={theirs.get(key, 'unset')}"))
+    if cfg.seed != own.seed:
+        out.append((f"seed {cfg.seed}", str(own.seed)))
+    if cfg.holdout != own.holdout:
+        out.append((f"holdout {cfg.holdout}", str(own.holdout)))
+    if cfg.eval_samples != own.eval_samples:
+        out.append((f"eval_samples {cfg.eval_samples}", str(own.eval_samples)))
+    return out
+
+
+def describe_changes(name: str, changes: Mapping[tuple[str, str], Sequence[str]]) -> str:
+    """One line naming each change to a preset's runs: the new setting, the methods it touches and
+    the preset's value for them."""
+    parts = [f"{setting} (the preset's {', '.join(methods)}: {theirs})" for (setting, theirs), methods in changes.items()]
+    return f"these settings change runs of preset {name}, which are then not the preset's: {'; '.join(parts)}"
+
+
 def preset_configs(
     name: str,
     *,
@@ -315,55 +391,70 @@ def preset_configs(
     arch=None,
     inference=None,
     budget: Mapping[str, int] | None = None,
-    seeds=0,
+    seeds=PRESET_SEED,
     eval_samples: int | None = None,
     options: Mapping[str, Any] | None = None,
     prior: Mapping[str, Any] | None = None,
     holdout: float | None = None,
     data_dir: str | None = None,
 ) -> list[RunConfig]:
-    """The runs of a preset, with the given options overriding the preset's values.
+    """The runs of a preset on ``datasets`` and ``splits`` (default: the preset's), narrowed and changed.
 
-    ``budget`` maps a budget unit (``steps``, ``epochs``, ``samples``) or a method
-    name to a budget; it overrides the preset's for the blocks it applies to.
-    ``options`` and ``prior`` are merged into each block's backend options and
-    prior parameters (overriding keys they share). ``holdout`` and
-    ``eval_samples`` override the blocks' values when given. A preset built from
-    the data sets' files (``gal2016``) reads them from ``data_dir`` (else the
-    usual places, see :func:`bnn_priors.data.load_dataset`).
+    ``noise``, ``structure``, ``arch`` and ``inference`` (lists) select the
+    preset's configurations whose value is among them; the selected ones keep
+    their options, budget and label. A value that no configuration of the preset
+    has (on these data sets) raises :class:`~bnn_priors.InvalidParameterError`
+    listing what it has, and so does a selection that keeps no configuration.
+
+    The other arguments change the runs: ``budget`` maps a budget unit (``steps``,
+    ``epochs``, ``samples``) or a method name to a budget; ``options`` and ``prior``
+    are merged into each block's backend options and prior parameters
+    (overriding keys they share); ``seeds``, ``holdout`` and ``eval_samples``
+    replace the preset's values. Where a change makes a run other than the
+    preset's (a value that differs from the preset's), a ``UserWarning`` names
+    each such change in one line. A preset built from the data sets' files
+    (``gal2016``) reads them from ``data_dir`` (else the usual places, see
+    :func:`bnn_priors.data.load_dataset`).
     """
     preset = get_preset(name)
-    relabel = any(v is not None for v in (noise, structure, arch, inference))
+    wanted = _selection({"noise": noise, "structure": structure, "arch": arch, "inference": inference})
+    given = {key: value for key, value in (budget or {}).items() if value is not None}
+    offered: list[RunConfig] = []
     configs: list[RunConfig] = []
     seen: set[str] = set()
+    changes: dict[tuple[str, str], list[str]] = {}
     blocks = preset.make_blocks(parse_list(datasets) if preset.build is not None else None, data_dir)
     for block in blocks:
-        methods = inference if inference is not None else ",".join(block.inference)
+        grid_datasets = datasets if datasets is not None and preset.build is None else ",".join(block.datasets)
+        grid_splits = splits if splits is not None else block.splits
+        axes = (",".join(block.noise), ",".join(block.structure), ",".join(block.arch), ",".join(block.inference))
+        own_samples = block.eval_samples if block.eval_samples is not None else DEFAULT_EVAL_SAMPLES
         # the block's budget in every unit, under the caller's (by method name or by unit)
-        given = {key: value for key, value in (budget or {}).items() if value is not None}
-        block_budget = {**dict.fromkeys(BUDGET_UNITS, block.budget), **given}
-        kwargs: dict[str, Any] = {}
-        chosen_samples = eval_samples if eval_samples is not None else block.eval_samples
-        if chosen_samples is not None:
-            kwargs["eval_samples"] = chosen_samples
         grid = expand_grid(
-            datasets if datasets is not None and preset.build is None else ",".join(block.datasets),
-            splits if splits is not None else block.splits,
-            noise if noise is not None else ",".join(block.noise),
-            structure if structure is not None else ",".join(block.structure),
-            arch if arch is not None else ",".join(block.arch),
-            methods,
-            budget=block_budget,
+            grid_datasets, grid_splits, *axes,
+            budget={**dict.fromkeys(BUDGET_UNITS, block.budget), **given},
             seeds=seeds,
-            options={**(block.options if inference is None else {}), **(options or {})},
-            prior={**(block.prior if noise is None else {}), **(prior or {})},
+            options={**block.options, **(options or {})},
+            prior={**block.prior, **(prior or {})},
             holdout=holdout if holdout is not None else block.holdout,
-            **kwargs,
+            eval_samples=eval_samples if eval_samples is not None else own_samples,
         )
         for cfg in grid:
-            label = None if relabel else block.labels.get((cfg.noise, cfg.structure))
+            offered.append(cfg)
+            if not all(getattr(cfg, axis) in values for axis, values in wanted.items()):
+                continue
+            own = replace(cfg, budget=block.budget, seed=PRESET_SEED, options=dict(block.options),
+                          prior=dict(block.prior), holdout=block.holdout, eval_samples=own_samples)
+            for change in _changes(cfg, own):
+                methods = changes.setdefault(change, [])
+                if cfg.inference not in methods:
+                    methods.append(cfg.inference)
+            label = block.labels.get((cfg.noise, cfg.structure))
             cfg = replace(cfg, label=label) if label else cfg
             if cfg.hash not in seen:
                 seen.add(cfg.hash)
                 configs.append(cfg)
+    _check_selection(preset.name, wanted, offered)
+    if changes:
+        warnings.warn(describe_changes(preset.name, changes), UserWarning, stacklevel=2)
     return configs

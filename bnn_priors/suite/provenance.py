@@ -1,12 +1,19 @@
 """What a results row records besides its metrics: which run it is, where, when and with what software.
 
+The same seed gives the same numbers to the last bit only on the same floating-point path: the
+CPU (its model and the instruction set torch's kernels use), the torch thread count and the
+BLAS/LAPACK library. Another CPU rounds otherwise, and an optimiser can amplify the difference
+(README, "Reproducibility"), so every row records them (:func:`float_path`).
+
 Imports: torch, Pyro, :mod:`bnn_priors` (its version, errors) and, of the suite, :mod:`~bnn_priors.suite.config`,
 :mod:`~bnn_priors.suite.build` and :mod:`~bnn_priors.suite.planning` (the job type).
 """
 
 from __future__ import annotations
 
+import functools
 import platform
+import re
 import traceback
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +35,49 @@ def versions() -> dict[str, str]:
         "pyro_version": pyro.__version__,
         "bnn_priors_version": bnn_priors.__version__,
         "python_version": platform.python_version(),
+    }
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :func:`platform.processor` says, else the machine type."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.cache
+def blas_backend() -> str:
+    """torch's BLAS (and LAPACK where it differs) with the library's version where torch states it,
+    e.g. ``mkl 2024.2`` or ``open 0.3.27; LAPACK open`` (from ``torch.__config__.show()``)."""
+    text = torch.__config__.show()
+    info = dict(re.findall(r"\b(BLAS_INFO|LAPACK_INFO)=([^,\s]*)", text))
+    blas = info.get("BLAS_INFO") or "unknown"
+    version = None
+    if blas == "mkl":
+        version = re.search(r"Math Kernel Library Version ([0-9][0-9.]*)", text)
+    elif blas.startswith("open"):
+        version = re.search(r"OpenBLAS\D*([0-9][0-9.]*)", text)
+    out = blas if version is None else f"{blas} {version.group(1)}"
+    lapack = info.get("LAPACK_INFO")
+    return out if not lapack or lapack == blas else f"{out}; LAPACK {lapack}"
+
+
+def float_path(threads: int | None) -> dict[str, Any]:
+    """What decides a run's floating-point path, by results column: the CPU model, the instruction set
+    torch's CPU kernels use (``torch.backends.cpu.get_cpu_capability()``), the torch threads of the job
+    (``threads``; ``None``: torch's current setting) and the BLAS/LAPACK library."""
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": int(threads) if threads is not None else torch.get_num_threads(),
+        "blas": blas_backend(),
     }
 
 
@@ -71,7 +121,7 @@ def failed_rows(job: Job, exc: BaseException) -> list[dict[str, Any]]:
     tb = None
     if not isinstance(exc, (BNNPriorsError, FitDivergedError)):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    stamp, software = now(), versions()
+    stamp, software = now(), {**versions(), **float_path(job.threads)}
     return [
         {
             **base_row(cfg),

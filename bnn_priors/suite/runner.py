@@ -74,13 +74,14 @@ from bnn_priors.suite.provenance import (
     base_row,
     device_name,
     failed_rows,
+    float_path,
     now,
     per_replica_info,
     versions,
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
 from inference.common import resolve_device
-from inference.training import torch_threads
+from inference.training import check_threads, torch_threads
 
 #: A fit has blown up when its predictive mean misses the standardized training targets by more
 #: than this many of their standard deviations (root mean square; predicting their mean scores 1).
@@ -143,7 +144,7 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         weights = None
     notes = sorted({str(w.message) for w in caught})
     device = device_name(backend.device)
-    software = versions()
+    software = {**versions(), **float_path(job.threads)}
     stamp = now()
     rows = []
     for r, cfg in enumerate(job.configs):
@@ -227,10 +228,25 @@ class SuiteReport:
     jobs: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    #: The distinct warnings of the backends, ``(run label, message) -> data sets`` in the order met.
+    #: They come back in the rows (``backend_info``), also from worker processes.
+    warnings: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     @property
     def hashes(self) -> list[str]:
         return [c.hash for c in self.configs]
+
+    def add_warnings(self, row: dict[str, Any]) -> None:
+        """Note the backend warnings stored in ``row`` (a results row), each once per (label, message)."""
+        info = json.loads(row.get("backend_info") or "{}")
+        for message in info.get("warnings", ()):
+            datasets = self.warnings.setdefault((row["label"], " ".join(str(message).split())), [])
+            if row["dataset"] not in datasets:
+                datasets.append(row["dataset"])
+
+    def warning_lines(self) -> list[str]:
+        """One line per distinct warning, naming the configuration: ``LABEL on DATA SETS: MESSAGE``."""
+        return [f"{label} on {', '.join(datasets)}: {message}" for (label, message), datasets in self.warnings.items()]
 
     def summary(self) -> str:
         parts = [f"{len(self.configs)} runs", f"{self.ok} ok", f"{len(self.failed)} failed",
@@ -269,7 +285,8 @@ def run_suite(
     rows are saved; a rerun continues a killed job from its last checkpoint and gets
     the numbers of an uninterrupted run (``None``: no checkpoints). With Ray, workers
     on other machines need that folder on a shared file system.
-    Returns a :class:`SuiteReport`; Ctrl-C stops the jobs in flight and
+    Returns a :class:`SuiteReport` (with the backends' distinct warnings, which the fits
+    record in their rows rather than raise); Ctrl-C stops the jobs in flight and
     re-raises ``KeyboardInterrupt`` after the finished runs are saved.
     """
     start = time.perf_counter()
@@ -278,6 +295,7 @@ def run_suite(
         raise InvalidParameterError("the grid is empty: nothing to run")
     if on_unsupported not in ("skip", "error"):
         raise InvalidParameterError(f"on_unsupported must be 'skip' or 'error', got {on_unsupported!r}")
+    check_threads(threads)
     device = str(resolve_device(device))
     data_dir = None if data_dir is None else str(Path(data_dir).expanduser())
     infos = {name: data_info(name, data_dir) for name in dict.fromkeys(c.dataset for c in configs)}
@@ -314,6 +332,7 @@ def run_suite(
                     store.insert(rows)
                     _drop_checkpoint(job)  # its rows are saved: nothing to continue
                     for row in rows:
+                        report.add_warnings(row)
                         if row["status"] == "ok":
                             report.ok += 1
                         else:

@@ -24,8 +24,11 @@ fit of the run's batched job) and ``replicas`` (runs in that job: a run's share
 is ``train_seconds / replicas``), ``device``, package versions (``torch_version``,
 ``pyro_version``, ``bnn_priors_version``, ``python_version``), ``timestamp`` (UTC,
 ISO 8601), ``weights`` (posterior mean of the first hidden-to-hidden weight matrix,
-``.npy`` bytes) with ``weights_layer``, and ``backend_info`` (JSON: backend facts such as
-the final loss, and warnings).
+``.npy`` bytes) with ``weights_layer``, ``backend_info`` (JSON: backend facts such as
+the final loss, and warnings), and what decides the run's floating-point path
+(:func:`~bnn_priors.suite.provenance.float_path`): ``cpu_model``, ``cpu_capability``
+(the instruction set of torch's CPU kernels, e.g. ``AVX2``), ``torch_threads`` and ``blas``
+(the BLAS/LAPACK library, e.g. ``mkl 2024.2``).
 
 A results file written before a column existed gets it (NULL for its old rows)
 when it is opened for writing; reading an older file gives the missing columns
@@ -85,6 +88,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("weights", "BLOB"),
     ("weights_layer", "TEXT"),
     ("backend_info", "TEXT"),
+    ("cpu_model", "TEXT"),
+    ("cpu_capability", "TEXT"),
+    ("torch_threads", "INTEGER"),
+    ("blas", "TEXT"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 #: Columns left out of :meth:`ResultsStore.frame` unless asked for (large).
