@@ -31,6 +31,16 @@ round) and the table gives medians; the machine is shared, so the figures are no
 and only figures of one run compare.
 
     python benchmarks/replica_throughput.py [--seconds 2] [--repeats 3] [--profile mcd-240]
+
+``torch.compile`` (measured once while writing this, by hand, not by the script): compiling
+the MC dropout floor's forward and loss with inductor, the masks drawn outside the graph,
+made the step slower on this CPU, about 14 against 8 ms at R = 20 and 117 against 93 ms at
+R = 240, after 25-108 s of compilation, with static shapes (``dynamic=False``) as with
+dynamic ones, so recompilation for the short last batch is not the cause. The profiler
+puts the time in the generated forward graph itself (about 9 ms per call at R = 20), and
+shows inductor replacing two of the three ``bmm`` calls of the backward pass (the 50-1
+layer's outer and matrix-vector products) with its own generated loops, which on one thread
+are slower than the eager kernels they replace.
 """
 
 from __future__ import annotations
