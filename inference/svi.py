@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -83,12 +83,30 @@ from inference.common import (
     check_positive_int,
     unsupported,
 )
-from inference.training import Checkpoint, FullBatch, RandomSubsets, adam, check_threads, train
+from inference.training import (
+    Checkpoint,
+    FullBatch,
+    RandomSubsets,
+    Shuffled,
+    adam,
+    check_threads,
+    train,
+)
 from models.networks import BayesianNetwork, Layer
 
 GUIDES = ("mean-field", "variational-dropout", "map")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
+#: ``init="uniform"``: weight means ``U(-0.05, 0.05)``, ``rho ~ U(-10, -6.5)`` with variance ``softplus(rho)``,
+#: biases 0.1 (``init_bnn`` of Nalisnick et al.'s released ``models/utils.py``).
+_UNIFORM_LOC, _UNIFORM_RHO, _UNIFORM_BIAS = 0.05, (-10.0, -6.5), 0.1
+SCALE_UPDATES = (None, "em", "in-loss")
+SCALE_MODES = ("log-variance", "variance")
+ARD_ADD_UPDATES = ("sweep", "nalisnick2019")
+BIASES = ("variational", "point")
+INITS = ("normal", "uniform")
+VARIANCE_PARAMS = ("log-std", "softplus")
+BATCHES = ("random", "epochs")
 
 
 def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -156,11 +174,30 @@ class _ScaleSite:
     positive: bool
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The choices of :class:`SVI` beyond the guide that change the objective, the start or the sampler
+    (each the option of the same name; the defaults are the backend's)."""
+
+    scale_updates: str | None = None
+    scale_mode: str = "log-variance"
+    ard_add_update: str = "sweep"
+    bias: str = "variational"
+    init: str = "normal"
+    variance_param: str = "log-std"
+    sign_flip: tuple[float, float] | None = None
+
+
 class _Variational:
     """Parameters of the variational family and the direct ELBO."""
 
-    def __init__(self, model: BayesianNetwork, guide: str, alpha: str, em: bool, init_std: float, rng: ReplicaRandom):
+    def __init__(self, model: BayesianNetwork, guide: str, alpha: str, em: bool, init_std: float, rng: ReplicaRandom,
+                 settings: _Settings = _Settings()):
         self.model, self.guide, self.alpha, self.em = model, guide, alpha, em
+        self.settings = settings
+        #: the closed-form scales computed inside the objective, differentiated through (``"in-loss"``)
+        self.in_loss = settings.scale_updates == "in-loss"
+        uniform = settings.init == "uniform"
         dev, dt, R = model.device, model.dtype, model.replicas
         self.params: dict[str, torch.Tensor] = {}
         self.em_log_var: dict[str, torch.Tensor] = {}
@@ -171,15 +208,31 @@ class _Variational:
 
         for layer in model.layers:
             shape = (R, layer.in_features, layer.out_features)
-            init = rng.randn(shape[1:], dt) / math.sqrt(layer.in_features)
+            if uniform:  # U(-0.05, 0.05)
+                init = (2 * rng.rand(shape[1:], dt) - 1) * _UNIFORM_LOC
+            else:
+                init = rng.randn(shape[1:], dt) / math.sqrt(layer.in_features)
             param(f"{layer.name}.weight.loc", init)
-            if guide == "mean-field":
+            if guide == "mean-field" and (uniform or settings.variance_param == "softplus"):
+                # rho with variance softplus(rho): U(-10, -6.5), or the value that gives init_std
+                if uniform:
+                    rho = _UNIFORM_RHO[0] + (_UNIFORM_RHO[1] - _UNIFORM_RHO[0]) * rng.rand(shape[1:], dt)
+                else:
+                    rho = torch.full(shape, math.log(math.expm1(init_std**2)))
+                if settings.variance_param == "softplus":
+                    param(f"{layer.name}.weight.rho", rho)
+                else:
+                    param(f"{layer.name}.weight.log_std", 0.5 * torch.log(torch.nn.functional.softplus(rho)))
+            elif guide == "mean-field":
                 param(f"{layer.name}.weight.log_std", torch.full(shape, math.log(init_std)))
             elif guide == "variational-dropout":
                 a_shape = shape if alpha == "weight" else (R, layer.in_features, 1)
                 param(f"{layer.name}.weight.log_alpha", torch.full(a_shape, 2 * math.log(init_std)))
-            param(f"{layer.name}.bias.loc", torch.zeros(R, layer.out_features))
-            if guide != "map":
+            if uniform:
+                param(f"{layer.name}.bias.loc", torch.full((R, layer.out_features), _UNIFORM_BIAS))
+            else:
+                param(f"{layer.name}.bias.loc", torch.zeros(R, layer.out_features))
+            if guide != "map" and settings.bias == "variational":
                 param(f"{layer.name}.bias.log_std", torch.full((R, layer.out_features), math.log(init_std)))
             prior = layer.prior
             sites = []
@@ -214,6 +267,9 @@ class _Variational:
         loc = self.params[f"{layer.name}.weight.loc"]
         if self.guide == "map":
             return loc, None, torch.zeros_like(loc)
+        if self.guide == "mean-field" and self.settings.variance_param == "softplus":
+            var = torch.nn.functional.softplus(self.params[f"{layer.name}.weight.rho"])
+            return loc, torch.log(var), var
         if self.guide == "mean-field":
             log_var = 2 * self.params[f"{layer.name}.weight.log_std"]
         else:
@@ -222,7 +278,7 @@ class _Variational:
 
     def bias_moments(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
         loc = self.params[f"{layer.name}.bias.loc"]
-        if self.guide == "map":
+        if self.guide == "map" or self.settings.bias == "point":
             return loc, torch.zeros_like(loc)
         return loc, torch.exp(2 * self.params[f"{layer.name}.bias.log_std"])
 
@@ -280,22 +336,33 @@ class _Variational:
 
     def bias_kl(self, bias_moments) -> torch.Tensor:
         total = 0.0
+        if self.settings.bias == "point":  # plain parameters: no prior, no KL
+            return total
         for loc, var in bias_moments.values():
             total = total + normal_kl(loc, var, self.model.bias_scale).sum(-1)
         return total
 
     # ------------------------------------------------------------------ the ELBO
-    def elbo(self, X, y, data_size: int, S: int, local_reparam: bool, rng: ReplicaRandom) -> torch.Tensor:
-        """A Monte Carlo estimate of the ELBO per replica, shape ``(R,)`` (mean over particles)."""
+    def elbo(self, X, y, data_size: int, S: int, local_reparam: bool, rng: ReplicaRandom,
+             kl_scale: float = 1.0) -> torch.Tensor:
+        """A Monte Carlo estimate of the ELBO per replica, shape ``(R,)`` (mean over particles).
+
+        ``kl_scale`` multiplies every KL term (weights, scales, precision, biases):
+        1 is the ELBO, another value the KL-weighted objective of ``SVI(kl_weight=...)``.
+        """
         scales, kl_scales = self.sample_scales(S, rng)
         tau, kl_tau = self.sample_precision(S, rng)
 
         moments = {layer.name: self.weight_moments_log(layer) for layer in self.model.layers}
         bias_moments = {layer.name: self.bias_moments(layer) for layer in self.model.layers}
+        if self.in_loss:
+            scales = self.scales_in_loss(moments)
 
         def linear(layer: Layer, h: torch.Tensor) -> torch.Tensor:
             loc, _, var = moments[layer.name]
             b_loc, b_var = bias_moments[layer.name]
+            if self.settings.sign_flip is not None:
+                return self.sign_flip_linear(h, loc, var, b_loc, b_var, S, rng)
             if local_reparam:
                 mean = h @ loc + b_loc.unsqueeze(-2)
                 std = ((h * h) @ var + b_var.unsqueeze(-2)).sqrt()
@@ -307,8 +374,30 @@ class _Variational:
         f = self.model.forward_with(X, linear)
         loglik = self.model.likelihood.log_prob(f, y, tau) * (data_size / X.shape[-2])
         kl_w = sum(self.weight_kl(layer, scales, moments[layer.name]) for layer in self.model.layers)
+        if kl_scale != 1.0:
+            elbo = loglik - kl_scale * (kl_w + kl_scales + kl_tau)
+            return elbo.mean(0) - kl_scale * self.bias_kl(bias_moments)
         elbo = loglik - kl_w - kl_scales - kl_tau
         return elbo.mean(0) - self.bias_kl(bias_moments)
+
+    def sign_flip_linear(self, h, loc, var, b_loc, b_var, S: int, rng: ReplicaRandom) -> torch.Tensor:
+        """The pre-activation under the sign-flip sampler of ``SVI(sign_flip=(a, b))``:
+        ``h mu + b + ((h * s) @ sigma) * r`` with ``s`` (per particle, point and input unit) and ``r``
+        (per particle, point and output unit) each ``a`` or ``b`` with probability 1/2; a bias with
+        spread gets a Gaussian draw per particle."""
+        low, high = self.settings.sign_flip
+        n, d_in, d_out = h.shape[-2], loc.shape[-2], loc.shape[-1]
+
+        def signs(width):
+            u = rng.rand((S, n, width), loc.dtype, axis=1)
+            return torch.where(u < 0.5, torch.full_like(u, high), torch.full_like(u, low))
+
+        s, r = signs(d_in), signs(d_out)
+        mean = h @ loc + b_loc.unsqueeze(-2)
+        out = mean + ((h * s) @ var.sqrt()) * r
+        if self.settings.bias == "variational" and self.guide != "map":
+            out = out + (b_var.sqrt() * rng.randn((S, *b_loc.shape[1:]), loc.dtype, axis=1)).unsqueeze(-2)
+        return out
 
     def point_params(self) -> dict[str, torch.Tensor]:
         """The ``map`` guide's network: ``{"<layer>.weight": (R, in, out), "<layer>.bias": (R, out)}``."""
@@ -369,9 +458,10 @@ class _Variational:
             std = self.prior_std(layer, scales)
             std = std if torch.is_tensor(std) else torch.tensor(std, device=w.device, dtype=w.dtype)
             total = total + dist.Normal(torch.zeros_like(w), std.expand_as(w)).log_prob(w).sum((-2, -1))
-            b_loc, b_var = self.bias_moments(layer)
-            total = total - dist.Normal(b_loc, b_var.sqrt()).log_prob(b).sum(-1)
-            total = total + dist.Normal(0.0, model.bias_scale).log_prob(b).sum(-1)
+            if self.settings.bias == "variational":  # a plain parameter has no prior and no q term
+                b_loc, b_var = self.bias_moments(layer)
+                total = total - dist.Normal(b_loc, b_var.sqrt()).log_prob(b).sum(-1)
+                total = total + dist.Normal(0.0, model.bias_scale).log_prob(b).sum(-1)
         lik = model.likelihood
         if lik.learned:
             tau = samples[lik.site]
@@ -387,22 +477,57 @@ class _Variational:
     def update_scales(self) -> None:
         """One coordinate-ascent sweep of the closed-form scale updates (:meth:`bnn_priors.NoiseModel.map_variance`)."""
         for layer in self.model.layers:
-            sites = self.sites[layer.name]
-            if not sites:
+            if not self.sites[layer.name]:
                 continue
             loc, var = self.weight_moments(layer)
-            second = loc**2 + var  # E_q[w^2], (R, in, out)
-            for site in sites:
-                others = torch.ones((), device=loc.device, dtype=loc.dtype)
-                for other in sites:
-                    if other is not site:
-                        others = others * torch.exp(self.em_log_var[other.name])
-                scaled = second / others
-                dims = [d for d, n in zip((-2, -1), site.shape) if n == 1]
-                S = scaled.sum(dims, keepdim=True) if dims else scaled
-                J = second.shape[-2] * second.shape[-1] // (site.shape[0] * site.shape[1])
-                v = site.noise.map_variance(S, J, layer.prior.sigma0).clamp_min(1e-30)
-                self.em_log_var[site.name] = torch.log(v)
+            self._sweep(layer, loc**2 + var, self.em_log_var)  # E_q[w^2], (R, in, out)
+
+    def scales_in_loss(self, moments) -> dict[str, torch.Tensor]:
+        """``scale_updates="in-loss"``: the closed-form scales as functions of q's current moments, with
+        their gradients, shape ``(R, *site shape)``. A sweep over two scales of a layer (ARD-ADD) takes the
+        other one's value of the previous step where it has no new one yet; the values are kept (detached)
+        for that and for :meth:`SVIPosterior.scales`."""
+        log_var = dict(self.em_log_var)
+        for layer in self.model.layers:
+            if self.sites[layer.name]:
+                loc, _, var = moments[layer.name]
+                self._sweep(layer, loc**2 + var, log_var)
+        self.em_log_var.update({k: v.detach() for k, v in log_var.items()})
+        return {k: torch.exp(0.5 * v) for k, v in log_var.items()}
+
+    def _sweep(self, layer: Layer, second: torch.Tensor, log_var: dict[str, torch.Tensor]) -> None:
+        """Set ``log_var`` of every scale of ``layer`` in closed form from ``second = E_q[w^2]``, in order.
+
+        ``scale_mode="variance"`` takes the mode in ``v`` instead of ``log v``: the
+        objective of :meth:`bnn_priors.NoiseModel.map_variance` without its Jacobian
+        ``+ log v``, which is that objective for ``J + 2`` weights. With
+        ``ard_add_update="nalisnick2019"`` a layer with unit and layer scales follows
+        Nalisnick et al.'s released ``ard_add_scale_update``: the unit scales as if
+        the layer scale were 1, then the layer scale from the moments divided by the
+        unit scales' standard deviations ``lambda_i`` (not their variances).
+        """
+        sites = self.sites[layer.name]
+        extra = 2 if self.settings.scale_mode == "variance" else 0
+        sigma0 = layer.prior.sigma0
+        if self.settings.ard_add_update == "nalisnick2019" and {s.kind for s in sites} == {"unit_scale", "layer_scale"}:
+            unit, whole = sorted(sites, key=lambda s: s.kind != "unit_scale")
+            rows = second.sum(-1, keepdim=True)  # (R, in, 1)
+            v_unit = unit.noise.map_variance(rows, second.shape[-1] + extra, sigma0).clamp_min(1e-30)
+            S = (rows / v_unit.sqrt()).sum((-2, -1), keepdim=True)
+            v_layer = whole.noise.map_variance(S, second.shape[-2] * second.shape[-1] + extra, sigma0).clamp_min(1e-30)
+            log_var[unit.name], log_var[whole.name] = torch.log(v_unit), torch.log(v_layer)
+            return
+        for site in sites:
+            others = torch.ones((), device=second.device, dtype=second.dtype)
+            for other in sites:
+                if other is not site:
+                    others = others * torch.exp(log_var[other.name])
+            scaled = second / others
+            dims = [d for d, n in zip((-2, -1), site.shape) if n == 1]
+            S = scaled.sum(dims, keepdim=True) if dims else scaled
+            J = second.shape[-2] * second.shape[-1] // (site.shape[0] * site.shape[1])
+            v = site.noise.map_variance(S, J + extra if extra else J, sigma0).clamp_min(1e-30)
+            log_var[site.name] = torch.log(v)
 
     # ------------------------------------------------------------- the posterior
     @torch.no_grad()
@@ -414,6 +539,14 @@ class _Variational:
             return f.expand(S, *f.shape), tau
         self.sample_scales(S, rng)  # unused draws, kept so that the random streams stay as they were
         tau, _ = self.sample_precision(S, rng)
+        if self.settings.sign_flip is not None:  # predictions with the sampler of training
+            moments = {layer.name: (self.weight_moments(layer), self.bias_moments(layer)) for layer in self.model.layers}
+
+            def linear(layer: Layer, h: torch.Tensor) -> torch.Tensor:
+                (loc, var), (b_loc, b_var) = moments[layer.name]
+                return self.sign_flip_linear(h, loc, var, b_loc, b_var, S, rng)
+
+            return self.model.forward_with(X, linear), tau
         params = {}
         for layer in self.model.layers:
             loc, var = self.weight_moments(layer)
@@ -441,7 +574,10 @@ class _Variational:
                     pyro.sample(f"{layer.name}.bias", dist.Delta(b_loc, event_dim=1))
                     continue
                 pyro.sample(f"{layer.name}.weight", dist.Normal(loc, var.sqrt()).to_event(2))
-                pyro.sample(f"{layer.name}.bias", dist.Normal(b_loc, b_var.sqrt()).to_event(1))
+                if self.settings.bias == "point":
+                    pyro.sample(f"{layer.name}.bias", dist.Delta(b_loc, event_dim=1))
+                else:
+                    pyro.sample(f"{layer.name}.bias", dist.Normal(b_loc, b_var.sqrt()).to_event(1))
             if model.likelihood.learned and self.guide == "map":
                 pyro.sample(model.likelihood.site, dist.Delta(self.params["precision.loc"].exp()))
             elif model.likelihood.learned:
@@ -449,6 +585,35 @@ class _Variational:
                     model.likelihood.site,
                     dist.LogNormal(self.params["precision.loc"], self.params["precision.log_std"].exp()),
                 )
+
+
+def _weight_count(model: BayesianNetwork) -> int:
+    """The number of weights of the network's weight matrices (biases not counted)."""
+    return sum(layer.in_features * layer.out_features for layer in model.layers)
+
+
+def _check_kl_weight(value) -> float | str:
+    """A positive finite number, or ``"per-weight"``."""
+    if value == "per-weight":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InvalidParameterError(f"kl_weight must be a positive number or 'per-weight', got {value!r}")
+    return float(value)
+
+
+def _check_sign_flip(value, guide: str) -> tuple[float, float] | None:
+    """``None``, or two finite numbers (the values a sign draw takes)."""
+    if value is None:
+        return None
+    if guide == "map":
+        raise InvalidParameterError("sign_flip perturbs the weights by q's standard deviations: guide='map' has none")
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
+        raise InvalidParameterError(f"sign_flip must be None or a pair of finite numbers such as (-1, 1), got {value!r}")
+    return pair
 
 
 def _noise_center(noise: NoiseModel) -> float:
@@ -535,10 +700,18 @@ class SVI(InferenceBackend):
     (variational dropout's rate sharing: ``"weight"`` or ``"unit"``),
     ``local_reparam`` (local reparameterization trick, default on), ``num_particles``
     (vectorized), ``steps``, ``lr`` (Adam), ``batch_size`` (``None`` for full batch),
-    ``scale_updates`` (``None`` or ``"em"``), ``init_std`` (initial posterior std of
+    ``scale_updates`` (``None``, ``"em"`` or ``"in-loss"``), ``init_std`` (initial posterior std of
     the weights), ``clip_norm``, ``report_every``, and ``device``, ``seed``,
     ``progress``, ``threads`` (torch threads of the training loop, 1 by default: see
     :mod:`inference.training`).
+
+    Further choices (the module docstring's "Objective, start and sampler"; their defaults
+    are the ELBO and the settings above): ``kl_weight`` (a positive number, or
+    ``"per-weight"``), ``scale_mode`` (``"log-variance"`` or ``"variance"``),
+    ``ard_add_update`` (``"sweep"`` or ``"nalisnick2019"``), ``bias`` (``"variational"``
+    or ``"point"``), ``init`` (``"normal"`` or ``"uniform"``), ``variance_param``
+    (``"log-std"`` or ``"softplus"``), ``sign_flip`` (``None`` or a pair of numbers),
+    ``batches`` (``"random"`` or ``"epochs"``) and ``drop_last``.
 
     Supports every prior whose scales are continuous (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise; the normal and log-uniform priors) on every model.
@@ -554,7 +727,9 @@ class SVI(InferenceBackend):
     options = {
         "guide": "mean-field", "alpha": "weight", "local_reparam": True, "num_particles": 1, "steps": 2000,
         "lr": 0.01, "batch_size": None, "scale_updates": None, "init_std": 0.01, "clip_norm": None,
-        "report_every": 100,
+        "report_every": 100, "kl_weight": 1.0, "scale_mode": "log-variance", "ard_add_update": "sweep",
+        "bias": "variational", "init": "normal", "variance_param": "log-std", "sign_flip": None,
+        "batches": "random", "drop_last": False,
     }
     #: The option that counts the training budget, and its unit.
     budget_option, budget_unit = "steps", "steps"
@@ -574,6 +749,15 @@ class SVI(InferenceBackend):
         init_std: float = 0.01,
         clip_norm: float | None = None,
         report_every: int = 100,
+        kl_weight: float | str = 1.0,
+        scale_mode: str = "log-variance",
+        ard_add_update: str = "sweep",
+        bias: str = "variational",
+        init: str = "normal",
+        variance_param: str = "log-std",
+        sign_flip: Sequence[float] | None = None,
+        batches: str = "random",
+        drop_last: bool = False,
         device="cpu",
         seed: int = 0,
         progress: bool = True,
@@ -585,8 +769,31 @@ class SVI(InferenceBackend):
             raise InvalidParameterError(f"unknown guide {guide!r}; valid choices are: {', '.join(GUIDES)}")
         if alpha not in ("weight", "unit"):
             raise InvalidParameterError(f"alpha must be 'weight' or 'unit', got {alpha!r}")
-        if scale_updates not in (None, "em"):
-            raise InvalidParameterError(f"scale_updates must be None or 'em', got {scale_updates!r}")
+        if scale_updates not in SCALE_UPDATES:
+            raise InvalidParameterError(f"scale_updates must be None, 'em' or 'in-loss', got {scale_updates!r}")
+        for label, value, valid in (
+            ("scale_mode", scale_mode, SCALE_MODES), ("ard_add_update", ard_add_update, ARD_ADD_UPDATES),
+            ("bias", bias, BIASES), ("init", init, INITS), ("variance_param", variance_param, VARIANCE_PARAMS),
+            ("batches", batches, BATCHES),
+        ):
+            if value not in valid:
+                raise InvalidParameterError(f"{label} must be one of {', '.join(map(repr, valid))}, got {value!r}")
+        if scale_updates is None and (scale_mode, ard_add_update) != ("log-variance", "sweep"):
+            raise InvalidParameterError(
+                "scale_mode and ard_add_update shape closed-form scale updates: they need scale_updates='em' or 'in-loss'"
+            )
+        if scale_updates == "in-loss" and guide == "map":
+            raise InvalidParameterError("guide='map' takes scale_updates='em' (scales in-loss need q's variances)")
+        if variance_param == "softplus" and guide != "mean-field":
+            raise InvalidParameterError(f"variance_param='softplus' is a mean-field parametrization, not {guide!r}'s")
+        if bias == "point" and guide == "map":
+            raise InvalidParameterError("bias='point' is for a variational guide; guide='map' has point biases with a prior")
+        if drop_last and batches != "epochs":
+            raise InvalidParameterError("drop_last drops the last partial batch of an epoch: it needs batches='epochs'")
+        self.kl_weight = _check_kl_weight(kl_weight)
+        self.sign_flip = _check_sign_flip(sign_flip, guide)
+        self.scale_mode, self.ard_add_update, self.bias, self.init = scale_mode, ard_add_update, bias, init
+        self.variance_param, self.batches, self.drop_last = variance_param, batches, bool(drop_last)
         self.guide, self.alpha, self.local_reparam = guide, alpha, bool(local_reparam)
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.steps = check_positive_int("steps", steps)
@@ -626,16 +833,16 @@ class SVI(InferenceBackend):
                     "a joint MAP of weights and scales collapses to zero scales; the scales need closed-form updates",
                     "scale_updates='em' (or guide='mean-field')",
                 )
-            if self.scale_updates == "em":
+            if self.scale_updates is not None:
                 if not prior.proper:
                     raise unsupported(
-                        "SVI with scale_updates='em'", what,
+                        f"SVI with scale_updates={self.scale_updates!r}", what,
                         f"it is improper ({prior.density}) and declares no scales to update", "scale_updates=None",
                     )
                 if noise is not None and not noise.has_closed_form_update:
                     closed = ", ".join(name for name, cls in NOISE_MODELS.items() if cls.has_closed_form_update)
                     raise unsupported(
-                        "SVI with scale_updates='em'", what,
+                        f"SVI with scale_updates={self.scale_updates!r}", what,
                         f"{noise.name} noise has no closed-form scale update (the noise models with one: {closed})",
                         "scale_updates=None (variational scales)",
                     )
@@ -647,18 +854,26 @@ class SVI(InferenceBackend):
         if self.guide == "map":
             self._warn_pole(model)
         rng = ReplicaRandom(seeds, model.device)
-        q = _Variational(model, self.guide, self.alpha, self.scale_updates == "em", self.init_std, rng)
+        settings = _Settings(self.scale_updates, self.scale_mode, self.ard_add_update, self.bias, self.init,
+                             self.variance_param, self.sign_flip)
+        q = _Variational(model, self.guide, self.alpha, self.scale_updates is not None, self.init_std, rng, settings)
         opt = adam(list(q.params.values()), lr=self.lr)
         losses: list[float] = []
         N = X.shape[1]
         B = N if self.batch_size is None or self.batch_size >= N else self.batch_size
-        schedule = RandomSubsets(rng, N, B, self.report_every) if B < N else FullBatch(self.report_every)
+        if self.batches == "epochs":
+            schedule = Shuffled(rng, N, B, drop_last=self.drop_last)
+        else:
+            schedule = RandomSubsets(rng, N, B, self.report_every) if B < N else FullBatch(self.report_every)
+        kl_scale = N / _weight_count(model) if self.kl_weight == "per-weight" else self.kl_weight
 
         def step(Xb, yb):
-            if q.em:
+            if q.em and not q.in_loss:
                 q.update_scales()
             if q.guide == "map":
                 loss = -q.log_joint(Xb, yb, N).sum() / N
+            elif kl_scale != 1.0:
+                loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng, kl_scale).sum() / N
             else:
                 loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng).sum() / N
             return loss, loss

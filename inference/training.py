@@ -2,7 +2,7 @@
 
 A backend describes one optimisation step as a function of a mini-batch and gives
 it to :func:`train`, which owns everything around it: which rows each step sees
-(:class:`FullBatch`, :class:`RandomSubsets`, :class:`Shuffled`), the optimizer step
+(:class:`FullBatch`, :class:`RandomSubsets`, :class:`Shuffled`, with or without its last partial batch), the optimizer step
 (with optional gradient clipping), the checks for a loss that turns NaN or
 infinite (one device sync per *round*, not per step), the progress bar, timing,
 and checkpoints.
@@ -124,15 +124,20 @@ class RandomSubsets(BatchSchedule):
 @dataclass
 class Shuffled(BatchSchedule):
     """Epochs: a fresh permutation of the rows per replica at the start of each round, cut into
-    ``ceil(n / size)`` batches in order (the last one smaller), as Keras does."""
+    ``ceil(n / size)`` batches in order (the last one smaller), as Keras does; with ``drop_last``
+    into ``floor(n / size)`` full batches, the rest of the permutation unused in that epoch (as the
+    released training script of Nalisnick et al. 2019 does)."""
 
     rng: Any
     n: int
     size: int
+    drop_last: bool = False
     steps_per_round: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.steps_per_round = math.ceil(self.n / self.size)
+        if self.drop_last and self.size > self.n:
+            raise InvalidParameterError(f"a batch of {self.size} rows out of {self.n}: dropping the last partial batch leaves none")
+        self.steps_per_round = self.n // self.size if self.drop_last else math.ceil(self.n / self.size)
 
     def round(self, steps):
         perm = self.rng.batch_indices(self.n, self.n)
