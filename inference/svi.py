@@ -54,6 +54,47 @@ Dropout Sparsifies Deep Neural Networks", eq. 14):
 closed form at every step (type-II MAP, see :meth:`bnn_priors.NoiseModel.map_variance`;
 the noise models with such an update say so in ``has_closed_form_update``).
 
+Objective, start and sampler (options; the defaults are the ELBO above). They exist so
+that published code can be followed setting by setting (the ``nalisnick2019-released``
+preset of the benchmark runner uses them all) and work with any model and prior:
+
+``kl_weight``
+    ``w`` in the loss ``-(E[log p(y | w)] - w KL) / N``: 1 is the ELBO; ``"per-weight"``
+    is ``w = N / P`` (``P`` the weights of the weight matrices, biases not counted),
+    i.e. the mean log-likelihood per point minus the KL averaged over the weights.
+    Every KL term is weighted (weights, scales, precision, biases).
+``scale_updates="in-loss"``
+    The closed-form scales of ``"em"`` computed from q's current moments inside the
+    objective at every step, so that the gradients of the weights' parameters flow
+    through them (``"em"`` sets them before the step, as constants).
+``scale_mode``
+    ``"log-variance"`` (default) takes the mode of the scale's objective in ``log v``;
+    ``"variance"`` in ``v``, without the Jacobian: the update for ``J + 2`` weights
+    (with an inverse-gamma(a, b) variance prior ``(2b + S) / (2a + J + 2)``).
+``ard_add_update``
+    ``"sweep"`` (default): a coordinate sweep, each scale of an ARD-ADD layer given the
+    other's current value. ``"nalisnick2019"``: the released ``ard_add_scale_update``
+    of Nalisnick et al.: the unit scales computed with the layer scale taken as 1, then
+    the layer scale from the moments divided by the unit scales' standard deviations.
+``bias``
+    ``"variational"`` (default: ``q(b)`` Gaussian with the model's ``N(0, bias_scale^2)``
+    prior) or ``"point"``: plain parameters without a prior or a KL (maximum likelihood).
+``init``, ``variance_param``
+    ``init="uniform"`` starts the weight means at ``U(-0.05, 0.05)``, the variances at
+    ``softplus(rho)`` with ``rho ~ U(-10, -6.5)`` and the biases at 0.1;
+    ``variance_param="softplus"`` makes ``rho`` (variance ``softplus(rho)``) the
+    parameter Adam moves instead of ``log sigma`` (mean-field only).
+``sign_flip=(a, b)``
+    No Gaussian draw: each pre-activation is ``h mu + b + ((h * s) @ sigma) * r`` with
+    ``s`` (per point and input unit) and ``r`` (per point and output unit) ``a`` or ``b``
+    with probability 1/2, in training and in predictions. ``(-1, 1)`` has q's mean and
+    variance per pre-activation; ``(-1, 3)`` is what the released code draws. ArviZ
+    conversion still draws weights from ``q``.
+``batches="epochs"``, ``drop_last``
+    A fresh shuffle every epoch cut into batches of ``batch_size`` (a round of the
+    training loop is an epoch), the last partial batch dropped with ``drop_last``;
+    the default ``"random"`` draws a fresh random batch every step.
+
 The backend asks each layer's prior what it is (its ``noise``, whether it is
 ``proper``, its ``weight_std`` given the scales) and never tests its type; a prior
 that is not Gaussian given its scales brings its KL to a Gaussian ``q(w)`` through
