@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -61,3 +62,45 @@ def test_gal2_tiny_run_on_yacht(uci_dir, tmp_path):
     assert set(df["label"]) == {"MC dropout, Gal 2 layers (p=0.01, tau=0.5419, mlp-2x50)"}
     # yacht's targets have a standard deviation of about 15: 30 epochs already beat the mean by far
     assert (df["rmse"] < 8).all() and (df["sample_mae"] > 0).all() and np.isfinite(df["log_likelihood"]).all()
+
+
+# -------------------------------------------------- nalisnick2019-released
+def test_released_configs_follow_the_released_script(uci_dir):
+    from bnn_priors.suite.build import build_model
+    from bnn_priors.suite.presets import NALISNICK_RELEASED_OPTIONS
+
+    configs = preset_configs("nalisnick2019-released", datasets="yacht,boston", data_dir=uci_dir)
+    assert len(configs) == 2 * 3 * 20
+    assert {c.structure for c in configs} == {"ard", "add", "ard-add"}
+    assert {c.noise for c in configs} == {"inverse-nakagami"} and {c.inference for c in configs} == {"svi"}
+    assert all(c.prior == {"shape": 3.0, "spread": 1.0} and c.eval_samples == 500 for c in configs)
+    # 4500 epochs of floor(N / 32) steps: yacht 277 -> 8, boston 455 -> 14 training points per split
+    assert {c.dataset: c.budget for c in configs} == {"yacht": 4500 * 8, "boston": 4500 * 14}
+    opts = configs[0].options
+    assert opts == NALISNICK_RELEASED_OPTIONS
+    assert (opts["lr"], opts["batch_size"], opts["num_particles"], opts["likelihood_precision"]) == (1e-3, 32, 10, 20.0)
+    assert opts["sign_flip"] == [-1.0, 3.0] and opts["kl_weight"] == "per-weight" and opts["bias"] == "point"
+    # ADD and ARD-ADD on the hidden-to-hidden matrix only, ARD on the input and output matrices
+    for cfg in configs[:60:20]:
+        model = build_model(cfg, 6)
+        assert [layer.prior.structure for layer in model.layers] == ["ard", cfg.structure, "ard"]
+        assert not model.likelihood.learned and model.likelihood.precision == 20.0
+        # the model's options never reach the backend
+        backend_opts = resolve_options(cfg, 277, [15.0])
+        assert "outer_structure" not in backend_opts and "likelihood_precision" not in backend_opts
+
+
+def test_released_tiny_run_on_yacht(uci_dir, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the budget change is announced; it is the point here
+        configs = preset_configs("nalisnick2019-released", datasets="yacht", splits="0-1", structure="ard-add",
+                                 budget={"steps": 160}, eval_samples=50, data_dir=uci_dir)
+    report = run_suite(configs, tmp_path / "r.sqlite", data_dir=uci_dir, progress=False)
+    assert report.ok == 2
+    df = read_results(tmp_path / "r.sqlite", with_weights=True)
+    assert set(df["label"]) == {"ARD-ADD (released code: inverse-gamma(3, 3), resnet-2x50, 4500 epochs)"}
+    info = json.loads(df["backend_info"].iloc[0])
+    assert info["steps"] == 160 and info["guide"] == "mean-field"
+    # yacht's targets have a standard deviation of about 15: even 20 epochs at lr 1e-3 beat the mean
+    assert (df["rmse"] < 14).all() and (df["sample_mae"] < df["rmse"] * 1.5).all()
+    assert np.isfinite(df["log_likelihood"]).all()

@@ -9,21 +9,44 @@ from __future__ import annotations
 from typing import Any
 
 import bnn_priors
+from bnn_priors.errors import InvalidParameterError
 from bnn_priors.scale_mixture import UNSTRUCTURED_PRIORS
+from bnn_priors.structures import check_structure
 from bnn_priors.suite.config import RunConfig
 from bnn_priors.suite.methods import get_method
-from models import ARCHITECTURES
+from models import ARCHITECTURES, GaussianLikelihood
+
+#: Options of a config that shape its model rather than its backend (the backend never sees them):
+#:
+#: ``outer_structure``
+#:     the structure of the first (input) and the last (output) weight matrix; the
+#:     config's structure is then that of the hidden-to-hidden matrices only (Nalisnick
+#:     et al.'s released code puts ADD and ARD-ADD scales on those and ARD on the others).
+#: ``likelihood_precision``
+#:     a fixed likelihood precision on the standardized targets instead of a learned one.
+MODEL_OPTIONS = ("outer_structure", "likelihood_precision")
 
 
-def build_prior(config: RunConfig):
-    """The layer prior of a config (the same for every weight matrix)."""
-    return bnn_priors.prior(config.noise, structure=config.structure, **config.prior)
+def build_prior(config: RunConfig, structure: str | None = None):
+    """The layer prior of a config (the config's structure, or ``structure``)."""
+    return bnn_priors.prior(config.noise, structure=structure or config.structure, **config.prior)
 
 
 def build_model(config: RunConfig, in_features: int, replicas: int = 1):
-    """The network of a config: every weight matrix gets the config's prior; tau is learned."""
+    """The network of a config: every weight matrix gets the config's prior (the first and last the
+    ``outer_structure`` option's, when given); tau is learned unless ``likelihood_precision`` fixes it."""
     arch = config.architecture
-    return ARCHITECTURES[arch.kind](in_features, 1, hidden=arch.hidden, prior=build_prior(config), replicas=replicas)
+    prior = build_prior(config)
+    outer = config.options.get("outer_structure")
+    if outer is not None:
+        if config.noise in UNSTRUCTURED_PRIORS:
+            raise InvalidParameterError(f"option outer_structure needs a prior with scales; {config.noise} has none")
+        edge = build_prior(config, check_structure(outer))
+        prior = [edge, *[prior] * (arch.depth - 1), edge]
+    precision = config.options.get("likelihood_precision")
+    likelihood = None if precision is None else GaussianLikelihood(precision=precision)
+    return ARCHITECTURES[arch.kind](in_features, 1, hidden=arch.hidden, prior=prior, likelihood=likelihood,
+                                    replicas=replicas)
 
 
 def heatmap_layer(config: RunConfig) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from bnn_priors.errors import InvalidParameterError
-from bnn_priors.suite.build import build_prior
+from bnn_priors.suite.build import MODEL_OPTIONS, build_prior
 from bnn_priors.suite.config import RunConfig
 
 #: Each data option, with the backend options it sets to one value per replica (split).
@@ -76,11 +76,12 @@ def resolve_options(config: RunConfig, n_train: int, y_std: Sequence[float]) -> 
     """The backend options of ``config`` for a job whose replicas train on ``n_train`` points each,
     with training targets of standard deviations ``y_std`` (one per replica, original units).
 
-    Options other than :data:`DATA_OPTIONS` are passed as they are; ``gal_tau`` becomes
+    The model's options (:data:`~bnn_priors.suite.build.MODEL_OPTIONS`) are left out; other options
+    than :data:`DATA_OPTIONS` are passed as they are; ``gal_tau`` becomes
     ``weight_decay`` and ``precision`` (:func:`gal_backend_options`): one precision for
     one replica, a list of one per replica otherwise.
     """
-    options = dict(config.options)
+    options = {k: v for k, v in config.options.items() if k not in MODEL_OPTIONS}
     if "gal_tau" not in options:
         return options
     tau = options.pop("gal_tau")
