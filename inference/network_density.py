@@ -30,6 +30,20 @@ from models.networks import BayesianNetwork
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def _without_support_checks(distribution):
+    """``distribution`` (and the distributions it is built on) with argument checks off.
+
+    A leapfrog step far out (a divergence, the step-size search) can reach a scale of 0 or
+    inf; the density is then -inf or NaN, which the sampler treats as a divergence, rather
+    than an error.
+    """
+    d = distribution
+    while d is not None:
+        d._validate_args = False
+        d = getattr(d, "base_dist", None)
+    return distribution
+
+
 @dataclass(frozen=True)
 class Block:
     """One site's slice of a position: ``q[:, start:start + size]`` reshaped to ``shape``."""
@@ -74,8 +88,7 @@ class NetworkDensity:
             for kind, shape in prior.scale_shapes(layer.in_features, layer.out_features).items():
                 add(f"{layer.name}.{kind}", layer.name, "scale", shape)
             if prior.noise is not None:
-                noise = prior.noise.noise(dev, dt)
-                noise._validate_args = False  # values come from the bijection onto the support; skip the check
+                noise = _without_support_checks(prior.noise.noise(dev, dt))
                 self.noise[layer.name] = (noise, biject_to(noise.support))
             add(f"{layer.name}.weight", layer.name, "weight", (layer.in_features, layer.out_features))
             add(f"{layer.name}.bias", layer.name, "bias", (layer.out_features,))

@@ -46,7 +46,7 @@ def _fit(name: str, replicas: int = 1):
         return MCDropout(epochs=150, batch_size=20, lr=0.01, progress=False).fit(
             BayesianMLP(1, hidden=(8,), prior=bp.prior("bernoulli", p=0.1)), X, y
         )
-    backend = NUTS(num_samples=60, warmup=60, max_tree_depth=4, jit_compile=False, progress=False)
+    backend = NUTS(num_samples=60, warmup=60, num_chains=1, max_tree_depth=4, jit_compile=False, progress=False)
     return backend.fit(BayesianMLP(1, hidden=(5,), prior=bp.prior("half-cauchy")), X, y)
 
 

@@ -157,7 +157,8 @@ def test_grid_search_tunes_the_prior():
 def test_other_backends_fit_through_the_same_interface():
     X, y = _data(60)
     nuts = BNNRegressor(prior="normal", arch="mlp-1x5", inference="nuts", random_state=0,
-                        inference_options={"num_samples": 20, "warmup": 20, "max_tree_depth": 3, "jit_compile": False})
+                        inference_options={"num_samples": 20, "warmup": 20, "num_chains": 1, "max_tree_depth": 3,
+                                           "jit_compile": False})
     nuts.fit(X, y)
     assert nuts.posterior_.backend == "nuts" and nuts.posterior_.num_draws == 20
     mapem = _small(prior="inverse-nakagami", arch="mlp-1x20", inference="map-em",

@@ -153,6 +153,17 @@ def test_log_density_is_pyros_plus_jacobians(noise, structure, learned, noncente
         torch.testing.assert_close(ours[:, k], theirs + jacobian, rtol=1e-10, atol=1e-9)
 
 
+@pytest.mark.parametrize("noise", ["inverse-nakagami", "rayleigh", "half-cauchy"])
+def test_log_density_far_out_is_not_finite_rather_than_an_error(noise):
+    """A leapfrog step far out (a divergence, the step-size search) can take a scale to 0 or inf:
+    the density must then be -inf or NaN, which the sampler treats as a divergence."""
+    model = BayesianMLP(1, 1, hidden=(3,), prior=bp.prior(noise))
+    density = NetworkDensity(model, torch.zeros(1, 4, 1), torch.zeros(1, 4, 1), {"layer0", "output"})
+    q = torch.zeros(2, density.dim)
+    q[0], q[1] = 1e4, -1e4
+    assert not torch.isfinite(density.log_density(q)).any()
+
+
 # ----------------------------------------------------------------- the backend
 def test_bayesian_linear_regression_matches_closed_form():
     """No hidden layer, fixed noise: the posterior of (w, b) is Gaussian in closed form."""
