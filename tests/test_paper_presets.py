@@ -62,6 +62,25 @@ def test_gal2_tiny_run_on_yacht(uci_dir, tmp_path):
     assert set(df["label"]) == {"MC dropout, Gal 2 layers (p=0.01, tau=0.5419, mlp-2x50)"}
     # yacht's targets have a standard deviation of about 15: 30 epochs already beat the mean by far
     assert (df["rmse"] < 8).all() and (df["sample_mae"] > 0).all() and np.isfinite(df["log_likelihood"]).all()
+    # beside the two-layer table, in the same metrics
+    from bnn_priors.suite.tables import comparison_table
+
+    head = "MC dropout, 2 layers [Gal, DropoutUncertaintyExps a6259f1] (published)"
+    t = comparison_table(df, "rmse", references=["gal2016-2layer"])
+    assert t.published == [head] and t.cells[("yacht", head)][:2] == (0.66, 0.06)
+    ll = comparison_table(df, "ll", references=["gal2016-2layer"])
+    assert ll.cells[("yacht", head)][:2] == (-1.37, 0.02)
+
+
+def test_gal2_reference_is_the_two_layer_readme_table():
+    from bnn_priors.suite.references import get_reference
+
+    ref = get_reference("gal2016-2layer")
+    rmse, ll = ref.column("MC dropout, 2 layers", "rmse"), ref.column("MC dropout, 2 layers", "ll")
+    assert (rmse.splits, rmse.spread, ll.splits, ll.spread) == ("standard", "se", "standard", "se")
+    assert rmse.figures["boston"] == (2.80, 0.13) and rmse.figures["energy"] == (0.47, 0.01)
+    assert ll.figures["boston"] == (-2.34, 0.02) and ll.figures["wine"] == (-0.9, 0.01)
+    assert set(rmse.figures) == set(GAL2_SETTINGS) and not rmse.qualifiers
 
 
 # -------------------------------------------------- nalisnick2019-released

@@ -37,6 +37,16 @@ reports are present.
     Gal & Ghahramani (2016), "Dropout as a Bayesian Approximation: Representing
     Model Uncertainty in Deep Learning", ICML, Table 1 (UCI regression): MC
     dropout test RMSE and test log-likelihood ± SE on the standard splits.
+``gal2016-2layer``
+    The "2 layers results" table of Gal's DropoutUncertaintyExps README at commit
+    a6259f1 (the Dropout column of Nalisnick et al.'s Table 2), made by each set's
+    ``net/experiment_2_layers.py`` (the ``gal2016-2layer`` preset): two ReLU layers, one
+    dropout rate and precision per set, no grid search. Checked against the logs committed
+    beside it (``<set>/net/results_2_layers/log.txt``): the RMSE is that of the MC
+    predictive mean over ``T = 10000`` stochastic passes ("MC errors", not the
+    weight-averaged "errors"), the test log-likelihood Gal's with tau in original units,
+    and the ``±`` the log's ``np.std`` over the 20 standard splits divided by
+    ``sqrt(20)``, a standard error (boston: 0.601 / sqrt(20) = 0.13).
 
 Imports: :mod:`bnn_priors.errors` only.
 """
@@ -163,6 +173,19 @@ _GAL = {
     "yacht": ((0.67, 0.05), (-1.25, 0.01)),
 }
 
+_GAL_2LAYER = {
+    #            RMSE            test LL
+    "boston": ((2.80, 0.13), (-2.34, 0.02)),
+    "concrete": ((4.50, 0.18), (-2.82, 0.02)),
+    "energy": ((0.47, 0.01), (-1.48, 0.00)),
+    "kin8nm": ((0.08, 0.00), (1.10, 0.00)),
+    "naval": ((0.00, 0.00), (4.32, 0.00)),
+    "power": ((3.63, 0.04), (-2.67, 0.01)),
+    "protein": ((3.62, 0.01), (-2.70, 0.00)),
+    "wine": ((0.60, 0.01), (-0.9, 0.01)),
+    "yacht": ((0.66, 0.06), (-1.37, 0.02)),
+}
+
 REFERENCES: dict[str, Reference] = {
     "nalisnick2019": Reference(
         "nalisnick2019",
@@ -175,6 +198,12 @@ REFERENCES: dict[str, Reference] = {
         "Gal & Ghahramani 2016",
         (PublishedColumn("MC dropout", "rmse", "standard", "se", _figures(_GAL)[0]),
          PublishedColumn("MC dropout", "ll", "standard", "se", _figures(_GAL)[1])),
+    ),
+    "gal2016-2layer": Reference(
+        "gal2016-2layer",
+        "Gal, DropoutUncertaintyExps a6259f1",
+        (PublishedColumn("MC dropout, 2 layers", "rmse", "standard", "se", _figures(_GAL_2LAYER)[0]),
+         PublishedColumn("MC dropout, 2 layers", "ll", "standard", "se", _figures(_GAL_2LAYER)[1])),
     ),
 }
 
