@@ -4,7 +4,8 @@ Model: boston (455 training points of a split, standardized with the training
 split's mean and std), a 13-50-1 tanh MLP with the ARD half-Cauchy prior
 ``bnn_priors.prior("half-cauchy", "ard")`` on both weight matrices, N(0, 1) biases
 and a learned Gaussian precision (Gamma(1, 0.1) prior); every sampler moves the
-non-centred weights ``w = lambda * z`` (``parametrization="auto"``).
+non-centred weights ``w = lambda * z`` (``parametrization="auto"``; ``--parametrization
+centered`` samples the batched and Pyro arms centred, NumPyro's stays non-centred).
 
 First table, split 0, one chain each by default (``--chains``), the same budget
 (``--warmup`` adaptation iterations, ``--samples`` kept draws, ``--max-tree-depth``
@@ -33,7 +34,7 @@ Torch runs on one thread (``OMP_NUM_THREADS=1``); wall times depend on the load.
 
     python benchmarks/nuts_ess.py [--samples 200] [--warmup 200] [--max-tree-depth 8] [--seed 0]
                                   [--chains 1] [--replicas 20] [--replica-chains 4]
-                                  [--skip pyro,numpyro] [--data-dir DIR]
+                                  [--parametrization auto] [--skip pyro,numpyro] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def summarize(name: str, seconds: float, f: np.ndarray, w: np.ndarray, divergenc
 def run_torch(engine: str, X, y, X_test, args, chains: int) -> dict:
     model = make_model(X.shape[-1])
     backend = NUTS(engine=engine, num_samples=args.samples, warmup=args.warmup, num_chains=chains, seed=args.seed,
-                   max_tree_depth=args.max_tree_depth, progress=False)
+                   max_tree_depth=args.max_tree_depth, parametrization=args.parametrization, progress=False)
     post = backend.fit(model, X, y, X_test)
     f = post.predictions()[:, :, 0, :, 0].double().numpy()
     w = post.chains["layer0.weight"][:, :, 0].double().numpy()
@@ -165,6 +166,9 @@ def main(argv=None) -> None:
     parser.add_argument("--chains", type=int, default=1, help="chains per sampler in the first table (default 1)")
     parser.add_argument("--replicas", type=int, default=20, help="boston splits in the second table (0: skip it)")
     parser.add_argument("--replica-chains", type=int, default=4, help="chains per replica in the second table")
+    parser.add_argument("--parametrization", default="auto",
+                        help="of the batched and Pyro arms: auto (non-centred here), centered or non-centered; "
+                             "NumPyro's model is non-centred")
     parser.add_argument("--skip", default="", help="comma-separated arms to leave out: batched, pyro, numpyro")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"folder holding boston/ (default {DEFAULT_DATA_DIR})")

@@ -22,8 +22,8 @@ Either engine makes one choice about the model: the parametrization of the weigh
     the weights must be tiny, where they are large the weights spread out, and no
     single step size suits both.
 ``non-centered``
-    ``w = sigma0 prod_k lambda_k * z`` with ``z ~ N(0, 1)``: Pyro's
-    ``LocScaleReparam(centered=0.0)`` on every weight site, so the sampler moves
+    ``w = sigma0 prod_k lambda_k * z`` with ``z ~ N(0, 1)`` (with Pyro's engine,
+    ``LocScaleReparam(centered=0.0)`` on every weight site), so the sampler moves
     the independent ``z`` and the scales instead.
 ``auto`` (default)
     non-centered for the layers with a scale-mixture prior (the funnel), centered
@@ -34,8 +34,8 @@ Either way the stored samples are those of the model's own sites: ``<layer>.weig
 ``<layer>.<kind>`` for the scales and ``likelihood.precision`` when it is learned.
 
 With ``engine="pyro"``, replicas are sampled one after another, each with its own
-step size and mass matrix: replica ``r`` runs on a copy of the model with ``replicas=1`` on its data
-``X[r], y[r]`` after ``pyro.set_rng_seed(seeds[r])``, so a batched fit is exactly a
+step size and mass matrix: replica ``r`` runs on a copy of the model with
+``replicas=1`` on its data ``X[r], y[r]`` after ``pyro.set_rng_seed(seeds[r])``, so a batched fit is exactly a
 stack of one-at-a-time fits with the same seeds. Chains of one replica also run
 one after another in this process (deterministic under the seed; no
 multiprocessing), continuing that replica's random stream.
