@@ -1,0 +1,73 @@
+"""Estimate the CPU time of a preset's runs from two short timed runs of each of its jobs.
+
+    python benchmarks/preset_cost.py --preset gal2016-2layer --datasets yacht,boston --data-dir ../shared/data/uci
+    python benchmarks/preset_cost.py --preset nalisnick2019-released --datasets yacht --structure ard-add
+
+Each job of the preset (a data set and configuration, all its splits batched as the runner
+batches them) runs twice through ``run_suite`` with the preset's settings but a budget of
+``--short`` and ``2 * --short`` steps or epochs, one torch thread, no checkpoints. The
+difference of the two times is the cost of ``--short`` units of training; the shorter
+run's time minus that is the fixed cost (start-up, evaluation). The estimate of a job is
+``fixed + per_unit * budget`` at the preset's budget. On a machine shared with other
+processes the times, and so the estimate, grow with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+
+from bnn_priors.suite import run_suite
+from bnn_priors.suite.presets import preset_configs
+
+
+def timed(configs, data_dir) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        report = run_suite(configs, f"{tmp}/r.sqlite", data_dir=data_dir, progress=False, checkpoint_every=None)
+        seconds = time.perf_counter() - start
+    if report.failed:
+        raise SystemExit(f"a short run failed: {report.summary()}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", required=True)
+    ap.add_argument("--datasets")
+    ap.add_argument("--splits")
+    ap.add_argument("--structure")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--short", type=int, default=100, help="steps or epochs of the shorter timed run (default 100)")
+    args = ap.parse_args()
+
+    own = preset_configs(args.preset, datasets=args.datasets, splits=args.splits, structure=args.structure,
+                         data_dir=args.data_dir)
+    jobs = defaultdict(list)
+    for cfg in own:
+        jobs[(cfg.dataset, cfg.noise, cfg.structure, cfg.arch, cfg.inference)].append(cfg)
+    total = 0.0
+    print("| job | runs | budget | fixed s | s per unit | estimate (CPU-h) |\n| --- | --- | --- | --- | --- | --- |")
+    for key, cfgs in jobs.items():
+        unit, budget = cfgs[0].budget_unit, cfgs[0].budget
+        times = []
+        for b in (args.short, 2 * args.short):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the budget change is the point
+                short = preset_configs(args.preset, datasets=key[0], splits=args.splits, structure=key[2],
+                                       noise=key[1], arch=key[3], inference=key[4], budget={unit: b},
+                                       data_dir=args.data_dir)
+            times.append(timed(short, args.data_dir))
+        per_unit = max(times[1] - times[0], 0.0) / args.short
+        fixed = max(times[0] - per_unit * args.short, 0.0)
+        estimate = fixed + per_unit * budget
+        total += estimate
+        print(f"| {'/'.join(key)} | {len(cfgs)} | {budget} {unit} | {fixed:.1f} | {per_unit:.3f} | {estimate / 3600:.2f} |")
+    print(f"\ntotal: {total / 3600:.2f} CPU-hours for {len(own)} runs in {len(jobs)} jobs of {args.preset}")
+
+
+if __name__ == "__main__":
+    main()
