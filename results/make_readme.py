@@ -10,10 +10,22 @@ from pathlib import Path
 
 from bnn_priors.suite import read_results, results_table
 from bnn_priors.suite.protocols import format_gal_table, gal_select, gal_summary
+from bnn_priors.suite.references import get_reference
 
 HERE = Path(__file__).resolve().parent
 NALISNICK = HERE / "nalisnick2019.sqlite"
 GAL = HERE / "gal2016.sqlite"
+GAL2 = HERE / "gal2016_2layer.sqlite"
+GAL2_SPLITS = 20
+GAL2_NOTE = """\
+Gal's two-layer runs (`experiment_2_layers.py` of DropoutUncertaintyExps at commit a6259f1), the
+published table that Nalisnick et al. reprint as their Dropout column: each set's own dropout rate,
+tau and length-scale from its `net/net/net.py`, two ReLU layers of 50 units, 20000 epochs, batch
+128, no grid search, on the standard splits. Only data sets whose 20 splits have all run are shown.
+Ours ± SE (ddof=1); the published RMSE is that of the MC predictive mean (T = 10000 passes; ours uses
+the same T) ± SE, the LL Gal's with tau in original units. "Within 1 SE" means within the published
+standard error. Our sample-MAE has no published counterpart (Gal prints none).
+"""
 GAL_GRID_RUNS = 12 * 20  # 4 dropout rates x 3 tau values x 20 splits (the five small sets)
 GAL_FULL_EPOCHS = 20000  # the reference script's budget: n_epochs.txt (40) x 500
 SAMPLE_MAE_NOTE = """\
@@ -56,6 +68,45 @@ def gal_rows(summary) -> str:
     return "\n".join(lines).lstrip()
 
 
+def _mean_se(values) -> tuple[float, float]:
+    v = [float(x) for x in values]
+    mean = sum(v) / len(v)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+    return mean, sd / math.sqrt(len(v))
+
+
+def gal2_sections(runs) -> list[str]:
+    """The gal2016-2layer section: the sets whose every split ran, ours beside the two-layer table."""
+    counts = runs.groupby("dataset")["config_hash"].nunique() if len(runs) else {}
+    complete = [d for d, n in dict(counts).items() if n == GAL2_SPLITS]
+    if not complete:
+        return []
+    runs = runs[runs["dataset"].isin(complete)]
+    ref = get_reference("gal2016-2layer")
+    rmse_pub, ll_pub = ref.column("MC dropout, 2 layers", "rmse"), ref.column("MC dropout, 2 layers", "ll")
+    lines = [
+        "| set | RMSE, ours | RMSE, published | sample-MAE, ours | LL, ours | LL, published | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for ds in complete:
+        r = runs[runs["dataset"] == ds]
+        (rm, rs), (mm, ms), (lm, ls) = (_mean_se(r[c]) for c in ("rmse", "sample_mae", "log_likelihood"))
+        (pr, prs), (pl, pls) = rmse_pub.figures[ds], ll_pub.figures[ds]
+        d = 3 if pr < 1 else 2
+        lines.append(
+            f"| {ds} | {rm:.{d}f} ± {rs:.{d}f} | {pr:.{d}f} ± {prs:.{d}f} | {mm:.{d}f} ± {ms:.{d}f} | "
+            f"{lm:.3f} ± {ls:.3f} | {pl:.2f} ± {pls:.2f} | RMSE {verdict(rm, pr, prs, False, d)}; "
+            f"LL {verdict(lm, pl, pls, True, 3, relative=False)} |"
+        )
+    return [
+        "\n## Gal's two-layer MC dropout (`gal2016-2layer`)\n",
+        "Command: `bnn-priors bench --preset gal2016-2layer --datasets yacht,boston,energy,concrete,wine "
+        "--data-dir ../shared/data/uci --results results/gal2016_2layer.sqlite --workers 1`\n",
+        GAL2_NOTE,
+        "\n".join(lines) + "\n",
+    ]
+
+
 def main() -> None:
     nalisnick, gal = read_results(NALISNICK), read_results(GAL)  # the successful runs, without weights
     for db, runs in ((NALISNICK, nalisnick), (GAL, gal)):
@@ -86,6 +137,10 @@ def main() -> None:
             "`bnn-priors table --protocol gal2016 --results results/gal2016.sqlite`\n",
             format_gal_table(summaries[epochs]),
         ]
+    if GAL2.exists():
+        gal2 = read_results(GAL2)
+        gal2.to_csv(GAL2.with_suffix(".csv"), index=False)
+        sections += gal2_sections(gal2)
     tail = (HERE / "README.tail.md").read_text()
     sections.append(tail.replace("GAL_ROWS", gal_rows(summaries.get(GAL_FULL_EPOCHS))))
     (HERE / "README.md").write_text("\n".join(sections))
