@@ -428,12 +428,10 @@ class _Variational:
         spread gets a Gaussian draw per particle."""
         low, high = self.settings.sign_flip
         n, d_in, d_out = h.shape[-2], loc.shape[-2], loc.shape[-1]
-
-        def signs(width):
-            u = rng.rand((S, n, width), loc.dtype, axis=1)
-            return torch.where(u < 0.5, torch.full_like(u, high), torch.full_like(u, low))
-
-        s, r = signs(d_in), signs(d_out)
+        # one uniform per sign, s and r in one draw: high where u < 1/2, else low
+        u = rng.rand((S, n, d_in + d_out), loc.dtype, axis=1)
+        flips = (u < 0.5).to(u.dtype).mul_(high - low).add_(low)
+        s, r = flips[..., :d_in], flips[..., d_in:]
         mean = h @ loc + b_loc.unsqueeze(-2)
         out = mean + ((h * s) @ var.sqrt()) * r
         if self.settings.bias == "variational" and self.guide != "map":
