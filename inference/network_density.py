@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import ExpTransform
 
 from models.networks import BayesianNetwork
 
@@ -42,6 +43,18 @@ def _without_support_checks(distribution):
         d._validate_args = False
         d = getattr(d, "base_dist", None)
     return distribution
+
+
+def _bijection(support):
+    """The map from the real line onto ``support``: ``exp`` for the positive half-line (a lower
+    bound of 0, open or closed; ``biject_to`` gives ``exp`` then the identity shift there), else
+    ``biject_to``'s."""
+    bound = getattr(support, "lower_bound", None)
+    if isinstance(bound, (int, float)) and bound == 0 and type(support) in (
+        type(constraints.positive), type(constraints.greater_than_eq(0.0))
+    ):
+        return ExpTransform()
+    return biject_to(support)
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ class NetworkDensity:
                 add(f"{layer.name}.{kind}", layer.name, "scale", shape)
             if prior.noise is not None:
                 noise = _without_support_checks(prior.noise.noise(dev, dt))
-                self.noise[layer.name] = (noise, biject_to(noise.support))
+                self.noise[layer.name] = (noise, _bijection(noise.support))
             add(f"{layer.name}.weight", layer.name, "weight", (layer.in_features, layer.out_features))
             add(f"{layer.name}.bias", layer.name, "bias", (layer.out_features,))
         if model.likelihood.learned:
