@@ -93,11 +93,13 @@ its runs (:func:`preset_configs`):
     * Adam lr 1e-3, 10 draws per step, batches of 32 from a fresh shuffle every epoch with
       the last partial batch dropped (``batches="epochs"``, ``drop_last=True``), 4500
       epochs: ``4500 * floor(N / 32)`` steps (:data:`NALISNICK_RELEASED_EPOCHS`);
-    * test metrics from 500 draws (``get_test_metrics(500, ...)``).
+    * test metrics from 500 draws (``get_test_metrics(500, ...)``) of the final
+      parameters (its best-ELBO bookkeeping only marks the log).
 
     Not reproduced: its splits (unseeded random 90/10 splits of its own: the standard
     splits are used), its unseeded initialisation and shuffling (seeded here), the
-    ``eps=1e-8`` inside the logarithms of its KL, and its test log-likelihood (computed
+    ``eps=1e-8`` inside the logarithms of its KL, TensorFlow 1's Adam (its epsilon is added
+    to the uncorrected ``sqrt(v)``, torch's to the bias-corrected one), and its test log-likelihood (computed
     with a precision of 0.75 in original units; ours is the model's, 20 on the
     standardized targets). Its printed "RMSE" is the sample-MAE (``--metric
     sample-mae``) and its ``+-`` a standard deviation over splits. The paper's
