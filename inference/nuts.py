@@ -598,15 +598,11 @@ class NUTS(InferenceBackend):
         return q + _INIT_JITTER * rng.randn(q.shape[1:], q.dtype)
 
     def _batched_info(self, model, chains, by_chain, out, forms, elapsed, seeds) -> dict:
-        first = f"{model.layers[0].name}.weight"
         R, K = model.replicas, self.num_chains
         step = out.step_size.reshape(R, K)
         per_replica = []
         for r in range(R):
-            a = chains[first][:, :, r].detach().cpu().double().numpy()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all NaN for very short chains
-                med = float(np.nanmedian(ess(a, "bulk")))
+            med = _first_layer_ess(model, chains, r)
             per_replica.append({
                 "seed": seeds[r],
                 "seconds": elapsed,  # all replicas ran together
@@ -622,22 +618,29 @@ class NUTS(InferenceBackend):
         return {
             "engine": "batched",
             "init": self.init,
+            **self._common_info(model, chains, per_replica, forms, elapsed),
+            "warmup_divergences": sum(p["warmup_divergences"] for p in per_replica),
+            "jit_compile": False,
+            "tree_depth": [p["tree_depth"] for p in per_replica],
+            "n_steps": [p["n_steps"] for p in per_replica],
+        }
+
+    def _common_info(self, model, chains, per_replica: list[dict], forms, elapsed: float) -> dict:
+        """The facts both engines report: budget, draws, divergences, step sizes, acceptance, ESS."""
+        first = f"{model.layers[0].name}.weight"
+        return {
             "seconds": elapsed,
             "num_samples": self.num_samples,
             "warmup": self.warmup,
-            "num_chains": K,
+            "num_chains": self.num_chains,
             "thin": self.thin,
             "draws": math.prod(chains[first].shape[:2]),  # chains x draws per chain
             "divergences": sum(p["divergences"] for p in per_replica),
-            "warmup_divergences": sum(p["warmup_divergences"] for p in per_replica),
             "parametrization": forms,
-            "jit_compile": False,
             "target_accept": self.target_accept,
             "max_tree_depth": self.max_tree_depth,
             "step_size": [p["step_size"] for p in per_replica],
             "mean_accept_prob": [p["mean_accept_prob"] for p in per_replica],
-            "tree_depth": [p["tree_depth"] for p in per_replica],
-            "n_steps": [p["n_steps"] for p in per_replica],
             "ess_bulk_median_first_layer": float(np.median([p["ess_bulk_median_first_layer"] for p in per_replica])),
             "ess_per_second": float(np.median([p["ess_per_second"] for p in per_replica])),
             "per_replica": per_replica,
@@ -697,13 +700,9 @@ class NUTS(InferenceBackend):
         return run
 
     def _info(self, model, runs, chains, forms, jit, elapsed, seeds) -> dict:
-        first = f"{model.layers[0].name}.weight"
         per_replica = []
         for r, run in enumerate(runs):
-            a = chains[first][:, :, r].detach().cpu().double().numpy()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all NaN for very short chains
-                med = float(np.nanmedian(ess(a, "bulk")))
+            med = _first_layer_ess(model, chains, r)
             per_replica.append({
                 "seed": seeds[r],
                 "seconds": run.seconds,
@@ -715,27 +714,21 @@ class NUTS(InferenceBackend):
                 "ess_per_second": med / run.seconds,
             })
         return {
-            "seconds": elapsed,
-            "num_samples": self.num_samples,
-            "warmup": self.warmup,
-            "num_chains": self.num_chains,
-            "thin": self.thin,
-            "draws": math.prod(chains[first].shape[:2]),  # chains x draws per chain
-            "divergences": sum(p["divergences"] for p in per_replica),
-            "parametrization": forms,
+            **self._common_info(model, chains, per_replica, forms, elapsed),
             "jit_compile": jit,
-            "target_accept": self.target_accept,
-            "max_tree_depth": self.max_tree_depth,
-            "step_size": [p["step_size"] for p in per_replica],
             "acceptance_rate": [p["acceptance_rate"] for p in per_replica],
-            "mean_accept_prob": [p["mean_accept_prob"] for p in per_replica],
-            "ess_bulk_median_first_layer": float(np.median([p["ess_bulk_median_first_layer"] for p in per_replica])),
-            "ess_per_second": float(np.median([p["ess_per_second"] for p in per_replica])),
-            "per_replica": per_replica,
         }
 
 
 # ---------------------------------------------------------------------- helpers
+def _first_layer_ess(model: BayesianNetwork, chains: dict, r: int) -> float:
+    """Median bulk ESS of replica ``r``'s first weight matrix (NaN for chains too short to tell)."""
+    a = chains[f"{model.layers[0].name}.weight"][:, :, r].detach().cpu().double().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN for very short chains
+        return float(np.nanmedian(ess(a, "bulk")))
+
+
 def _diagnostic_inputs(model: BayesianNetwork, X: torch.Tensor, X_test) -> torch.Tensor:
     """Where the predictions are diagnosed: ``X_test``, or up to 50 evenly spaced training inputs."""
     if X_test is not None:
