@@ -104,13 +104,31 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _spawned_workers(pid: int) -> dict[int, str]:
+    """The ``multiprocessing`` spawn workers among the children of ``pid``."""
+    return {p: c for p, c in _children(pid).items() if "multiprocessing" in c and "spawn" in c}
+
+
+def _kill_and_watch(driver: subprocess.Popen, workers: dict[int, str], seconds: float) -> list[str]:
+    """SIGKILL ``driver``; the command lines of its workers and other children still running
+    ``seconds`` later."""
+    left = {**workers, **_children(driver.pid)}  # the workers and whatever else it started
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(p) for p in left):
+        time.sleep(0.05)
+    return [c for p, c in left.items() if _alive(p)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
 def test_workers_die_with_a_killed_driver(cli, offline_env, tmp_path):
     """SIGKILL of ``bench --workers 2`` in the middle of its jobs: no worker outlives it.
 
-    Two jobs far too long to finish; once both workers are busy (they have used CPU time
-    of their own, so they are past their start-up), the driver is killed. Before, the
-    workers went on with their jobs and then waited for more for ever.
+    Two jobs far too long to finish. The driver is killed once both workers are in their
+    jobs: each has used more CPU time than the driver had when it started them (its own
+    imports, the data and the plan), which is more than a worker's start-up (the same
+    imports). Before, the workers went on with their jobs and then waited for more for ever.
     """
     args = ["bench", "--datasets", "diabetes", "--splits", "0", "--noise", "half-cauchy,rayleigh",
             "--inference", "svi", "--steps", "1000000", "--workers", "2", "--quiet",
@@ -118,23 +136,20 @@ def test_workers_die_with_a_killed_driver(cli, offline_env, tmp_path):
     driver = subprocess.Popen([*cli, *args], env=offline_env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         workers: dict[int, str] = {}
+        start_up = None
         while time.monotonic() < deadline and driver.poll() is None:
-            workers = {p: c for p, c in _children(driver.pid).items() if "multiprocessing" in c and "spawn" in c}
-            if len(workers) == 2 and all(_cpu_seconds(p) > 1.0 for p in workers):
+            workers = _spawned_workers(driver.pid)
+            if workers and start_up is None:
+                start_up = _cpu_seconds(driver.pid)
+            if len(workers) == 2 and all(_cpu_seconds(p) > start_up + 0.5 for p in workers):
                 break
             time.sleep(0.1)
         else:
             pytest.fail(f"no two busy workers: {workers}, driver exit code {driver.poll()}, "
                         f"{driver.stderr.read().decode() if driver.poll() is not None else ''}")
-        left = {**workers, **_children(driver.pid)}  # the workers and whatever else the driver started
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in left):
-            time.sleep(0.05)
-        assert not [c for p, c in left.items() if _alive(p)], "processes outlived their driver by 5 s"
+        assert not _kill_and_watch(driver, workers, 5.0), "processes outlived their driver by 5 s"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the session started above: only its own processes
         driver.wait(timeout=30)
@@ -142,42 +157,45 @@ def test_workers_die_with_a_killed_driver(cli, offline_env, tmp_path):
 
 DRIVER_IN_A_THREAD = """
 import sys, threading, time
+from pathlib import Path
+
 from bnn_priors.suite.executors import ProcessExecutor
 
+
+def job(marker):
+    Path(marker).touch()  # the worker is past its initializer and in a job
+    time.sleep(600)
+
+
 def drive():
-    ex = ProcessExecutor(2)
-    for _ in ex.imap_unordered(time.sleep, [600, 600, 600]):
+    for _ in ProcessExecutor(2).imap_unordered(job, [f"{sys.argv[1]}/{k}" for k in range(3)]):
         pass
 
-threading.Thread(target=drive, daemon=True).start()
-time.sleep(600)
+
+if __name__ == "__main__":
+    threading.Thread(target=drive, daemon=True).start()
+    time.sleep(600)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
-def test_workers_started_from_another_thread_die_with_their_driver(offline_env):
+def test_workers_started_from_another_thread_die_with_their_driver(offline_env, tmp_path):
     """Workers started by a thread other than the main one get no parent-death signal (it would
     come when that thread ends); their watchdog ends them when the driver is killed."""
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER_IN_A_THREAD], env=offline_env,
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_IN_A_THREAD)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    driver = subprocess.Popen([sys.executable, str(script), str(markers)], env=offline_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        workers: dict[int, str] = {}
-        while time.monotonic() < deadline and driver.poll() is None:
-            workers = {p: c for p, c in _children(driver.pid).items() if "multiprocessing" in c and "spawn" in c}
-            if len(workers) == 2 and all("libtorch" in Path(f"/proc/{p}/maps").read_text() for p in workers):
-                break
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None and len(list(markers.iterdir())) < 2:
             time.sleep(0.1)
-        else:
-            pytest.fail(f"no two workers: {workers}, driver exit code {driver.poll()}")
-        time.sleep(1.0)  # past torch.set_num_threads, the initializer's last step: in time.sleep
-        left = {**workers, **_children(driver.pid)}
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in left):
-            time.sleep(0.05)
-        assert not [c for p, c in left.items() if _alive(p)], "processes outlived their driver by 5 s"
+        workers = _spawned_workers(driver.pid)
+        if len(workers) != 2 or len(list(markers.iterdir())) < 2:
+            pytest.fail(f"no two workers in their jobs: {workers}, driver exit code {driver.poll()}")
+        assert not _kill_and_watch(driver, workers, 5.0), "processes outlived their driver by 5 s"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
