@@ -28,8 +28,8 @@ Threads: the loop runs with one torch thread by default (``threads=1``). The ste
 these networks are small (tens of thousands of multiply-adds per replica), too small
 for intra-op parallelism to pay, and a second thread that spins while a neighbouring
 process holds the other core makes a step many times slower: on this project's 2-core
-machine, with another process running two torch threads, a 300-step SVI fit of a
-10-50-50-1 residual net took 25 s with one thread and 138 s with two
+machine, with another process running two torch threads, a 200-step SVI fit of a
+10-50-50-1 residual net took 4.1 s with one thread and 125 s with two
 (``benchmarks/thread_contention.py``). ``threads=None`` leaves torch's setting alone.
 
 Imports: torch, ``bnn_priors.errors``, ``inference.common``; nothing of the backends.
