@@ -17,9 +17,18 @@ from inference.svi import _Settings, _Variational, normal_kl
 from inference.training import Shuffled
 from models import BayesianResNet, GaussianLikelihood
 
-torch.set_default_dtype(torch.float64)
 IG33 = {"shape": 3.0, "spread": 1.0}  # lambda^2 ~ InverseGamma(3, 3)
 A, B = 3.0, 3.0
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These tests compare objectives to 1e-10: float64, for this module's tests only (a default dtype
+    set at import would leak into every test collected with it)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def _model(inner="ard", replicas=2, precision=20.0):
