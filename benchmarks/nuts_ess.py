@@ -13,6 +13,8 @@ First table, split 0, one chain each by default (``--chains``), the same budget
 
 * ``batched``: ``inference.NUTS()`` (the project's iterative NUTS on the direct log
   density; chains start from a short MAP fit);
+* ``compiled``: ``inference.NUTS(compile=True)``, the same sampler with the log density
+  and its gradient compiled by ``torch.compile`` (compilation in the wall time);
 * ``pyro``: ``inference.NUTS(engine="pyro")`` (Pyro's NUTS and MCMC, JIT on);
 * ``numpyro``: NumPyro's NUTS on the same model, written below in NumPyro (JAX, XLA
   compiled; float32 as the others).
@@ -24,8 +26,9 @@ largest split R-hat of ``f(x)`` (one chain: its two halves) and of the weights.
 
 Second table (``--replicas N``, default 20; 0 skips it): N replicas (boston splits
 0..N-1, each on its own training data) times 4 chains (``--replica-chains``) in one
-batched fit; total ESS/s is the sum over replicas of the median bulk ESS of f(x) over
-the wall time, beside the median predictive R-hat over replicas.
+batched fit, eager and compiled (``--replica-arms``); total ESS/s is the sum over
+replicas of the median bulk ESS of f(x) over the wall time, beside the median
+predictive R-hat over replicas.
 
 NumPyro and JAX are optional (``pip install -e .[bench]``); without them, or with
 ``--skip numpyro``, that arm is left out. ``--skip pyro`` leaves out Pyro's arm,
@@ -86,14 +89,15 @@ def summarize(name: str, seconds: float, f: np.ndarray, w: np.ndarray, divergenc
         }
 
 
-def run_torch(engine: str, X, y, X_test, args, chains: int) -> dict:
+def run_torch(arm: str, X, y, X_test, args, chains: int) -> dict:
     model = make_model(X.shape[-1])
-    backend = NUTS(engine=engine, num_samples=args.samples, warmup=args.warmup, num_chains=chains, seed=args.seed,
+    engine = "pyro" if arm == "pyro" else "batched"
+    backend = NUTS(engine=engine, compile=arm == "compiled", num_samples=args.samples, warmup=args.warmup, num_chains=chains, seed=args.seed,
                    max_tree_depth=args.max_tree_depth, parametrization=args.parametrization, progress=False)
     post = backend.fit(model, X, y, X_test)
     f = post.predictions()[:, :, 0, :, 0].double().numpy()
     w = post.chains["layer0.weight"][:, :, 0].double().numpy()
-    out = summarize(engine, post.info["seconds"], f, w, post.info["divergences"])
+    out = summarize(arm, post.info["seconds"], f, w, post.info["divergences"])
     out["step_size"] = float(np.mean(post.info["step_size"][0]))
     return out
 
@@ -137,20 +141,20 @@ def run_numpyro(X, y, X_test, args, chains: int) -> dict:
     return out
 
 
-def run_replicas(args) -> dict:
+def run_replicas(args, arm: str) -> dict:
     R, K = args.replicas, args.replica_chains
     parts = [load_split(args.data_dir, r) for r in range(R)]
     X = torch.as_tensor(np.stack([p[0] for p in parts]), dtype=torch.float32)
     y = torch.as_tensor(np.stack([p[1] for p in parts]), dtype=torch.float32)
     X_test = torch.as_tensor(np.stack([p[2] for p in parts]), dtype=torch.float32)
     backend = NUTS(num_samples=args.samples, warmup=args.warmup, num_chains=K, seed=args.seed,
-                   max_tree_depth=args.max_tree_depth, progress=False)
+                   max_tree_depth=args.max_tree_depth, progress=False, compile=arm == "compiled")
     post = backend.fit(make_model(X.shape[-1], replicas=R), X, y, X_test)
     pred = post.info["predictive"]
     seconds = post.info["seconds"]
     total = sum(p["ess_bulk_median"] for p in pred)
     return {
-        "replicas": R, "chains": K, "seconds": seconds, "total_f_ess": total, "total_f_ess_per_s": total / seconds,
+        "arm": arm, "replicas": R, "chains": K, "seconds": seconds, "total_f_ess": total, "total_f_ess_per_s": total / seconds,
         "f_rhat_median": float(np.median([p["r_hat_max"] for p in pred])),
         "f_rhat_max": float(np.max([p["r_hat_max"] for p in pred])),
         "divergences": post.info["divergences"],
@@ -169,7 +173,9 @@ def main(argv=None) -> None:
     parser.add_argument("--parametrization", default="auto",
                         help="of the batched and Pyro arms: auto (non-centred here), centered or non-centered; "
                              "NumPyro's model is non-centred")
-    parser.add_argument("--skip", default="", help="comma-separated arms to leave out: batched, pyro, numpyro")
+    parser.add_argument("--skip", default="", help="comma-separated arms to leave out: batched, compiled, pyro, numpyro")
+    parser.add_argument("--replica-arms", default="batched,compiled",
+                        help="arms of the second table: batched, compiled (comma-separated)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"folder holding boston/ (default {DEFAULT_DATA_DIR})")
     args = parser.parse_args(argv)
@@ -184,7 +190,7 @@ def main(argv=None) -> None:
           f"max_tree_depth {args.max_tree_depth}, target_accept 0.8; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread, {platform.processor() or platform.machine()}", flush=True)
     rows = []
-    for arm in ("batched", "pyro", "numpyro"):
+    for arm in ("batched", "compiled", "pyro", "numpyro"):
         if arm in skip:
             continue
         if arm == "numpyro":
@@ -207,9 +213,9 @@ def main(argv=None) -> None:
               f"{r['f_ess_med'] / r['seconds']:>8.3f} {r['w_ess_med']:>9.1f} {r['w_ess_min']:>9.1f} "
               f"{r['w_ess_med'] / r['seconds']:>8.3f} {r['divergences']:>7d} {r['f_rhat']:>8.3f} {r['w_rhat']:>8.3f} "
               f"{r['step_size']:>7.3g}")
-    if args.replicas > 0 and "batched" not in skip:
-        rep = run_replicas(args)
-        print(f"\n{rep['replicas']} replicas (boston splits 0-{rep['replicas'] - 1}) x {rep['chains']} chains in one "
+    for arm in [a.strip() for a in args.replica_arms.split(",") if a.strip()] if args.replicas > 0 else []:
+        rep = run_replicas(args, arm)
+        print(f"\n{arm}: {rep['replicas']} replicas (boston splits 0-{rep['replicas'] - 1}) x {rep['chains']} chains in one "
               f"batched fit: {rep['seconds']:.1f} s, total median f ESS {rep['total_f_ess']:.0f}, "
               f"total ESS/s {rep['total_f_ess_per_s']:.2f}, f R-hat median {rep['f_rhat_median']:.3f} "
               f"(max {rep['f_rhat_max']:.3f}), divergences {rep['divergences']}")

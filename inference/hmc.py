@@ -38,9 +38,16 @@ to 15% / 75% / 10% of the iterations, as Stan does; below 20 only the step size 
 Random numbers: each chain draws from its own generator (:class:`ChainRandom`), and
 how many numbers it draws depends on that chain's own trajectory only (its
 momentum, then per doubling one direction, one number for the progressive
-sampling and one per new leaf, drawn only while the chain is still building). A
-chain therefore moves exactly as it would alone, whatever the other chains in the
-batch do; a replica of a batched fit gives what it gives fitted alone.
+sampling and one per new leaf, drawn only while the chain is still building). No
+chain's arithmetic reads another's, so a chain moves as it would alone, whatever the
+other chains in the batch do, and a replica of a batched fit gives what it gives
+fitted alone: to the last bit where the floating-point kernels round alike, which
+the tests pin with ``ATEN_CPU_CAPABILITY=default`` and ``MKL_CBWR=COMPATIBLE``. With
+a CPU's SIMD kernels and MKL's default paths, the last bit of a transcendental
+function (vectorized body or scalar tail of a kernel, which depends on the tensor's
+size) and of a matrix product (which depends on the operands' alignment in memory)
+can depend on the batch; a trajectory amplifies that bit, and the chain then draws
+another, equally valid, sequence.
 """
 
 from __future__ import annotations

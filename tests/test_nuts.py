@@ -172,7 +172,7 @@ def test_refuses_log_uniform_before_sampling():
         dict(thin=0), dict(target_accept=1.0), dict(target_accept=0), dict(target_accept="high"),
         dict(max_tree_depth=0), dict(max_tree_depth=25), dict(jit_compile="yes"), dict(parametrization="funnel"),
         dict(progress=None), dict(seed=-1), dict(device="tpu"), dict(engine="stan"), dict(init="uniform"),
-        dict(init_steps=-1),
+        dict(init_steps=-1), dict(compile="yes"),
     ],
 )
 def test_invalid_arguments(kwargs):
