@@ -375,6 +375,9 @@ class InferenceBackend(ABC):
     #: Whether the backend trains in :func:`inference.training.train`: then it takes ``threads``
     #: (torch threads of the loop) and ``fit(model, X, y, checkpoint=...)``.
     training_loop: bool = False
+    #: Whether ``fit(model, X, y, X_test=...)`` takes the test inputs (never their targets) to
+    #: diagnose the fit's predictions there (NUTS: R-hat and ESS of ``f(x)``).
+    diagnoses_test_inputs: bool = False
 
     def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True):
         self.device = resolve_device(device)

@@ -420,6 +420,7 @@ class NUTS(InferenceBackend):
     """
 
     name = "nuts"
+    diagnoses_test_inputs = True
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {

@@ -660,3 +660,18 @@ def test_results_table_from_a_results_file(fitted_db):
     assert "SVI-EM (inverse-nakagami/ard, resnet-2x50)" in text
     assert "MC dropout (bernoulli/ard, mlp-1x50)" in text
     assert text.count("**") == 4  # one best cell and the best average rank
+
+
+def test_nuts_runs_are_diagnosed_at_their_test_inputs(tmp_path):
+    """The runner gives NUTS the test inputs (never their targets), and each run stores the
+    R-hat and ESS of its predictions there, with compile and other options passed through."""
+    configs = expand_grid("diabetes", "0-1", noise="half-cauchy", inference="nuts", arch="mlp-1x4", budget=TINY,
+                          options={"num_chains": 2, "max_tree_depth": 3, "init_steps": 5})
+    run_suite(configs, tmp_path / "r.sqlite", progress=False)
+    df = read_results(tmp_path / "r.sqlite")
+    assert (df["status"] == "ok").all() and len(df) == 2
+    for text in df["backend_info"]:
+        info = json.loads(text)
+        assert info["predictive"]["points"] == 44  # diabetes: 442 points, 44 of them in the test split
+        assert info["num_chains"] == 2 and info["compile"] is False
+        assert {"r_hat_max", "ess_bulk_median", "ess_tail_min"} <= set(info["predictive"])

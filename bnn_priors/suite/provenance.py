@@ -138,13 +138,24 @@ def failed_rows(job: Job, exc: BaseException) -> list[dict[str, Any]]:
 
 
 def per_replica_info(info: dict, r: int, R: int) -> dict[str, Any]:
-    """The scalar facts of a backend's ``info`` for replica ``r`` (histories left out)."""
+    """The facts of a backend's ``info`` for replica ``r`` (histories left out): scalars, a per-replica
+    list's element ``r`` (a number, a short list of numbers such as one per chain, or the scalar facts of
+    a dict such as NUTS's ``predictive`` diagnostics) and, recursively, the same of dicts."""
     out = {}
     for key, value in info.items():
         if key.endswith("history"):
             continue
-        if isinstance(value, (list, tuple)) and len(value) == R and all(isinstance(v, (int, float)) for v in value):
+        per_replica = isinstance(value, (list, tuple)) and len(value) == R
+        if per_replica and all(isinstance(v, (int, float)) for v in value):
             out[key] = value[r]
+        elif per_replica and all(isinstance(v, dict) for v in value):
+            sub = {k: v for k, v in value[r].items() if isinstance(v, (int, float, str, bool)) or v is None}
+            if sub:
+                out[key] = sub
+        elif per_replica and all(
+            isinstance(v, (list, tuple)) and len(v) <= 64 and all(isinstance(x, (int, float)) for x in v) for v in value
+        ):
+            out[key] = list(value[r])
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[key] = value
         elif isinstance(value, dict):

@@ -124,6 +124,8 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         model = build_model(cfg0, dataset.X.shape[1], replicas=R)
         checkpoint = job.checkpoint() if backend.training_loop else None
         extra = {} if checkpoint is None else {"checkpoint": checkpoint}
+        if backend.diagnoses_test_inputs:  # the inputs only: NUTS's R-hat and ESS of f(x) there
+            extra["X_test"] = data.X_test
         start = time.perf_counter()
         posterior = backend.fit(model, data.X_train, data.y_train, **extra)
         seconds = time.perf_counter() - start
