@@ -63,6 +63,9 @@ from inference.common import ReplicaRandom, progress_bar
 
 #: ``potential(q) -> U``: positions ``(C, D)`` to potential energies ``(C,)``, differentiable.
 Potential = Callable[[torch.Tensor], torch.Tensor]
+#: ``row_potential(q, rows) -> U``: the same for a subset of the chains, ``q`` of shape ``(A, D)``
+#: holding the positions of chains ``rows`` ``(A,)`` (indices into the ``C`` chains).
+RowPotential = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MAX_ENERGY_ERROR = 1000.0
 INIT_BUFFER, BASE_WINDOW, TERM_BUFFER = 75, 25, 50
@@ -204,11 +207,21 @@ class BatchedNUTS:
     ``potential``: ``(C, D) -> (C,)``; ``rng``: one stream per chain; ``max_tree_depth``:
     at most ``2**max_tree_depth`` leapfrog steps per iteration; ``target_accept``: the
     dual-averaging target.
+
+    ``row_potential`` (optional): the potential of a subset of the chains. Chains finish
+    their trees at different times and lockstep then computes the finished ones' potential
+    for nothing; where the cost of the potential grows with the rows (a CPU), a leapfrog
+    step with at most ``compact`` of the chains still building evaluates only theirs.
+    That leaves every chain's arithmetic its own, as without it, though the last bit of a
+    row's potential may differ with the batch it is computed in (see the module docstring).
     """
 
     def __init__(self, potential: Potential, rng: ChainRandom, max_tree_depth: int = 10,
-                 target_accept: float = 0.8, max_energy_error: float = MAX_ENERGY_ERROR):
+                 target_accept: float = 0.8, max_energy_error: float = MAX_ENERGY_ERROR,
+                 row_potential: RowPotential | None = None, compact: float = 0.75):
         self.potential = potential
+        self.row_potential = row_potential
+        self.compact = compact
         self.rng = rng
         self.max_tree_depth = max_tree_depth
         self.target_accept = target_accept
@@ -223,19 +236,36 @@ class BatchedNUTS:
             g = torch.where(bad[:, None], torch.zeros_like(g), g)
         return U, g
 
-    def _leapfrog(self, q, p, g, eps, inv_mass, active):
+    def _grad_rows(self, q, rows):
+        U, g = potential_and_grad(lambda x: self.row_potential(x, rows), q)
+        bad = ~torch.isfinite(U)
+        if bool(bad.any()):
+            U = torch.where(bad, torch.full_like(U, math.inf), U)
+            g = torch.where(bad[:, None], torch.zeros_like(g), g)
+        return U, g
+
+    def _leapfrog(self, q, p, g, U, eps, inv_mass, active):
         """One leapfrog step of signed size ``eps`` ``(C,)`` for the active chains; the others stay."""
         e = eps[:, None]
+        if bool(active.all()):  # the common case: no masking
+            p_half = p - 0.5 * e * g
+            q_new = q + e * inv_mass * p_half
+            U_new, g_new = self._grad(q_new)
+            return q_new, p_half - 0.5 * e * g_new, g_new, U_new
+        rows = active.nonzero().flatten()
+        if self.row_potential is not None and rows.numel() <= self.compact * q.shape[0]:
+            e_a = e[rows]  # only the chains still building: the same arithmetic on their rows
+            p_half = p[rows] - 0.5 * e_a * g[rows]
+            q_a = q[rows] + e_a * inv_mass[rows] * p_half
+            U_a, g_a = self._grad_rows(q_a, rows)
+            p_a = p_half - 0.5 * e_a * g_a
+            return (q.index_copy(0, rows, q_a), p.index_copy(0, rows, p_a), g.index_copy(0, rows, g_a),
+                    U.index_copy(0, rows, U_a))
         p_half = p - 0.5 * e * g
-        q_new = q + e * inv_mass * p_half
-        everyone = bool(active.all())  # the common case: no masking (the same values, fewer operations)
-        if not everyone:
-            q_new = torch.where(active[:, None], q_new, q)
+        q_new = torch.where(active[:, None], q + e * inv_mass * p_half, q)
         U_new, g_new = self._grad(q_new)
-        p_new = p_half - 0.5 * e * g_new
-        if not everyone:
-            p_new = torch.where(active[:, None], p_new, p)
-        return q_new, p_new, g_new, U_new
+        p_new = torch.where(active[:, None], p_half - 0.5 * e * g_new, p)
+        return (q_new, p_new, torch.where(active[:, None], g_new, g), torch.where(active, U_new, U))
 
     @staticmethod
     def _kinetic(p, inv_mass):
@@ -265,7 +295,7 @@ class BatchedNUTS:
         end: dict[int, tuple] = {}  # level -> (p, p_sharp) of the latest completed block's last leaf
         first = None
         for n in range(2**depth):
-            q, p, g, U = self._leapfrog(q, p, g, eps, inv_mass, active)
+            q, p, g, U = self._leapfrog(q, p, g, U, eps, inv_mass, active)
             ps = inv_mass * p
             H = U + 0.5 * (p * ps).sum(-1)
             dH = (H - H0).nan_to_num(nan=math.inf)
@@ -386,7 +416,7 @@ class BatchedNUTS:
         log_target = math.log(0.8)
 
         def delta(eps):
-            _, p1, _, U1 = self._leapfrog(q, p, g, eps, inv_mass, everyone)
+            _, p1, _, U1 = self._leapfrog(q, p, g, U, eps, inv_mass, everyone)
             d = H0 - (U1 + self._kinetic(p1, inv_mass))
             return torch.where(torch.isnan(d), torch.full_like(d, -math.inf), d)
 

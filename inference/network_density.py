@@ -113,14 +113,23 @@ class NetworkDensity:
     def replicas(self) -> int:
         return self.model.replicas
 
-    def _by_chain(self, t: torch.Tensor) -> torch.Tensor:
-        """Rows ``(C, ...)``, replica-major, to ``(R, C / R, ...)``."""
+    def _by_chain(self, t: torch.Tensor, replica: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``(C, ...)``, replica-major, to ``(R, C / R, ...)``; rows of the given replicas
+        (``replica`` ``(A,)``) to ``(1, A, ...)``, each on its own replica's data."""
+        if replica is not None:
+            return t.unsqueeze(0)
         return t.reshape(self.replicas, -1, *t.shape[1:])
 
-    def _values(self, q: torch.Tensor, with_log_density: bool):
+    def _data(self, replica: torch.Tensor | None):
+        """``X, y`` broadcastable against :meth:`_by_chain`'s layout."""
+        if replica is None:
+            return self.X, self.y
+        return self.X[replica, 0].unsqueeze(0), self.y[replica, 0].unsqueeze(0)
+
+    def _values(self, q: torch.Tensor, with_log_density: bool, replica: torch.Tensor | None = None):
         """The sites' values ``{site: (R, K, *shape)}`` and, if asked, the log density ``(R, K)``
         without the likelihood."""
-        q = self._by_chain(q)
+        q = self._by_chain(q, replica)
         model = self.model
         values: dict[str, torch.Tensor] = {}
         total = torch.zeros(q.shape[:2], device=q.device, dtype=q.dtype)
@@ -168,25 +177,36 @@ class NetworkDensity:
         """``f`` of shape ``(R, K, N, out)`` at inputs ``X (R, 1, N, in)`` for the sites' values."""
         return self.model.forward_params(X, values)
 
-    def log_density(self, q: torch.Tensor) -> torch.Tensor:
-        """``log p(y, latents)`` in the unconstrained coordinates, per row: shape ``(C,)``."""
-        values, total = self._values(q, with_log_density=True)
+    def log_density(self, q: torch.Tensor, replica: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(y, latents)`` in the unconstrained coordinates, per row: shape ``(C,)``.
+
+        ``replica`` ``(A,)``: the rows are any ``A`` positions, row ``i`` on the data of replica
+        ``replica[i]`` (a subset of the chains, for :class:`inference.hmc.BatchedNUTS`).
+        """
+        values, total = self._values(q, True, replica)
         lik = self.model.likelihood
         tau = values[lik.site] if lik.learned else torch.tensor(lik.precision, device=q.device, dtype=q.dtype)
-        f = self.network(self.X, values)
-        return (total + lik.log_prob(f, self.y, tau)).reshape(-1)
+        X, y = self._data(replica)
+        f = self.network(X, values)
+        return (total + lik.log_prob(f, y, tau)).reshape(-1)
 
-    def potential(self, q: torch.Tensor) -> torch.Tensor:
+    def potential(self, q: torch.Tensor, replica: torch.Tensor | None = None) -> torch.Tensor:
         """``U(q) = -log p(y, latents)``: what the sampler moves on."""
-        return -self.log_density(q)
+        return -self.log_density(q, replica)
 
     def sites(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's sites for positions ``(R * M, D)``, replica-major: ``{site: (R, M, *shape)}``
         (weights as ``w``)."""
         return self._values(q, with_log_density=False)[0]
 
-    def prior_draw(self, rng) -> torch.Tensor:
-        """One position per row drawn from the prior, from ``rng``'s per-row streams (a ``RandomSource``)."""
+    def prior_draw(self, rng, bound: float | None = None) -> torch.Tensor:
+        """One position per row drawn from the prior, from ``rng``'s per-row streams (a ``RandomSource``).
+
+        ``bound``: clip the unconstrained scales and log precision to ``[-bound, bound]`` (as
+        drawn, before the weights that depend on them): a heavy-tailed prior's extreme draws
+        (a half-Cauchy scale of e^8) start a network whose outputs are thousands of standard
+        deviations off, where no short fit recovers. The same random numbers are drawn.
+        """
         model = self.model
         dt = model.dtype
         parts = []
@@ -200,8 +220,12 @@ class NetworkDensity:
                     lam = layer.prior.noise.sample(rng, block.shape, dt).to(model.device)
                     if noise.support is not constraints.real:
                         lam = lam.clamp_min(torch.finfo(dt).tiny)  # a positive scale drawn as 0 in float
+                    u = transform.inv(lam)
+                    if bound is not None:
+                        u = u.clamp(-bound, bound)
+                        lam = transform(u)
                     scales[block.name.rsplit(".", 1)[1]] = lam
-                    parts.append(transform.inv(lam).reshape(lam.shape[0], -1))
+                    parts.append(u.reshape(lam.shape[0], -1))
                 elif block.role == "weight":
                     z = rng.randn(block.shape, dt)
                     if layer.name not in self.noncentered:
@@ -213,5 +237,6 @@ class NetworkDensity:
         lik = model.likelihood
         if lik.learned:
             tau = rng.standard_gamma((), lik.concentration, dt) / lik.rate
-            parts.append(tau.clamp_min(torch.finfo(dt).tiny).log().reshape(-1, 1))
+            log_tau = tau.clamp_min(torch.finfo(dt).tiny).log()
+            parts.append((log_tau if bound is None else log_tau.clamp(-bound, bound)).reshape(-1, 1))
         return torch.cat(parts, -1)

@@ -91,6 +91,7 @@ ENGINES = ("batched", "pyro")
 INITS = ("map", "prior")
 _DIAGNOSTIC_POINTS = 50  # training inputs at which f(x) is diagnosed when no test inputs are given
 _INIT_LR, _INIT_JITTER = 0.02, 0.1  # Adam's step size of the initial MAP fit; the jitter after it
+_INIT_BOUND = 2.0  # the initial MAP fit starts with unconstrained scales and log precision in [-2, 2]
 _DRAW_CHUNK = 256  # draws per vectorized replay when recomputing non-centered weights
 
 
@@ -390,7 +391,8 @@ class NUTS(InferenceBackend):
     one per replica) and ``progress`` (a progress bar).
 
     Batched engine only: ``init`` (``"map"``: each chain starts from ``init_steps``
-    Adam steps on its log density from its own prior draw, plus a jitter of
+    Adam steps on its log density from its own prior draw, its unconstrained scales
+    and log precision clipped to [-2, 2], plus a jitter of
     N(0, 0.1^2) in the unconstrained coordinates; ``"prior"``: from the prior draw).
     ``compile`` (``torch.compile`` the log density and its gradient with inductor: on
     the CPU about 3-5x fewer seconds per leapfrog step for a few chains, after 15-60 s of
@@ -570,11 +572,16 @@ class NUTS(InferenceBackend):
         K, R = self.num_chains, model.replicas
         rng = ChainRandom(chain_seeds(seeds, K), model.device)
         start = time.perf_counter()
-        potential = density.potential
+        potential, at_rows = density.potential, density.potential
         if self.compile:  # checked at prior draws from a copy of the chains' streams, which stay untouched
-            potential = _compiled(potential, density.prior_draw(ChainRandom(chain_seeds(seeds, K), model.device)))
+            q_check = density.prior_draw(ChainRandom(chain_seeds(seeds, K), model.device))
+            potential = _compiled(potential, q_check)
+            if potential != density.potential:  # the subsets of chains: one graph for every size
+                at_rows = _compiled(density.potential, q_check[: max(1, q_check.shape[0] // 2)],
+                                    torch.arange(max(1, q_check.shape[0] // 2), device=model.device) // K)
         q0 = self._initial_positions(density, potential, rng)
-        sampler = BatchedNUTS(potential, rng, self.max_tree_depth, self.target_accept)
+        sampler = BatchedNUTS(potential, rng, row_potential=lambda q, rows: at_rows(q, rows // K),
+                              max_tree_depth=self.max_tree_depth, target_accept=self.target_accept)
         out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress)
         elapsed = time.perf_counter() - start
         S = out.draws.shape[1]
@@ -595,10 +602,16 @@ class NUTS(InferenceBackend):
 
     def _initial_positions(self, density: NetworkDensity, potential, rng: ChainRandom) -> torch.Tensor:
         """A prior draw per chain; with ``init="map"``, ``init_steps`` of Adam on each chain's log
-        density from there (the chains do not interact: Adam acts elementwise), then a jitter."""
-        q = density.prior_draw(rng).detach()
+        density from there (the chains do not interact: Adam acts elementwise), then a jitter.
+
+        The MAP fit starts from a prior draw whose unconstrained scales and log precision are
+        clipped to ``[-2, 2]`` (Stan's range for random inits): from a half-Cauchy scale of e^8
+        the network's outputs are so far off that 200 Adam steps left the potential near 1e9, the
+        step size search then settled at 1e-8, and the chain never moved (measured on yacht).
+        """
         if self.init == "prior" or self.init_steps == 0:
-            return q
+            return density.prior_draw(rng).detach()
+        q = density.prior_draw(rng, bound=_INIT_BOUND).detach()
         q = q.clone().requires_grad_(True)
         opt = torch.optim.Adam([q], lr=_INIT_LR)
         for _ in range(self.init_steps):
@@ -734,18 +747,22 @@ class NUTS(InferenceBackend):
 
 
 # ---------------------------------------------------------------------- helpers
-def _compiled(potential, q: torch.Tensor):
-    """``potential`` compiled by ``torch.compile`` (static shapes: the sampler always passes all
-    ``C`` rows), checked once at ``q`` against the eager potential and its gradient; the eager
-    one, with a warning, when compilation fails or disagrees."""
+def _compiled(potential, q: torch.Tensor, replica: torch.Tensor | None = None):
+    """``potential`` compiled by ``torch.compile``, checked once at ``q`` against the eager potential
+    and its gradient; the eager one, with a warning, when compilation fails or disagrees.
+
+    Without ``replica``, static shapes (the sampler always passes all ``C`` rows); with it, the
+    potential of a subset of rows ``potential(q, replica)``, compiled for any number of rows.
+    """
+    args = () if replica is None else (replica,)
     try:
-        compiled = torch.compile(potential, dynamic=False)
-        U_c, g_c = potential_and_grad(compiled, q)
+        compiled = torch.compile(potential, dynamic=replica is not None)
+        U_c, g_c = potential_and_grad(lambda x: compiled(x, *args), q)
     except Exception as err:  # inductor needs a C++ compiler (CPU) or Triton (GPU)
         warnings.warn(f"NUTS(compile=True): torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
                       "sampling with the eager potential", RuntimeWarning, stacklevel=3)
         return potential
-    U, g = potential_and_grad(potential, q)
+    U, g = potential_and_grad(lambda x: potential(x, *args), q)
     ok = torch.isfinite(U) & torch.isfinite(g).all(-1)
     close = torch.allclose(U_c[ok], U[ok], rtol=1e-4, atol=1e-4) and torch.allclose(
         g_c[ok], g[ok], rtol=1e-3, atol=1e-3 * float(g[ok].abs().max().clamp_min(1.0)))

@@ -33,6 +33,30 @@ def _sample(U, D, seeds=(0,), chains=4, warmup=150, draws=300, depth=6, q0=None)
     return BatchedNUTS(U, rng, max_tree_depth=depth).sample(q0, warmup, draws)
 
 
+def test_finished_chains_are_not_recomputed():
+    """With a row potential, a leapfrog step with at most 3/4 of the chains still building
+    evaluates only theirs; the draws are those of the full-batch sampler."""
+    scales = torch.tensor([0.1, 1.0, 5.0], dtype=torch.float64)
+
+    def U(q):
+        return 0.5 * ((q / scales) ** 2).sum(-1) + 0.1 * (q**4).sum(-1)
+
+    sizes = []
+
+    def U_rows(q, rows):
+        sizes.append(int(rows.numel()))
+        return U(q)
+
+    seeds = chain_seeds([7, 11], 2)
+    q0 = torch.arange(12, dtype=torch.float64).reshape(4, 3) / 10
+    full = BatchedNUTS(U, ChainRandom(seeds, CPU), max_tree_depth=5).sample(q0, 30, 20)
+    compact = BatchedNUTS(U, ChainRandom(seeds, CPU), max_tree_depth=5, row_potential=U_rows).sample(q0, 30, 20)
+    assert sizes and max(sizes) <= 3 and min(sizes) >= 1
+    assert torch.equal(full.draws, compact.draws)
+    for name in ("tree_depth", "n_steps", "acceptance_rate", "energy"):
+        assert torch.equal(full.stats[name], compact.stats[name]), name
+
+
 def _mc_z(draws: torch.Tensor, expected_mean: torch.Tensor) -> np.ndarray:
     """Per coordinate: (sample mean - expected) / its Monte Carlo standard error (ESS-based)."""
     a = draws.numpy()  # (C, S, D)
@@ -241,6 +265,23 @@ def test_replicas_in_a_batch_give_what_they_give_alone():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "EQUAL", out.stdout[-2000:]
+
+
+def test_bounded_prior_draw_clips_scales_and_keeps_the_stream():
+    """The MAP start: the same random numbers as the prior draw, the unconstrained scales and
+    log precision clipped to [-2, 2], the non-centred z and the biases untouched."""
+    model = BayesianMLP(3, 1, hidden=(40,), prior=bp.prior("half-cauchy", "ard"), likelihood=GaussianLikelihood())
+    X, y = torch.zeros(1, 5, 3), torch.zeros(1, 5, 1)
+    density = NetworkDensity(model, X, y, {"layer0", "output"})
+    free = density.prior_draw(ChainRandom(chain_seeds([0], 8), CPU))
+    bounded = density.prior_draw(ChainRandom(chain_seeds([0], 8), CPU), bound=2.0)
+    for block in density.blocks:
+        a, b = block.take(free), block.take(bounded)
+        if block.role in ("scale", "precision"):
+            assert torch.equal(b, a.clamp(-2.0, 2.0)), block.name
+            assert bool((a.abs() > 2.0).any()) or block.role == "precision", block.name  # heavy tails do reach past 2
+        else:
+            assert torch.equal(a, b), block.name
 
 
 def _compile_problem():
