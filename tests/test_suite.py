@@ -259,6 +259,21 @@ def test_store_round_trip(tmp_path):
     np.testing.assert_array_equal(npy_to_array(weights[0]), w)
 
 
+def test_a_copy_of_the_database_file_alone_holds_every_inserted_run(tmp_path):
+    """What git commits while a grid still runs is the .sqlite file, not its -wal: every insert
+    moves its rows into the file itself, with the writer's connection still open."""
+    import shutil
+
+    path = tmp_path / "results.sqlite"
+    with ResultsStore(path) as store:
+        for split in range(3):
+            store.insert([_row(_config(split=split))])
+            copy = tmp_path / f"copy{split}.sqlite"
+            shutil.copyfile(path, copy)  # the file alone, as git sees it
+            rows = sqlite3.connect(copy).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            assert rows == split + 1
+
+
 def test_store_refuses_what_is_not_a_results_file(tmp_path):
     from bnn_priors.errors import DataError
 

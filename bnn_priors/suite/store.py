@@ -191,6 +191,11 @@ class ResultsStore:
         values = [tuple(_sql_value(row.get(n)) for n in COLUMN_NAMES) for row in rows]
         with self.conn:
             self.conn.executemany(sql, values)
+        # Move the new rows from the write-ahead log into the database file itself: a copy of the file
+        # alone (what git commits while a long grid is still running; the -wal file is not committed)
+        # then holds every finished run. PASSIVE: never waits for readers; what it cannot move now, a
+        # later insert or the last connection's close does.
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ---------------------------------------------------------------- reading
     def status(self, hashes: Iterable[str] | None = None) -> dict[str, str]:
