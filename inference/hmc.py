@@ -5,7 +5,9 @@ The sampler knows nothing of networks. It takes a batched potential ``U(q) -> (C
 ``(C, D)``, one row per chain, and moves all ``C`` chains at once: every leapfrog
 step is one evaluation of ``U`` and its gradient for the whole batch. Each chain has
 its own tree, step size and diagonal mass matrix; a chain whose trajectory has ended
-(a U-turn, a divergence) is masked: its state is frozen while the others go on.
+(a U-turn, a divergence) is masked: its state is frozen while the others go on,
+and once at most 3/4 of the chains are still building, only theirs are evaluated
+(``row_potential``), so a few long trees do not cost a full batch per leapfrog step.
 
 The transition is the iterative NUTS of Phan, Pradhan & Jankowiak (2019): the
 trajectory doubles (Hoffman & Gelman 2014), each new subtree is built leaf by leaf
