@@ -62,8 +62,9 @@ What Nalisnick et al.'s ARD, ADD and ARD-ADD columns measured (their released co
 over the output axis of an `(N, 1)` target, i.e. `|y - f_s(x)|` per test point, averaged over
 draws and points: a sample-averaged absolute error printed as "RMSE". On their own random 90/10
 splits, with `np.std` over splits (a standard deviation) as the `±`. So they appear here, beside
-our sample-MAE, and not in the RMSE table above. The committed runs predate the metric: ours is
-not yet measured (`–`), and no verdict is drawn.
+our sample-MAE, and not in the RMSE table above. The committed runs of this grid predate the
+metric: ours is not measured here (`–`), and no verdict is drawn. The section on Nalisnick et al.'s
+released code below measures it, per cell, with a verdict in that metric.
 """
 
 
