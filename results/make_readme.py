@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 from pathlib import Path
 
 from bnn_priors.suite import read_results, results_table
@@ -104,10 +106,23 @@ def _mean_se(values) -> tuple[float, float]:
     return mean, sd / math.sqrt(len(v))
 
 
+def _complete(runs, by, runs_per_group: int) -> list:
+    """The groups (values of column ``by``, or tuples for a list of columns) holding ``runs_per_group``
+    distinct runs: a partial group would compare or select from less."""
+    if not len(runs):
+        return []
+    counts = runs.groupby(by)["config_hash"].nunique()
+    return [key for key, n in counts.items() if n == runs_per_group]
+
+
+def _section(title: str, command: str, note: str, lines: list[str]) -> list[str]:
+    """One section of the README: its heading, the command behind it, what it measured, its table."""
+    return [f"\n## {title}\n", f"Command: `{command}`\n", note, "\n".join(lines) + "\n"]
+
+
 def gal2_sections(runs) -> list[str]:
     """The gal2016-2layer section: the sets whose every split ran, ours beside the two-layer table."""
-    counts = runs.groupby("dataset")["config_hash"].nunique() if len(runs) else {}
-    complete = [d for d, n in dict(counts).items() if n == GAL2_SPLITS]
+    complete = _complete(runs, "dataset", GAL2_SPLITS)
     if not complete:
         return []
     runs = runs[runs["dataset"].isin(complete)]
@@ -127,22 +142,18 @@ def gal2_sections(runs) -> list[str]:
             f"{lm:.3f} ± {ls:.3f} | {pl:.2f} ± {pls:.2f} | RMSE {verdict(rm, pr, prs, False, d)}; "
             f"LL {verdict(lm, pl, pls, True, 3, relative=False)} |"
         )
-    return [
-        "\n## Gal's two-layer MC dropout (`gal2016-2layer`)\n",
-        "Command: `bnn-priors bench --preset gal2016-2layer --datasets yacht,boston,energy,concrete,wine "
-        "--data-dir ../shared/data/uci --results results/gal2016_2layer.sqlite --workers 1`\n",
-        GAL2_NOTE,
-        "\n".join(lines) + "\n",
-    ]
+    return _section(
+        "Gal's two-layer MC dropout (`gal2016-2layer`)",
+        "bnn-priors bench --preset gal2016-2layer --datasets yacht,boston,energy,concrete,wine "
+        "--data-dir ../shared/data/uci --results results/gal2016_2layer.sqlite --workers 1",
+        GAL2_NOTE, lines,
+    )
 
 
 def released_sections(runs) -> list[str]:
     """The nalisnick2019-released section: per (set, structure) with all splits, ours in sample-MAE and
     RMSE beside the published figure, with the verdict in sample-MAE."""
-    if not len(runs):
-        return []
-    counts = runs.groupby(["dataset", "structure"])["config_hash"].nunique()
-    cells = [key for key, n in counts.items() if n == RELEASED_SPLITS and key[1] in RELEASED_STRUCTURES]
+    cells = [key for key in _complete(runs, ["dataset", "structure"], RELEASED_SPLITS) if key[1] in RELEASED_STRUCTURES]
     if not cells:
         return []
     ref = get_reference("nalisnick2019")
@@ -167,23 +178,17 @@ def released_sections(runs) -> list[str]:
             f"{pub:.{d}f} ± {pub_sd:.{d}f} | {within}; {side} by {abs(gap):.{d}f} "
             f"({100 * abs(gap) / pub:.0f}%), z = {z:+.1f} | {rm:.{d}f} ± {rs:.{d}f} | {lm:.3f} ± {ls:.3f} |"
         )
-    return [
-        "\n## Nalisnick et al.'s released code (`nalisnick2019-released`)\n",
-        "Command: `bnn-priors bench --preset nalisnick2019-released --datasets yacht,boston,energy,concrete,wine "
-        "--data-dir ../shared/data/uci --results results/nalisnick2019_released.sqlite`\n",
-        RELEASED_NOTE,
-        "\n".join(lines) + "\n",
-    ]
+    return _section(
+        "Nalisnick et al.'s released code (`nalisnick2019-released`)",
+        "bnn-priors bench --preset nalisnick2019-released --datasets yacht,boston,energy,concrete,wine "
+        "--data-dir ../shared/data/uci --results results/nalisnick2019_released.sqlite",
+        RELEASED_NOTE, lines,
+    )
 
 
 def nuts_sections(runs) -> list[str]:
     """The NUTS column: per data set whose 20 splits ran, the metrics and the predictive diagnostics."""
-    import json
-
-    if not len(runs):
-        return []
-    counts = runs.groupby("dataset")["config_hash"].nunique()
-    complete = [d for d, n in counts.items() if n == 20]
+    complete = _complete(runs, "dataset", 20)
     if not complete:
         return []
     lines = [
@@ -199,20 +204,19 @@ def nuts_sections(runs) -> list[str]:
         div = sorted(i.get("per_replica", {}).get("divergences", i["divergences"]) for i in info)  # this split's
         secs = sorted({round(i["seconds"]) for i in info})
         (rm, rs), (mm, ms), (lm, ls) = (_mean_se(r[c]) for c in ("rmse", "sample_mae", "log_likelihood"))
-        med = lambda v: v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])  # noqa: E731
+        med = statistics.median
         d = 3 if rm < 1 else 2
         lines.append(
             f"| {ds} | {rm:.{d}f} ± {rs:.{d}f} | {mm:.{d}f} ± {ms:.{d}f} | {lm:.3f} ± {ls:.3f} | "
             f"{med(rhat):.2f} ({rhat[0]:.2f}-{rhat[-1]:.3g}) | {med(ess):.1f} ({ess[0]:.1f}-{ess[-1]:.1f}) | "
             f"{med(div):g} ({div[-1]}) | {', '.join(str(x) for x in secs)} |"
         )
-    return [
-        "\n## NUTS (`--inference nuts`)\n",
-        "Command: `bnn-priors bench --datasets yacht,boston --inference nuts --option compile=true --max-replicas 5 "
-        "--data-dir ../shared/data/uci --results results/nuts.sqlite`\n",
-        NUTS_NOTE,
-        "\n".join(lines) + "\n",
-    ]
+    return _section(
+        "NUTS (`--inference nuts`)",
+        "bnn-priors bench --datasets yacht,boston --inference nuts --option compile=true --max-replicas 5 "
+        "--data-dir ../shared/data/uci --results results/nuts.sqlite",
+        NUTS_NOTE, lines,
+    )
 
 
 def main() -> None:
@@ -235,8 +239,7 @@ def main() -> None:
     for epochs in sorted(gal["budget"].unique()):
         runs = gal[gal["budget"] == epochs]
         # Only data sets whose whole (p, tau) grid ran on every split: a partial grid would select from less.
-        counts = runs.groupby("dataset")["config_hash"].nunique()
-        complete = [d for d, n in counts.items() if n == GAL_GRID_RUNS]
+        complete = _complete(runs, "dataset", GAL_GRID_RUNS)
         summaries[epochs] = gal_summary(gal_select(runs[runs["dataset"].isin(complete)]))
         sections += [
             f"\n## Gal & Ghahramani (2016) grid-search protocol, {epochs} epochs\n",
@@ -245,18 +248,11 @@ def main() -> None:
             "`bnn-priors table --protocol gal2016 --results results/gal2016.sqlite`\n",
             format_gal_table(summaries[epochs]),
         ]
-    if GAL2.exists():
-        gal2 = read_results(GAL2)
-        gal2.to_csv(GAL2.with_suffix(".csv"), index=False)
-        sections += gal2_sections(gal2)
-    if RELEASED.exists():
-        released = read_results(RELEASED)
-        released.to_csv(HERE / "nalisnick2019_released.csv", index=False)
-        sections += released_sections(released)
-    if NUTS_DB.exists():
-        nuts = read_results(NUTS_DB)
-        nuts.to_csv(NUTS_DB.with_suffix(".csv"), index=False)
-        sections += nuts_sections(nuts)
+    for db, make_sections in ((GAL2, gal2_sections), (RELEASED, released_sections), (NUTS_DB, nuts_sections)):
+        if db.exists():
+            runs = read_results(db)
+            runs.to_csv(db.with_suffix(".csv"), index=False)
+            sections += make_sections(runs)
     tail = (HERE / "README.tail.md").read_text()
     sections.append(tail.replace("GAL_ROWS", gal_rows(summaries.get(GAL_FULL_EPOCHS))))
     (HERE / "README.md").write_text("\n".join(sections))
