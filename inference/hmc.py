@@ -230,16 +230,11 @@ class BatchedNUTS:
         self.max_energy_error = max_energy_error
 
     # ----------------------------------------------------------------- dynamics
-    def _grad(self, q):
-        U, g = potential_and_grad(self.potential, q)
-        bad = ~torch.isfinite(U)
-        if bool(bad.any()):
-            U = torch.where(bad, torch.full_like(U, math.inf), U)
-            g = torch.where(bad[:, None], torch.zeros_like(g), g)
-        return U, g
-
-    def _grad_rows(self, q, rows):
-        U, g = potential_and_grad(lambda x: self.row_potential(x, rows), q)
+    def _grad(self, q, rows=None):
+        """``U`` and its gradient at ``q``: all chains, or the chains ``rows`` through ``row_potential``;
+        a non-finite ``U`` becomes ``inf`` with a zero gradient (the sampler's divergence)."""
+        potential = self.potential if rows is None else (lambda x: self.row_potential(x, rows))
+        U, g = potential_and_grad(potential, q)
         bad = ~torch.isfinite(U)
         if bool(bad.any()):
             U = torch.where(bad, torch.full_like(U, math.inf), U)
@@ -259,7 +254,7 @@ class BatchedNUTS:
             e_a = e[rows]  # only the chains still building: the same arithmetic on their rows
             p_half = p[rows] - 0.5 * e_a * g[rows]
             q_a = q[rows] + e_a * inv_mass[rows] * p_half
-            U_a, g_a = self._grad_rows(q_a, rows)
+            U_a, g_a = self._grad(q_a, rows)
             p_a = p_half - 0.5 * e_a * g_a
             return (q.index_copy(0, rows, q_a), p.index_copy(0, rows, p_a), g.index_copy(0, rows, g_a),
                     U.index_copy(0, rows, U_a))

@@ -577,8 +577,8 @@ class NUTS(InferenceBackend):
             q_check = density.prior_draw(ChainRandom(chain_seeds(seeds, K), model.device))
             potential = _compiled(potential, q_check)
             if potential != density.potential:  # the subsets of chains: one graph for every size
-                at_rows = _compiled(density.potential, q_check[: max(1, q_check.shape[0] // 2)],
-                                    torch.arange(max(1, q_check.shape[0] // 2), device=model.device) // K)
+                half = max(1, q_check.shape[0] // 2)
+                at_rows = _compiled(density.potential, q_check[:half], torch.arange(half, device=model.device) // K)
         q0 = self._initial_positions(density, potential, rng)
         sampler = BatchedNUTS(potential, rng, row_potential=lambda q, rows: at_rows(q, rows // K),
                               max_tree_depth=self.max_tree_depth, target_accept=self.target_accept)
