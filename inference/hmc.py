@@ -8,6 +8,9 @@ its own tree, step size and diagonal mass matrix; a chain whose trajectory has e
 (a U-turn, a divergence) is masked: its state is frozen while the others go on,
 and once at most 3/4 of the chains are still building, only theirs are evaluated
 (``row_potential``), so a few long trees do not cost a full batch per leapfrog step.
+The arithmetic of each step (potential and gradient, leapfrog update, a leaf's
+bookkeeping, a block's U-turn check) lives in :mod:`inference.hmc_kernels`, eager or
+compiled.
 
 The transition is the iterative NUTS of Phan, Pradhan & Jankowiak (2019): the
 trajectory doubles (Hoffman & Gelman 2014), each new subtree is built leaf by leaf
@@ -55,21 +58,22 @@ another, equally valid, sequence.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from inference.common import ReplicaRandom, progress_bar
+from inference.hmc_kernels import (
+    MAX_ENERGY_ERROR,
+    Kernels,
+    Potential,
+    RowPotential,
+    criterion,
+    finite,
+)
 
-#: ``potential(q) -> U``: positions ``(C, D)`` to potential energies ``(C,)``, differentiable.
-Potential = Callable[[torch.Tensor], torch.Tensor]
-#: ``row_potential(q, rows) -> U``: the same for a subset of the chains, ``q`` of shape ``(A, D)``
-#: holding the positions of chains ``rows`` ``(A,)`` (indices into the ``C`` chains).
-RowPotential = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-MAX_ENERGY_ERROR = 1000.0
 INIT_BUFFER, BASE_WINDOW, TERM_BUFFER = 75, 25, 50
 
 
@@ -94,15 +98,6 @@ class ChainRandom(ReplicaRandom):
         for c in active.nonzero().flatten().tolist():
             out[c] = torch.rand(n, generator=self.generators[c], device=self.device, dtype=dtype)
         return out
-
-
-def potential_and_grad(potential: Potential, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``U(q)`` and ``dU/dq`` for every chain (the chains are independent: the gradient of the sum)."""
-    with torch.enable_grad():
-        q = q.detach().requires_grad_(True)
-        U = potential(q)
-        (grad,) = torch.autograd.grad(U.sum(), q)
-    return U.detach(), grad
 
 
 # --------------------------------------------------------------------- adaptation
@@ -198,11 +193,6 @@ def _pick(mask: torch.Tensor, a: list, b: list) -> list:
     return [torch.where(mask[:, None] if x.dim() == 2 else mask, x, z) for x, z in zip(a, b)]
 
 
-def _criterion(ps_a: torch.Tensor, ps_b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """The generalized no-U-turn criterion per chain: true while the span has not turned."""
-    return ((ps_a * rho).sum(-1) > 0) & ((ps_b * rho).sum(-1) > 0)
-
-
 class BatchedNUTS:
     """NUTS over ``C`` chains in lockstep on a batched potential; see the module docstring.
 
@@ -216,13 +206,16 @@ class BatchedNUTS:
     step with at most ``compact`` of the chains still building evaluates only theirs.
     That leaves every chain's arithmetic its own, as without it, though the last bit of a
     row's potential may differ with the batch it is computed in (see the module docstring).
+
+    ``kernels`` (optional): the per-step functions, e.g. compiled ones
+    (:meth:`inference.hmc_kernels.Kernels.compiled_at`); by default the eager ones of
+    ``potential`` and ``row_potential``.
     """
 
     def __init__(self, potential: Potential, rng: ChainRandom, max_tree_depth: int = 10,
                  target_accept: float = 0.8, max_energy_error: float = MAX_ENERGY_ERROR,
-                 row_potential: RowPotential | None = None, compact: float = 0.75):
-        self.potential = potential
-        self.row_potential = row_potential
+                 row_potential: RowPotential | None = None, compact: float = 0.75, kernels: Kernels | None = None):
+        self.kernels = kernels if kernels is not None else Kernels(potential, row_potential, max_energy_error)
         self.compact = compact
         self.rng = rng
         self.max_tree_depth = max_tree_depth
@@ -231,26 +224,19 @@ class BatchedNUTS:
 
     # ----------------------------------------------------------------- dynamics
     def _grad(self, q, rows=None):
-        """``U`` and its gradient at ``q``: all chains, or the chains ``rows`` through ``row_potential``;
+        """``U`` and its gradient at ``q``: all chains, or the chains ``rows`` through the row potential;
         a non-finite ``U`` becomes ``inf`` with a zero gradient (the sampler's divergence)."""
-        potential = self.potential if rows is None else (lambda x: self.row_potential(x, rows))
-        U, g = potential_and_grad(potential, q)
-        bad = ~torch.isfinite(U)
-        if bool(bad.any()):
-            U = torch.where(bad, torch.full_like(U, math.inf), U)
-            g = torch.where(bad[:, None], torch.zeros_like(g), g)
-        return U, g
+        if rows is None:
+            return finite(*self.kernels.value_and_grad(q))
+        return finite(*self.kernels.row_value_and_grad(q, rows))
 
     def _leapfrog(self, q, p, g, U, eps, inv_mass, active):
         """One leapfrog step of signed size ``eps`` ``(C,)`` for the active chains; the others stay."""
-        e = eps[:, None]
         if bool(active.all()):  # the common case: no masking
-            p_half = p - 0.5 * e * g
-            q_new = q + e * inv_mass * p_half
-            U_new, g_new = self._grad(q_new)
-            return q_new, p_half - 0.5 * e * g_new, g_new, U_new
+            return self.kernels.leapfrog(q, p, g, eps, inv_mass)
+        e = eps[:, None]
         rows = active.nonzero().flatten()
-        if self.row_potential is not None and rows.numel() <= self.compact * q.shape[0]:
+        if self.kernels.row_value_and_grad is not None and rows.numel() <= self.compact * q.shape[0]:
             e_a = e[rows]  # only the chains still building: the same arithmetic on their rows
             p_half = p[rows] - 0.5 * e_a * g[rows]
             q_a = q[rows] + e_a * inv_mass[rows] * p_half
@@ -293,28 +279,14 @@ class BatchedNUTS:
         first = None
         for n in range(2**depth):
             q, p, g, U = self._leapfrog(q, p, g, U, eps, inv_mass, active)
-            ps = inv_mass * p
-            H = U + 0.5 * (p * ps).sum(-1)
-            dH = (H - H0).nan_to_num(nan=math.inf)
-            div = active & (dH > self.max_energy_error)
-            diverging |= div
-            n_steps += active.long()
-            sum_accept += torch.exp(-dH).clamp(max=1.0) * active
-            ok = active & ~div
-            # multinomial sampling inside the subtree, leaf by leaf
-            new_log_w = torch.logaddexp(log_w, -dH)
-            take = ok & (torch.log(leaf_u[:, n]) < -dH - new_log_w)
-            if bool(take.any()):
-                prop_q = torch.where(take[:, None], q, prop_q)
-                prop_g = torch.where(take[:, None], g, prop_g)
-                prop_U = torch.where(take, U, prop_U)
-                prop_H = torch.where(take, H, prop_H)
-            log_w = torch.where(ok, new_log_w, log_w)
+            rho_before_leaf = rho
+            (ps, div, ok, log_w, prop_q, prop_g, prop_U, prop_H, rho, diverging, n_steps, sum_accept) = self.kernels.leaf(
+                p, U, H0, inv_mass, active, log_w, leaf_u[:, n], q, g, prop_q, prop_g, prop_U, prop_H, rho,
+                diverging, n_steps, sum_accept)
             # checkpoints: leaf n opens a block of 2**k leaves where 2**k divides n
             for k in range(depth + 1):
                 if n % 2**k == 0:
-                    start[k] = (p, ps, rho)
-            rho = torch.where(ok[:, None], rho + p, rho)
+                    start[k] = (p, ps, rho_before_leaf)
             if n == 0:
                 first = (p, ps)
             # U-turn checks of every block of 2**k leaves (k >= 1) that leaf n closes
@@ -325,9 +297,8 @@ class BatchedNUTS:
                 _, ps_start, rho_before = start[k]
                 p_mid, ps_mid, rho_mid = start[k - 1]  # first leaf of the block's second half
                 p_last_half, ps_last_half = end[k - 1]  # last leaf of its first half
-                turn |= ~_criterion(ps_start, ps, rho - rho_before)
-                turn |= ~_criterion(ps_start, ps_mid, rho_mid - rho_before + p_mid)
-                turn |= ~_criterion(ps_last_half, ps, p_last_half + rho - rho_mid)
+                turn |= self.kernels.block_turn(ps_start, ps, rho, rho_before, p_mid, ps_mid, rho_mid, p_last_half,
+                                                ps_last_half)
             for k in range(depth + 1):
                 if (n + 1) % 2**k == 0:
                     end[k] = (p, ps)
@@ -389,9 +360,9 @@ class BatchedNUTS:
             minus = _pick(~forward & valid, new_end, minus)
             rho_total = rho + sub["rho"]
             p_first, ps_first = sub["first"]
-            turn = ~_criterion(minus[4], plus[4], rho_total)
-            turn |= ~_criterion(far[4], ps_first, rho + p_first)
-            turn |= ~_criterion(near[4], new_end[4], near[1] + sub["rho"])
+            turn = ~criterion(minus[4], plus[4], rho_total)
+            turn |= ~criterion(far[4], ps_first, rho + p_first)
+            turn |= ~criterion(near[4], new_end[4], near[1] + sub["rho"])
             rho = torch.where(valid[:, None], rho_total, rho)
             done = done | sub["bad"] | (valid & turn)
         stats = {

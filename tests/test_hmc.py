@@ -292,9 +292,10 @@ def _compile_problem():
     return model, X, y
 
 
-def test_compiled_potential_equals_eager_to_float_rounding():
-    from inference.hmc import potential_and_grad
-    from inference.nuts import _compiled
+def test_compiled_kernels_equal_eager_to_float_rounding():
+    """The compiled potential and gradient (full batch and subsets of rows), the fused leapfrog step,
+    a leaf's bookkeeping and a block's U-turn check against the eager functions."""
+    from inference.hmc_kernels import Kernels
 
     model, X, y = _compile_problem()
     density = NetworkDensity(model, X[None], y[None, :, None], {"layer0", "layer1"})
@@ -302,16 +303,44 @@ def test_compiled_potential_equals_eager_to_float_rounding():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
         try:
-            compiled = _compiled(density.potential, q)
+            fast = Kernels.compiled_at(q, density.potential, density.potential, torch.zeros(1, dtype=torch.long))
         except RuntimeWarning as err:
             pytest.skip(f"torch.compile is not available here: {err}")
-    assert compiled != density.potential
+    assert fast.compiled
+    slow = Kernels(density.potential, density.potential)
+    g = torch.Generator().manual_seed(3)
+
+    def close(a, b, rtol=1e-4):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if a.dtype == torch.bool or a.dtype == torch.long:
+            assert torch.equal(a, b)
+        else:
+            assert torch.allclose(a, b, rtol=rtol, atol=rtol * float(b.abs().max().clamp_min(1.0)), equal_nan=True)
+
     for scale in (0.1, 1.0, 3.0):
-        q = scale * torch.randn(3, density.dim, generator=torch.Generator().manual_seed(int(scale * 10)))
-        U, g = potential_and_grad(density.potential, q)
-        U_c, g_c = potential_and_grad(compiled, q)
-        assert torch.allclose(U_c, U, rtol=1e-5, atol=1e-4)
-        assert torch.allclose(g_c, g, rtol=1e-4, atol=1e-4 * float(g.abs().max()))
+        q = scale * torch.randn(3, density.dim, generator=g)
+        for a, b in zip(fast.value_and_grad(q), slow.value_and_grad(q)):
+            close(a, b)
+        rows = torch.tensor([0, 0])  # two chains, both on replica 0
+        for a, b in zip(fast.row_value_and_grad(q[:2], rows), slow.row_value_and_grad(q[:2], rows)):
+            close(a, b)
+        p, inv_mass = torch.randn(3, density.dim, generator=g), torch.rand(3, density.dim, generator=g) + 0.5
+        eps = torch.tensor([0.01, -0.02, 0.005])
+        U, grad = slow.value_and_grad(q)
+        step_fast, step_slow = fast.leapfrog(q, p, grad, eps, inv_mass), slow.leapfrog(q, p, grad, eps, inv_mass)
+        for a, b in zip(step_fast, step_slow):
+            close(a, b)
+        q1, p1, g1, U1 = step_slow
+        H0 = U + 0.5 * (p * p * inv_mass).sum(-1) + torch.tensor([0.0, -2.0, -2000.0])  # the last one diverges
+        args = (p1, U1, H0, inv_mass, torch.tensor([True, True, False]) | (scale > 1), torch.tensor([-0.5, -1.0, -2.0]),
+                torch.tensor([0.3, 0.9, 0.5]), q1, g1, q, grad, U, H0, p, torch.zeros(3, dtype=torch.bool),
+                torch.tensor([1, 2, 3]), torch.tensor([0.5, 0.25, 1.0]))
+        for a, b in zip(fast.leaf(*args), slow.leaf(*args)):
+            close(a, b)
+        ps = [inv_mass * torch.randn(3, density.dim, generator=g) for _ in range(4)]
+        rho = [torch.randn(3, density.dim, generator=g) for _ in range(3)]
+        turn_args = (ps[0], ps[1], rho[0], rho[1], p1, ps[2], rho[2], p, ps[3])
+        close(fast.block_turn(*turn_args), slow.block_turn(*turn_args))
 
 
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
