@@ -259,7 +259,8 @@ class BatchedNUTS:
 
     # ------------------------------------------------------------------- subtree
     def _subtree(self, q, p, g, U, eps, inv_mass, H0, depth, leaf_u, alive):
-        """Build ``2**depth`` new leaves from ``(q, p, g)`` with signed step ``eps``, per chain.
+        """Build ``2**depth`` new leaves from ``(q, p, g)`` with signed step ``eps``, per chain
+        (``leaf_u`` ``(2**depth, C)``: each leaf's uniform draw per chain, rows contiguous).
 
         Returns the subtree's proposal, its log weight (relative to ``H0``), momentum sum,
         first and last leaves, whether it turned or diverged, and its leapfrog statistics.
@@ -269,7 +270,8 @@ class BatchedNUTS:
         active = alive.clone()
         log_w = torch.full((C,), -math.inf, device=dev, dtype=dt)
         rho = torch.zeros_like(q)
-        prop_q, prop_U, prop_g, prop_H = q, U, g, torch.zeros_like(U)
+        # copies, not the start's tensors: a compiled kernel is specialised to which inputs are one tensor
+        prop_q, prop_U, prop_g, prop_H = q.clone(), U.clone(), g.clone(), torch.zeros_like(U)
         bad = torch.zeros(C, dtype=torch.bool, device=dev)
         diverging = torch.zeros_like(bad)
         n_steps = torch.zeros(C, dtype=torch.long, device=dev)
@@ -278,11 +280,16 @@ class BatchedNUTS:
         end: dict[int, tuple] = {}  # level -> (p, p_sharp) of the latest completed block's last leaf
         first = None
         for n in range(2**depth):
-            q, p, g, U = self._leapfrog(q, p, g, U, eps, inv_mass, active)
             rho_before_leaf = rho
-            (ps, div, ok, log_w, prop_q, prop_g, prop_U, prop_H, rho, diverging, n_steps, sum_accept) = self.kernels.leaf(
-                p, U, H0, inv_mass, active, log_w, leaf_u[:, n], q, g, prop_q, prop_g, prop_U, prop_H, rho,
-                diverging, n_steps, sum_accept)
+            state = (log_w, leaf_u[n])
+            tree = (prop_q, prop_g, prop_U, prop_H, rho, diverging, n_steps, sum_accept)
+            if bool(active.all()):  # the leapfrog step and the leaf's bookkeeping in one call
+                q, p, g, U, ps, div, ok, log_w, *tree = self.kernels.step(q, p, g, eps, inv_mass, H0, active, *state,
+                                                                          *tree)
+            else:
+                q, p, g, U = self._leapfrog(q, p, g, U, eps, inv_mass, active)
+                ps, div, ok, log_w, *tree = self.kernels.leaf(p, U, H0, inv_mass, active, *state, q, g, *tree)
+            prop_q, prop_g, prop_U, prop_H, rho, diverging, n_steps, sum_accept = tree
             # checkpoints: leaf n opens a block of 2**k leaves where 2**k divides n
             for k in range(depth + 1):
                 if n % 2**k == 0:
@@ -341,7 +348,7 @@ class BatchedNUTS:
             near = _pick(forward, plus, minus)  # the end the new subtree grows from
             far = _pick(forward, minus, plus)
             sub = self._subtree(near[0], near[1], near[2], near[3], sign * step_size, inv_mass, H0, j,
-                                u[:, 2:], alive)
+                                u[:, 2:].t().clone(memory_format=torch.contiguous_format), alive)
             depth = torch.where(alive, j + 1, depth)
             n_steps += sub["n_steps"]
             sum_accept += sub["sum_accept"]

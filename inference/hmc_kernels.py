@@ -11,10 +11,17 @@ the gradient taken by ``torch.func.grad`` inside the compiled graph (one graph f
 potential, its gradient and the leapfrog update, instead of a compiled forward, a
 compiled backward and the autograd engine between them).
 
-Measured on boston 13-50-1 (one chain, one thread, ``benchmarks/nuts_ess.py``'s model):
-the potential and its gradient took 1.19 ms eager, 0.35 ms compiled through autograd and
-0.16-0.18 ms compiled with ``torch.func.grad``; a whole leapfrog step 0.42 ms with the
-compiled gradient and eager update, 0.29 ms compiled as one graph.
+Measured on boston 13-50-1 (one chain, one thread, ``benchmarks/nuts_ess.py``'s model,
+beside two benchmark jobs): the potential and its gradient took 1.19 ms eager, 0.35 ms
+compiled through autograd and 0.16-0.18 ms compiled with ``torch.func.grad``; a whole leaf
+of a tree (leapfrog step, bookkeeping, U-turn checks) 0.31 ms with the leapfrog step and
+the bookkeeping in one compiled call (:func:`step`), 0.35 ms in two.
+
+Compiled graphs are specialised to their inputs' shapes, strides and aliasing, so the
+sampler passes each leaf's draws as a contiguous row and the proposal as copies of the
+start (else each tree depth would compile a graph of its own), and each :class:`Kernels`
+compiles functions with code objects of their own (torch.compile keeps at most
+``recompile_limit`` graphs per function, then runs eager code).
 
 The eager kernels are the arithmetic the sampler always did, operation for operation,
 so eager results do not change. Compiled kernels may round differently in the last bit
@@ -27,6 +34,7 @@ compilation fails or disagrees.
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from collections.abc import Callable
 
@@ -119,6 +127,23 @@ def leapfrog(value_and_grad, q, p, g, eps, inv_mass):
     return q_new, p_half - 0.5 * e * g_new, g_new, U_new
 
 
+def step(value_and_grad, q, p, g, eps, inv_mass, H0, active, log_w, u, prop_q, prop_g, prop_U, prop_H, rho,
+         diverging, n_steps, sum_accept, max_energy_error: float):
+    """:func:`leapfrog` of every chain then :func:`leaf`: the new ``(q, p, g, U)`` followed by
+    :func:`leaf`'s outputs (one compiled call per leaf where every chain is still building)."""
+    q, p, g, U = leapfrog(value_and_grad, q, p, g, eps, inv_mass)
+    return (q, p, g, U) + leaf(p, U, H0, inv_mass, active, log_w, u, q, g, prop_q, prop_g, prop_U, prop_H, rho,
+                               diverging, n_steps, sum_accept, max_energy_error)
+
+
+def _own_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own. ``torch.compile`` keeps its graphs on the code object of
+    the function it compiles, at most ``torch._dynamo.config.recompile_limit`` (8) of them, and runs
+    eager code past that: the kernels of successive fits in one process (the benchmark runner's
+    jobs) would share, and after a few fits exhaust, one cache."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 class Kernels:
     """The sampler's per-step functions for a ``potential`` (and optionally its ``row_potential``).
 
@@ -139,6 +164,7 @@ class Kernels:
             self.row_value_and_grad = lambda q, rows: potential_and_grad(lambda x: row_potential(x, rows), q)
         self.leapfrog = lambda q, p, g, eps, inv_mass: leapfrog(self.value_and_grad, q, p, g, eps, inv_mass)
         self.leaf = lambda *a: leaf(*a, max_energy_error)
+        self.step = lambda *a: step(self.value_and_grad, *a, max_energy_error)
         self.block_turn = block_turn
 
     @classmethod
@@ -159,21 +185,24 @@ class Kernels:
         def vg(x):
             return functional_value_and_grad(potential, x)
 
-        def row_vg(x, rows):  # a function of its own: torch.compile caches graphs per function
+        def row_vg(x, rows):
             return functional_value_and_grad(row_potential, x, rows)
 
+        def compiled(fn, dynamic=False):
+            return torch.compile(_own_code(fn), dynamic=dynamic)
+
         try:
-            out.value_and_grad = torch.compile(vg, dynamic=False)
-            out.leapfrog = torch.compile(lambda q, p, g, eps, inv_mass: leapfrog(vg, q, p, g, eps, inv_mass),
-                                         dynamic=False)
-            out.leaf = torch.compile(lambda *a: leaf(*a, max_energy_error), dynamic=False)
-            out.block_turn = torch.compile(block_turn, dynamic=False)
+            out.value_and_grad = compiled(vg)
+            out.leapfrog = compiled(lambda q, p, g, eps, inv_mass: leapfrog(vg, q, p, g, eps, inv_mass))
+            out.leaf = compiled(lambda *a: leaf(*a, max_energy_error))
+            out.step = compiled(lambda *a: step(vg, *a, max_energy_error))
+            out.block_turn = compiled(block_turn)
             U, g = eager.value_and_grad(q)
             zero = torch.zeros(q.shape[0], device=q.device, dtype=q.dtype)
             _, _, g_step, U_step = out.leapfrog(q, torch.zeros_like(q), g, zero, torch.ones_like(q))  # stays at q
             pairs = [(out.value_and_grad(q), (U, g)), ((U_step, g_step), finite(U, g))]
             if row_potential is not None:
-                out.row_value_and_grad = torch.compile(row_vg, dynamic=True)
+                out.row_value_and_grad = compiled(row_vg, dynamic=True)
                 x = q[: len(rows_at)]
                 pairs.append((out.row_value_and_grad(x, rows_at), eager.row_value_and_grad(x, rows_at)))
         except Exception as err:  # inductor needs a C++ compiler (CPU) or Triton (GPU)

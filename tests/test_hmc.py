@@ -343,6 +343,28 @@ def test_compiled_kernels_equal_eager_to_float_rounding():
         close(fast.block_turn(*turn_args), slow.block_turn(*turn_args))
 
 
+def test_compiled_nuts_compiles_each_kernel_once_per_fit():
+    """No recompilation per tree depth (a strided view of the leaves' draws, or two inputs that
+    are one tensor, would trigger one per depth), and each fit in a process compiles graphs of its
+    own: torch.compile keeps at most ``recompile_limit`` (8) graphs per function and runs eager
+    code past that, which kernels shared by the fits of a long benchmark job could reach."""
+    from torch._dynamo.utils import counters
+
+    model, X, y = _compile_problem()
+    kw = dict(compile=True, num_samples=15, warmup=25, num_chains=3, max_tree_depth=6, init_steps=10, progress=False)
+    graphs = []
+    for seed in (1, 2):
+        counters.clear()
+        post = NUTS(seed=seed, **kw).fit(model, X, y)
+        assert post.info["compile"] is True
+        assert max(post.info["tree_depth"][0]) >= 3  # subtrees of depths 0, 1, 2, ... were built
+        graphs.append(counters["stats"]["unique_graphs"])
+    # value_and_grad, leapfrog, leaf, leaf with leapfrog: one each; the U-turn check: two (a block of
+    # two leaves passes one tensor twice); the subsets of rows: one to three (a single row is
+    # specialised, and the check's row indices are not a view as the sampler's are)
+    assert 7 <= graphs[0] <= 9 and graphs[1] == graphs[0], graphs
+
+
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     model, X, y = _compile_problem()
     kw = dict(num_samples=10, warmup=10, num_chains=2, max_tree_depth=3, init_steps=10, progress=False, seed=4)
