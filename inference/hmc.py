@@ -208,19 +208,22 @@ class BatchedNUTS:
     row's potential may differ with the batch it is computed in (see the module docstring).
 
     ``kernels`` (optional): the per-step functions, e.g. compiled ones
-    (:meth:`inference.hmc_kernels.Kernels.compiled_at`); by default the eager ones of
-    ``potential`` and ``row_potential``.
+    (:meth:`inference.hmc_kernels.Kernels.compiled_at`), used in place of ``potential`` and
+    ``row_potential`` (their divergence threshold must be ``max_energy_error``); by default the
+    eager ones of ``potential`` and ``row_potential``.
     """
 
     def __init__(self, potential: Potential, rng: ChainRandom, max_tree_depth: int = 10,
                  target_accept: float = 0.8, max_energy_error: float = MAX_ENERGY_ERROR,
                  row_potential: RowPotential | None = None, compact: float = 0.75, kernels: Kernels | None = None):
+        if kernels is not None and kernels.max_energy_error != max_energy_error:
+            raise ValueError(f"BatchedNUTS: max_energy_error={max_energy_error} but the kernels apply "
+                             f"{kernels.max_energy_error}; build the kernels with the threshold to use")
         self.kernels = kernels if kernels is not None else Kernels(potential, row_potential, max_energy_error)
         self.compact = compact
         self.rng = rng
         self.max_tree_depth = max_tree_depth
         self.target_accept = target_accept
-        self.max_energy_error = max_energy_error
 
     # ----------------------------------------------------------------- dynamics
     def _grad(self, q, rows=None):

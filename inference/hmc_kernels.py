@@ -6,7 +6,7 @@ divergence, acceptance statistic, multinomial proposal, momentum sum) and checks
 U-turn criterion of every block the leaf closes. In eager PyTorch each of these is a
 few dozen small tensor operations, and for a few chains on a CPU their dispatch costs
 as much as the arithmetic. :class:`Kernels` holds them as plain functions of tensors;
-:meth:`Kernels.compiled` gives the same functions compiled by ``torch.compile``, with
+:meth:`Kernels.compiled_at` gives the same functions compiled by ``torch.compile``, with
 the gradient taken by ``torch.func.grad`` inside the compiled graph (one graph for the
 potential, its gradient and the leapfrog update, instead of a compiled forward, a
 compiled backward and the autograd engine between them).
@@ -26,9 +26,9 @@ compiles functions with code objects of their own (torch.compile keeps at most
 The eager kernels are the arithmetic the sampler always did, operation for operation,
 so eager results do not change. Compiled kernels may round differently in the last bit
 (inductor fuses and reorders), so a compiled run is reproducible against compiled runs,
-not against eager ones; :meth:`Kernels.compiled` checks the compiled potential and
-gradient once against eager ones and falls back to eager with a warning when
-compilation fails or disagrees.
+not against eager ones; :meth:`Kernels.compiled_at` checks every compiled function
+once against the eager one, with the kinds of inputs the sampler passes, and falls back
+to eager with a warning when compilation fails or disagrees.
 """
 
 from __future__ import annotations
@@ -144,43 +144,108 @@ def _own_code(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+def _agree(fast, slow) -> bool:
+    """Whether two kernels' outputs (tensors or tuples of them) agree: booleans and integers
+    exactly, floats to float rounding (relative 1e-3 of the largest finite value), NaN and inf
+    where the other has them."""
+    fast = fast if isinstance(fast, tuple) else (fast,)
+    slow = slow if isinstance(slow, tuple) else (slow,)
+    for a, b in zip(fast, slow, strict=True):
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return False
+            continue
+        finite_b = b[torch.isfinite(b)]
+        scale = float(finite_b.abs().max()) if finite_b.numel() else 1.0
+        if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * max(scale, 1.0), equal_nan=True):
+            return False
+    return True
+
+
 class Kernels:
     """The sampler's per-step functions for a ``potential`` (and optionally its ``row_potential``).
 
     ``value_and_grad(q)`` and ``row_value_and_grad(q, rows)`` (``None`` without a row potential)
     give ``U`` and its gradient as computed; ``leapfrog(q, p, g, eps, inv_mass)`` moves all chains
-    (a non-finite ``U`` comes back as ``inf`` with a zero gradient); ``leaf(...)`` and
-    ``block_turn(...)`` are the functions above. ``compiled`` says whether they are
-    ``torch.compile``'d.
+    (a non-finite ``U`` comes back as ``inf`` with a zero gradient); ``leaf(...)``,
+    ``step(...)`` (without the ``value_and_grad`` argument) and ``block_turn(...)`` are the
+    functions above; ``max_energy_error`` is the divergence threshold ``leaf`` applies.
+    ``compiled`` says whether they are ``torch.compile``'d.
     """
 
     compiled = False
 
     def __init__(self, potential: Potential, row_potential: RowPotential | None = None,
                  max_energy_error: float = MAX_ENERGY_ERROR):
-        self.value_and_grad = lambda q: potential_and_grad(potential, q)
+        def value_and_grad(q):
+            return potential_and_grad(potential, q)
+
+        self.max_energy_error = max_energy_error
+        self.value_and_grad = value_and_grad
         self.row_value_and_grad = None
         if row_potential is not None:
             self.row_value_and_grad = lambda q, rows: potential_and_grad(lambda x: row_potential(x, rows), q)
-        self.leapfrog = lambda q, p, g, eps, inv_mass: leapfrog(self.value_and_grad, q, p, g, eps, inv_mass)
+        self.leapfrog = lambda q, p, g, eps, inv_mass: leapfrog(value_and_grad, q, p, g, eps, inv_mass)
         self.leaf = lambda *a: leaf(*a, max_energy_error)
-        self.step = lambda *a: step(self.value_and_grad, *a, max_energy_error)
+        self.step = lambda *a: step(value_and_grad, *a, max_energy_error)
         self.block_turn = block_turn
 
     @classmethod
     def compiled_at(cls, q: torch.Tensor, potential: Potential, row_potential: RowPotential | None = None,
-                    rows_at: torch.Tensor | None = None, max_energy_error: float = MAX_ENERGY_ERROR,
-                    stacklevel: int = 2) -> Kernels:
-        """Compiled kernels, checked at positions ``q`` ``(C, D)`` against the eager potential and
-        gradient (the full batch's, the fused leapfrog step's, and the row potential's at the
-        first ``len(rows_at)`` rows with ``rows_at`` as its second argument); the eager kernels,
-        with a ``RuntimeWarning``, when compilation fails or disagrees beyond float rounding.
+                    max_energy_error: float = MAX_ENERGY_ERROR, stacklevel: int = 2) -> Kernels:
+        """Compiled kernels, each compiled and checked against the eager one at positions ``q``
+        ``(C, D)`` with the kinds of inputs the sampler passes (so the graphs it runs are the ones
+        checked): the potential and gradient of all rows and of subsets of one and of two rows,
+        the leapfrog step, a leaf's bookkeeping alone and fused with the step, and the U-turn
+        check of a two-leaf block (which passes tensors twice) and of a longer one. The eager
+        kernels, with a ``RuntimeWarning``, when compilation fails, a check disagrees beyond
+        float rounding, or no row of ``q`` has a finite potential to check at.
 
         The full batch compiles with static shapes (every call has all ``C`` rows); the row
-        potential with dynamic ones (one graph for any number of rows).
+        potential with dynamic ones (one graph for a single row, one for any other number).
         """
         eager = cls(potential, row_potential, max_energy_error)
         out = cls(potential, row_potential, max_energy_error)
+        C = q.shape[0]
+        U, g = eager.value_and_grad(q)
+        finite_rows = (torch.isfinite(U) & torch.isfinite(g).all(-1)).nonzero().flatten()
+        if finite_rows.numel() == 0:
+            warnings.warn("NUTS(compile=True): the potential is not finite at any position the compiled kernels "
+                          "would be checked at; sampling with the eager potential", RuntimeWarning,
+                          stacklevel=stacklevel + 1)
+            return eager
+        q = q[finite_rows[torch.arange(C) % finite_rows.numel()]]  # every row finite, C rows as the sampler's
+        U, g = eager.value_and_grad(q)
+        # inputs as the sampler makes them: fresh momenta, a leaf's draws as a row of a contiguous
+        # (leaves, C) tensor, the proposal a copy of the start, subsets of rows from nonzero()
+        gen = torch.Generator(device=q.device).manual_seed(0)
+        p = torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
+        ones = torch.ones_like(q)
+        eps = torch.full((C,), 1e-3, device=q.device, dtype=q.dtype)
+        H0 = U + 0.5 * (p * p).sum(-1)
+        active = torch.ones(C, dtype=torch.bool, device=q.device)
+        leaf_state = (H0, active, torch.full_like(U, -math.inf), torch.full((2, C), 0.5, device=q.device,
+                      dtype=q.dtype)[0])
+        tree = (q.clone(), g.clone(), U.clone(), torch.zeros_like(U), torch.zeros_like(q),
+                torch.zeros_like(active), torch.zeros(C, dtype=torch.long, device=q.device), torch.zeros_like(U))
+        q1, p1, g1, U1 = eager.leapfrog(q, p, g, eps, ones)
+        # U-turn checks: momenta p, p_sharp and sums before each leaf of a block of two leaves (its
+        # first leaf is the last of the first half, its second the second half's first: the sampler
+        # passes those tensors twice) and of a block of four (all distinct)
+        pa, pb, pc, pd, ra, rc = (torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype) for _ in range(6))
+        psa, psb, psc, psd = (ones * x for x in (pa, pb, pc, pd))
+        turn_two = (psa, psb, ra + pa + pb, ra, pb, psb, ra + pa, pa, psa)
+        turn_long = (psa, psd, ra + pa + pb + pc + pd, ra, pc, psc, rc, pb, psb)
+        checks = [("value_and_grad", (q,)), ("leapfrog", (q, p, g, eps, ones)),
+                  ("step", (q, p, g, eps, ones) + leaf_state + tree),
+                  ("leaf", (p1, U1) + leaf_state[:1] + (ones,) + leaf_state[1:] + (q1, g1) + tree),
+                  ("block_turn", turn_two), ("block_turn", turn_long)]
+        if row_potential is not None:
+            for n in sorted({1, min(2, C)}):
+                rows = active[:n].nonzero().flatten()
+                checks.append(("row_value_and_grad", (q[:n].clone(), rows)))
 
         def vg(x):
             return functional_value_and_grad(potential, x)
@@ -197,24 +262,16 @@ class Kernels:
             out.leaf = compiled(lambda *a: leaf(*a, max_energy_error))
             out.step = compiled(lambda *a: step(vg, *a, max_energy_error))
             out.block_turn = compiled(block_turn)
-            U, g = eager.value_and_grad(q)
-            zero = torch.zeros(q.shape[0], device=q.device, dtype=q.dtype)
-            _, _, g_step, U_step = out.leapfrog(q, torch.zeros_like(q), g, zero, torch.ones_like(q))  # stays at q
-            pairs = [(out.value_and_grad(q), (U, g)), ((U_step, g_step), finite(U, g))]
             if row_potential is not None:
                 out.row_value_and_grad = compiled(row_vg, dynamic=True)
-                x = q[: len(rows_at)]
-                pairs.append((out.row_value_and_grad(x, rows_at), eager.row_value_and_grad(x, rows_at)))
+            results = [(name, getattr(out, name)(*args), getattr(eager, name)(*args)) for name, args in checks]
         except Exception as err:  # inductor needs a C++ compiler (CPU) or Triton (GPU)
             warnings.warn(f"NUTS(compile=True): torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
                           "sampling with the eager potential", RuntimeWarning, stacklevel=stacklevel + 1)
             return eager
-        for (U_c, g_c), (U, g) in pairs:
-            ok = torch.isfinite(U) & torch.isfinite(g).all(-1)
-            close = torch.allclose(U_c[ok], U[ok], rtol=1e-4, atol=1e-4) and torch.allclose(
-                g_c[ok], g[ok], rtol=1e-3, atol=1e-3 * float(g[ok].abs().max().clamp_min(1.0)))
-            if not close:
-                warnings.warn("NUTS(compile=True): the compiled potential disagrees with the eager one beyond float "
+        for name, fast, slow in results:
+            if not _agree(fast, slow):
+                warnings.warn(f"NUTS(compile=True): the compiled {name} disagrees with the eager one beyond float "
                               "rounding; sampling with the eager potential", RuntimeWarning, stacklevel=stacklevel + 1)
                 return eager
         out.compiled = True

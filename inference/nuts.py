@@ -577,9 +577,8 @@ class NUTS(InferenceBackend):
         start = time.perf_counter()
         at_rows = lambda q, rows: density.potential(q, rows // K)  # noqa: E731  (chain rows to replicas)
         if self.compile:  # checked at prior draws from a copy of the chains' streams, which stay untouched
-            q_check = density.prior_draw(ChainRandom(chain_seeds(seeds, K), model.device))
-            half = max(1, q_check.shape[0] // 2)
-            kernels = Kernels.compiled_at(q_check, density.potential, at_rows, torch.arange(half, device=model.device))
+            q_check = density.prior_draw(ChainRandom(chain_seeds(seeds, K), model.device), bound=_INIT_BOUND)
+            kernels = Kernels.compiled_at(q_check, density.potential, at_rows)
         else:
             kernels = Kernels(density.potential, at_rows)
         q0 = self._initial_positions(density, kernels.value_and_grad, rng)
