@@ -375,6 +375,9 @@ class InferenceBackend(ABC):
     #: Whether the backend trains in :func:`inference.training.train`: then it takes ``threads``
     #: (torch threads of the loop) and ``fit(model, X, y, checkpoint=...)``.
     training_loop: bool = False
+    #: Whether ``fit(model, X, y, checkpoint=...)`` saves its state as it goes and continues from a
+    #: saved one (:class:`inference.training.Checkpoint`): a killed job of the runner then resumes.
+    checkpoints: bool = False
     #: Whether ``fit(model, X, y, X_test=...)`` takes the test inputs (never their targets) to
     #: diagnose the fit's predictions there (NUTS: R-hat and ESS of ``f(x)``).
     diagnoses_test_inputs: bool = False

@@ -58,12 +58,14 @@ another, equally valid, sequence.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from bnn_priors.errors import InvalidParameterError
 from inference.common import ReplicaRandom, progress_bar
 from inference.hmc_kernels import (
     MAX_ENERGY_ERROR,
@@ -186,6 +188,7 @@ class SamplerOutput:
     step_size: torch.Tensor  # (C,)
     inv_mass: torch.Tensor  # (C, D)
     warmup_divergences: torch.Tensor  # (C,)
+    resumed_from: int | None = None  # the iteration a checkpoint continued from
 
 
 def _pick(mask: torch.Tensor, a: list, b: list) -> list:
@@ -412,29 +415,49 @@ class BatchedNUTS:
         return step_size.clamp(1e-8, 1e7)
 
     # -------------------------------------------------------------------- run
-    def sample(self, q0: torch.Tensor, warmup: int, num_samples: int, thin: int = 1,
-               progress: bool = False, step_size: float = 1.0) -> SamplerOutput:
+    def sample(self, q0: torch.Tensor | None, warmup: int, num_samples: int, thin: int = 1,
+               progress: bool = False, step_size: float = 1.0, checkpoint=None) -> SamplerOutput:
         """Warm up (adapting step size and mass matrix per chain), then keep every ``thin``-th of
-        ``num_samples`` draws."""
-        C, D = q0.shape
-        dev, dt = q0.device, q0.dtype
-        q = q0.detach().clone()
-        U, g = self._grad(q)
-        inv_mass = torch.ones((C, D), device=dev, dtype=dt)
-        eps = torch.full((C,), float(step_size), device=dev, dtype=dt)
-        if warmup:
-            eps = self.reasonable_step_size(q, U, g, eps, inv_mass)
-        averaging = DualAveraging(eps, self.target_accept)
+        ``num_samples`` draws.
+
+        ``checkpoint`` (an :class:`inference.training.Checkpoint`): save the whole state (positions,
+        adaptation, draws and statistics so far, every chain's random stream) at iteration
+        boundaries, at least ``checkpoint.every`` seconds apart, and continue from a saved state
+        when there is one (``q0`` is then not used and may be ``None``): a continued run gives
+        the draws of an uninterrupted one, to the last bit. The file stays after the last
+        iteration; the caller removes it once the results are safe.
+        """
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is None and q0 is None:
+            raise ValueError("BatchedNUTS.sample: q0 is needed when there is no saved state to continue from")
+        names = ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "step_size")
+        if saved is None:
+            C, D = q0.shape
+            dev, dt = q0.device, q0.dtype
+            q = q0.detach().clone()
+            U, g = self._grad(q)
+            inv_mass = torch.ones((C, D), device=dev, dtype=dt)
+            eps = torch.full((C,), float(step_size), device=dev, dtype=dt)
+            if warmup:
+                eps = self.reasonable_step_size(q, U, g, eps, inv_mass)
+            averaging = DualAveraging(eps, self.target_accept)
+            welford, window_end = None, None
+            kept = math.ceil(num_samples / thin)
+            draws = torch.empty((C, kept, D), device=dev, dtype=dt)
+            stats = {name: [] for name in names}
+            warm_div = torch.zeros(C, dtype=torch.long, device=dev)
+            first = 0
+        else:
+            (first, q, U, g, inv_mass, eps, averaging, welford, window_end, draws, stats,
+             warm_div) = self._restore(saved, warmup, num_samples, thin)
+            C, D = q.shape
+            dev, dt = q.device, q.dtype
         windows = adaptation_windows(warmup)
         window_of = {s: e for s, e in windows}
-        welford, window_end = None, None
-        kept = math.ceil(num_samples / thin)
-        draws = torch.empty((C, kept, D), device=dev, dtype=dt)
-        names = ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "step_size")
-        stats = {name: [] for name in names}
-        warm_div = torch.zeros(C, dtype=torch.long, device=dev)
         bar = progress_bar(warmup + num_samples, "NUTS", progress)
-        for it in range(warmup + num_samples):
+        bar.update(first)
+        last_save = time.monotonic()
+        for it in range(first, warmup + num_samples):
             q, U, g, st = self.transition(q, U, g, eps, inv_mass)
             if it < warmup:
                 warm_div += st["diverging"].long()
@@ -458,6 +481,37 @@ class BatchedNUTS:
                     stats[name].append(st[name])
                 stats["step_size"].append(eps)
             bar.update(1)
+            if checkpoint is not None and time.monotonic() - last_save >= checkpoint.every:
+                checkpoint.save({
+                    "sampler": "BatchedNUTS", "iteration": it + 1, "schedule": (warmup, num_samples, thin),
+                    "q": q, "U": U, "g": g, "inv_mass": inv_mass, "eps": eps,
+                    "averaging": dict(vars(averaging)), "welford": None if welford is None else dict(vars(welford)),
+                    "window_end": window_end, "draws": draws, "stats": stats, "warm_div": warm_div,
+                    "generators": [gen.get_state() for gen in self.rng.generators],
+                })
+                last_save = time.monotonic()
         bar.close()
         stacked = {name: torch.stack(v, 1) if v else torch.empty((C, 0), device=dev) for name, v in stats.items()}
-        return SamplerOutput(draws, stacked, eps, inv_mass, warm_div)
+        return SamplerOutput(draws, stacked, eps, inv_mass, warm_div, None if saved is None else first)
+
+    def _restore(self, saved: dict, warmup: int, num_samples: int, thin: int):
+        """A checkpoint's state, checked against this run and put back (the chains' streams too)."""
+        if saved.get("sampler") != "BatchedNUTS" or tuple(saved.get("schedule", ())) != (warmup, num_samples, thin):
+            raise InvalidParameterError("the checkpoint is not of this sampler's run (another sampler or schedule); "
+                                        "delete it")
+        if len(saved["generators"]) != len(self.rng.generators):
+            raise InvalidParameterError(f"the checkpoint holds {len(saved['generators'])} chains where this run has "
+                                        f"{len(self.rng.generators)}; delete it")
+        dev = self.rng.device
+        for gen, state in zip(self.rng.generators, saved["generators"]):
+            gen.set_state(state)
+        on = {k: saved[k].to(dev) for k in ("q", "U", "g", "inv_mass", "eps", "draws", "warm_div")}
+        averaging = DualAveraging.__new__(DualAveraging)
+        averaging.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in saved["averaging"].items()})
+        welford = None
+        if saved["welford"] is not None:
+            welford = Welford.__new__(Welford)
+            welford.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in saved["welford"].items()})
+        stats = {name: [t.to(dev) for t in v] for name, v in saved["stats"].items()}
+        return (saved["iteration"], on["q"], on["U"], on["g"], on["inv_mass"], on["eps"], averaging, welford,
+                saved["window_end"], on["draws"], stats, on["warm_div"])

@@ -347,6 +347,7 @@ class MCDropout(InferenceBackend):
 
     name = "mc-dropout"
     training_loop = True
+    checkpoints = True
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {

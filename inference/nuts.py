@@ -85,6 +85,7 @@ from inference.common import (
 from inference.hmc import BatchedNUTS, ChainRandom, chain_seeds
 from inference.hmc_kernels import Kernels
 from inference.network_density import NetworkDensity
+from inference.training import Checkpoint
 from models.networks import BayesianNetwork
 
 PARAMETRIZATIONS = ("auto", "centered", "non-centered")
@@ -426,6 +427,12 @@ class NUTS(InferenceBackend):
 
     name = "nuts"
     diagnoses_test_inputs = True
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether ``fit`` takes a checkpoint: the batched engine saves its state, Pyro's does not."""
+        return self.engine == "batched"
+
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {
@@ -526,11 +533,17 @@ class NUTS(InferenceBackend):
         return out
 
     # --------------------------------------------------------------------- fit
-    def fit(self, model: BayesianNetwork, X, y, X_test=None) -> NUTSPosterior:
+    def fit(self, model: BayesianNetwork, X, y, X_test=None, checkpoint: Checkpoint | None = None) -> NUTSPosterior:
+        """Sample the posterior of ``model`` given ``(X, y)``; ``X_test``: inputs (never targets) at which
+        to diagnose the predictions. With a :class:`~inference.training.Checkpoint` (batched engine
+        only), the sampler saves its whole state every ``checkpoint.every`` seconds and a rerun with
+        the same checkpoint continues from it, giving the draws of an uninterrupted run."""
         X, y, seeds = self.prepare(model, X, y)
         X_diag = _diagnostic_inputs(model, X, X_test)
+        if checkpoint is not None and self.engine != "batched":
+            raise InvalidParameterError("NUTS: checkpoints are saved by the batched engine only, not by engine='pyro'")
         if self.engine == "batched":
-            post = self._fit_batched(model, X, y, seeds, X_diag)
+            post = self._fit_batched(model, X, y, seeds, X_diag, checkpoint)
         else:
             post = self._fit_pyro(model, X, y, seeds, X_diag)
         post.info["predictive"] = _predictive_info(post)
@@ -568,7 +581,7 @@ class NUTS(InferenceBackend):
         return NUTSPosterior(model, chains, [run.divergences for run in runs], self.thin, seeds, info, X_diag)
 
     # ------------------------------------------------------------ batched engine
-    def _fit_batched(self, model, X, y, seeds, X_diag) -> NUTSPosterior:
+    def _fit_batched(self, model, X, y, seeds, X_diag, checkpoint=None) -> NUTSPosterior:
         """Every chain of every replica in lockstep on the direct log density."""
         forms = self.layer_parametrization(model)
         density = NetworkDensity(model, X, y, {name for name, form in forms.items() if form == "non-centered"})
@@ -581,10 +594,11 @@ class NUTS(InferenceBackend):
             kernels = Kernels.compiled_at(q_check, density.potential, at_rows)
         else:
             kernels = Kernels(density.potential, at_rows)
-        q0 = self._initial_positions(density, kernels.value_and_grad, rng)
+        resuming = checkpoint is not None and checkpoint.load() is not None  # the saved state has the start
+        q0 = None if resuming else self._initial_positions(density, kernels.value_and_grad, rng)
         sampler = BatchedNUTS(density.potential, rng, max_tree_depth=self.max_tree_depth,
                               target_accept=self.target_accept, kernels=kernels)
-        out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress)
+        out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress, checkpoint=checkpoint)
         elapsed = time.perf_counter() - start
         S = out.draws.shape[1]
         with torch.no_grad():
@@ -600,6 +614,7 @@ class NUTS(InferenceBackend):
         stats = {k: v[:, :, :: self.thin].movedim(0, 2).contiguous() for k, v in by_chain.items()}  # (K, S, R)
         info = self._batched_info(model, chains, by_chain, out, forms, elapsed, seeds)
         info["compile"] = kernels.compiled  # False after a fallback to eager
+        info["resumed_from_iteration"] = out.resumed_from  # where a checkpoint continued, or None
         return NUTSPosterior(model, chains, divergences, self.thin, seeds, info, X_diag, stats)
 
     def _initial_positions(self, density: NetworkDensity, value_and_grad, rng: ChainRandom) -> torch.Tensor:

@@ -18,10 +18,12 @@ import torch
 from pyro import poutine
 
 import bnn_priors as bp
+from bnn_priors.errors import InvalidParameterError
 from inference import NUTS
 from inference.hmc import BatchedNUTS, ChainRandom, adaptation_windows, chain_seeds
 from inference.network_density import NetworkDensity
 from inference.nuts import _reparametrized, ess
+from inference.training import Checkpoint
 from models import BayesianMLP, BayesianResNet, GaussianLikelihood
 
 CPU = torch.device("cpu")
@@ -467,3 +469,64 @@ def test_batched_engine_diagnostics_info_and_arviz():
     assert int(idata.sample_stats["diverging"].sum()) <= info["divergences"]
     assert math.isfinite(float(az.loo(idata).elpd_loo))
     assert "f" not in az.summary(idata, var_names=["output.bias"]).index
+
+
+class _KilledAfter(Checkpoint):
+    """A checkpoint whose process is 'killed' right after its ``n``-th save (one per iteration)."""
+
+    def __init__(self, path, key, n):
+        super().__init__(path, key, every=0.0)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "saves", [0])
+
+    def save(self, state):
+        super().save(state)
+        self.saves[0] += 1
+        if self.saves[0] == self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def nuts_uninterrupted():
+    """Two replicas x two chains, 60 warm-up (fast window, slow windows of 25 draws then terminal
+    window, at this length Stan's 15% / 75% / 10%) + 20 draws, and the fit without checkpoints."""
+    _, X, y = _compile_problem()
+    X2, y2 = torch.stack([X, X.flip(0)]), torch.stack([y, y.flip(0)])
+    kw = dict(num_samples=20, warmup=60, num_chains=2, max_tree_depth=4, init_steps=20, progress=False, seed=[5, 6])
+
+    def make():
+        return BayesianMLP(2, 1, hidden=(6,), prior=bp.prior("half-cauchy", "ard"), likelihood=GaussianLikelihood(),
+                           replicas=2)
+
+    return make, X2, y2, kw, NUTS(**kw).fit(make(), X2, y2)
+
+
+@pytest.mark.parametrize("killed_after", [3, 30, 70])  # fast window; slow window (mass matrix running); draws
+def test_nuts_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, nuts_uninterrupted, killed_after):
+    make, X, y, kw, whole = nuts_uninterrupted
+    path = tmp_path / "nuts.pt"
+    with pytest.raises(KeyboardInterrupt):
+        NUTS(**kw).fit(make(), X, y, checkpoint=_KilledAfter(path, "job", killed_after))
+    assert path.exists()
+    resumed = NUTS(**kw).fit(make(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
+    assert resumed.info["resumed_from_iteration"] == killed_after and whole.info["resumed_from_iteration"] is None
+    for name, t in whole.chains.items():
+        assert torch.equal(resumed.chains[name], t), name
+    for name, t in whole.stats.items():
+        assert torch.equal(resumed.stats[name], t), name
+    assert resumed.divergences == whole.divergences
+    assert resumed.info["step_size"] == whole.info["step_size"]
+
+
+def test_nuts_refuses_a_checkpoint_of_another_schedule_and_the_pyro_engine(tmp_path, nuts_uninterrupted):
+    make, X, y, kw, _ = nuts_uninterrupted
+    path = tmp_path / "nuts.pt"
+    with pytest.raises(KeyboardInterrupt):
+        NUTS(**kw).fit(make(), X, y, checkpoint=_KilledAfter(path, "job", 2))
+    with pytest.raises(InvalidParameterError, match="another sampler or schedule"):
+        NUTS(**{**kw, "warmup": 50}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
+    with pytest.raises(InvalidParameterError, match="2 chains where this run has 4|4 chains where this run has 2"):
+        NUTS(**{**kw, "num_chains": 1}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
+    assert NUTS().checkpoints and not NUTS(engine="pyro").checkpoints
+    with pytest.raises(InvalidParameterError, match="batched engine only"):
+        NUTS(**{**kw, "engine": "pyro"}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))

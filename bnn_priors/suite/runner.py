@@ -122,7 +122,7 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         backend = method.make_backend(cfg0.budget, options, seed=seeds, device=job.device, progress=False,
                                       threads=job.threads)
         model = build_model(cfg0, dataset.X.shape[1], replicas=R)
-        checkpoint = job.checkpoint() if backend.training_loop else None
+        checkpoint = job.checkpoint() if backend.checkpoints else None
         extra = {} if checkpoint is None else {"checkpoint": checkpoint}
         if backend.diagnoses_test_inputs:  # the inputs only: NUTS's R-hat and ESS of f(x) there
             extra["X_test"] = data.X_test
