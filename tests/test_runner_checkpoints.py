@@ -104,3 +104,38 @@ def test_sane_fits_are_far_from_the_blow_up_bound(tmp_path):
 
 def test_checkpoint_dir_sits_beside_the_results_file():
     assert checkpoint_dir("a/b/results.sqlite") == Path("a/b/results.sqlite.checkpoints")
+
+
+def test_a_killed_nuts_job_continues_from_its_checkpoint_and_gets_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    """The runner hands NUTS jobs their checkpoint as it does training jobs: a job stopped after
+    a few iterations continues from its saved state, to the numbers of an uninterrupted run."""
+    from inference.training import Checkpoint
+
+    configs = expand_grid("diabetes", "0-1", noise="half-cauchy", inference="nuts", arch="mlp-1x4", budget={"samples": 15},
+                          options={"num_chains": 2, "max_tree_depth": 3, "init_steps": 5}, eval_samples=20)
+    whole = tmp_path / "whole.sqlite"
+    run_suite(configs, whole, progress=False, checkpoint_every=None)
+
+    killed = tmp_path / "killed.sqlite"
+    save = Checkpoint.save
+
+    def save_then_stop(self, state):
+        save(self, state)
+        if state["iteration"] == 12:  # in the warm-up of 15
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_stop)
+    try:
+        run_suite(configs, killed, progress=False, checkpoint_every=0.0)
+        raise AssertionError("the job was not stopped")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(Checkpoint, "save", save)
+    assert read_results(killed, status=None).empty and len(list(checkpoint_dir(killed).glob("*.pt"))) == 1
+
+    report = run_suite(configs, killed, progress=False, checkpoint_every=0.0)
+    assert report.ok == 2
+    assert _metrics(killed) == _metrics(whole)  # equal to the last bit
+    info = [json.loads(text) for text in read_results(killed)["backend_info"]]
+    assert all(i["resumed_from_iteration"] == 12 for i in info)
+    assert not checkpoint_dir(killed).exists()
