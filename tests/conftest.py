@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from inference.training import Checkpoint
+
 
 def shared_uci_dir() -> Path:
     """``shared/data/uci`` beside the checkout, or ``$BNN_PRIORS_SHARED_UCI``."""
@@ -51,3 +53,25 @@ def isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def offline_env(isolated_data: Path) -> dict[str, str]:
     """Environment for subprocesses: :func:`isolated_data`'s, with unbuffered output."""
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+class _KilledAfter(Checkpoint):
+    """A checkpoint whose process is 'killed' (``KeyboardInterrupt``) right after its ``n``-th save;
+    it saves at every occasion (``every=0``)."""
+
+    def __init__(self, path, key, n):
+        super().__init__(path, key, every=0.0)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "saves", [0])
+
+    def save(self, state):
+        super().save(state)
+        self.saves[0] += 1
+        if self.saves[0] == self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def killed_after():
+    """``killed_after(path, key, n)``: a checkpoint that stops the fit right after its ``n``-th save."""
+    return _KilledAfter

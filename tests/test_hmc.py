@@ -471,21 +471,6 @@ def test_batched_engine_diagnostics_info_and_arviz():
     assert "f" not in az.summary(idata, var_names=["output.bias"]).index
 
 
-class _KilledAfter(Checkpoint):
-    """A checkpoint whose process is 'killed' right after its ``n``-th save (one per iteration)."""
-
-    def __init__(self, path, key, n):
-        super().__init__(path, key, every=0.0)
-        object.__setattr__(self, "n", n)
-        object.__setattr__(self, "saves", [0])
-
-    def save(self, state):
-        super().save(state)
-        self.saves[0] += 1
-        if self.saves[0] == self.n:
-            raise KeyboardInterrupt
-
-
 @pytest.fixture(scope="module")
 def nuts_uninterrupted():
     """Two replicas x two chains, 60 warm-up (fast window, slow windows of 25 draws then terminal
@@ -501,15 +486,15 @@ def nuts_uninterrupted():
     return make, X2, y2, kw, NUTS(**kw).fit(make(), X2, y2)
 
 
-@pytest.mark.parametrize("killed_after", [3, 30, 70])  # fast window; slow window (mass matrix running); draws
-def test_nuts_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, nuts_uninterrupted, killed_after):
+@pytest.mark.parametrize("stop", [3, 30, 70])  # fast window; slow window (mass matrix running); draws
+def test_nuts_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, nuts_uninterrupted, killed_after, stop):
     make, X, y, kw, whole = nuts_uninterrupted
     path = tmp_path / "nuts.pt"
     with pytest.raises(KeyboardInterrupt):
-        NUTS(**kw).fit(make(), X, y, checkpoint=_KilledAfter(path, "job", killed_after))
+        NUTS(**kw).fit(make(), X, y, checkpoint=killed_after(path, "job", stop))
     assert path.exists()
     resumed = NUTS(**kw).fit(make(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
-    assert resumed.info["resumed_from_iteration"] == killed_after and whole.info["resumed_from_iteration"] is None
+    assert resumed.info["resumed_from_iteration"] == stop and whole.info["resumed_from_iteration"] is None
     for name, t in whole.chains.items():
         assert torch.equal(resumed.chains[name], t), name
     for name, t in whole.stats.items():
@@ -518,11 +503,11 @@ def test_nuts_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path,
     assert resumed.info["step_size"] == whole.info["step_size"]
 
 
-def test_nuts_refuses_a_checkpoint_of_another_schedule_and_the_pyro_engine(tmp_path, nuts_uninterrupted):
+def test_nuts_refuses_a_checkpoint_of_another_schedule_and_the_pyro_engine(tmp_path, nuts_uninterrupted, killed_after):
     make, X, y, kw, _ = nuts_uninterrupted
     path = tmp_path / "nuts.pt"
     with pytest.raises(KeyboardInterrupt):
-        NUTS(**kw).fit(make(), X, y, checkpoint=_KilledAfter(path, "job", 2))
+        NUTS(**kw).fit(make(), X, y, checkpoint=killed_after(path, "job", 2))
     with pytest.raises(InvalidParameterError, match="another sampler or schedule"):
         NUTS(**{**kw, "warmup": 50}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
     with pytest.raises(InvalidParameterError, match="2 chains where this run has 4|4 chains where this run has 2"):

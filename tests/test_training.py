@@ -21,21 +21,6 @@ def _data(R=2, N=50, seed=0):
     return X, y
 
 
-class _KilledAfter(Checkpoint):
-    """A checkpoint whose process is 'killed' right after its ``n``-th save."""
-
-    def __init__(self, path, key, n):
-        super().__init__(path, key, every=0.0)
-        object.__setattr__(self, "n", n)
-        object.__setattr__(self, "saves", [0])
-
-    def save(self, state):
-        super().save(state)
-        self.saves[0] += 1
-        if self.saves[0] == self.n:
-            raise KeyboardInterrupt
-
-
 def _fits():
     """(name, backend factory, model factory) of fits with every kind of state a checkpoint must hold."""
     def mlp(noise, structure, R=2):
@@ -59,13 +44,13 @@ def _fits():
 
 
 @pytest.mark.parametrize("name,backend,model", _fits(), ids=[f[0] for f in _fits()])
-def test_a_fit_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, name, backend, model):
+def test_a_fit_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, killed_after, name, backend, model):
     X, y = _data()
     whole = backend().fit(model(), X, y)
 
     path = tmp_path / "job.pt"
     with pytest.raises(KeyboardInterrupt):
-        backend().fit(model(), X, y, checkpoint=_KilledAfter(path, "job", n=2))
+        backend().fit(model(), X, y, checkpoint=killed_after(path, "job", n=2))
     assert path.exists()
     resumed = backend().fit(model(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
 
@@ -78,12 +63,12 @@ def test_a_fit_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path
     np.testing.assert_array_equal(a["log_likelihood"], b["log_likelihood"])
 
 
-def test_a_checkpoint_of_another_fit_is_refused(tmp_path):
+def test_a_checkpoint_of_another_fit_is_refused(tmp_path, killed_after):
     X, y = _data()
     path = tmp_path / "job.pt"
     fit = _fits()[0]
     with pytest.raises(KeyboardInterrupt):
-        fit[1]().fit(fit[2](), X, y, checkpoint=_KilledAfter(path, "job-a", n=1))
+        fit[1]().fit(fit[2](), X, y, checkpoint=killed_after(path, "job-a", n=1))
     with pytest.raises(InvalidParameterError, match="belongs to another fit"):
         fit[1]().fit(fit[2](), X, y, checkpoint=Checkpoint(path, "job-b"))
     path.write_bytes(b"not a checkpoint")
@@ -91,13 +76,13 @@ def test_a_checkpoint_of_another_fit_is_refused(tmp_path):
         fit[1]().fit(fit[2](), X, y, checkpoint=Checkpoint(path, "job-a"))
 
 
-def test_a_checkpoint_for_another_model_is_refused(tmp_path):
+def test_a_checkpoint_for_another_model_is_refused(tmp_path, killed_after):
     X, y = _data()
     path = tmp_path / "job.pt"
     small = models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("half-cauchy"), replicas=2)
     wide = models.BayesianMLP(3, 1, hidden=(9,), prior=bnn_priors.prior("half-cauchy"), replicas=2)
     with pytest.raises(KeyboardInterrupt):
-        SVI(steps=30, report_every=10, progress=False).fit(small, X, y, checkpoint=_KilledAfter(path, "k", n=1))
+        SVI(steps=30, report_every=10, progress=False).fit(small, X, y, checkpoint=killed_after(path, "k", n=1))
     with pytest.raises(InvalidParameterError, match="shape"):
         SVI(steps=30, report_every=10, progress=False).fit(wide, X, y, checkpoint=Checkpoint(path, "k"))
 
