@@ -189,6 +189,7 @@ class SamplerOutput:
     inv_mass: torch.Tensor  # (C, D)
     warmup_divergences: torch.Tensor  # (C,)
     resumed_from: int | None = None  # the iteration a checkpoint continued from
+    seconds_before: float = 0.0  # seconds of the earlier segments of a continued run, up to their last save
 
 
 def _pick(mask: torch.Tensor, a: list, b: list) -> list:
@@ -416,20 +417,28 @@ class BatchedNUTS:
 
     # -------------------------------------------------------------------- run
     def sample(self, q0: torch.Tensor | None, warmup: int, num_samples: int, thin: int = 1,
-               progress: bool = False, step_size: float = 1.0, checkpoint=None) -> SamplerOutput:
+               progress: bool = False, step_size: float = 1.0, checkpoint=None, fingerprint: dict | None = None,
+               started: float | None = None) -> SamplerOutput:
         """Warm up (adapting step size and mass matrix per chain), then keep every ``thin``-th of
         ``num_samples`` draws.
 
         ``checkpoint`` (an :class:`inference.training.Checkpoint`): save the whole state (positions,
         adaptation, draws and statistics so far, every chain's random stream) at iteration
         boundaries, at least ``checkpoint.every`` seconds apart, and continue from a saved state
-        when there is one (``q0`` is then not used and may be ``None``): a continued run gives
-        the draws of an uninterrupted one, to the last bit. The file stays after the last
-        iteration; the caller removes it once the results are safe.
+        when there is one (``q0`` is then not used and may be ``None``). On the same device, with
+        the same kernels (eager, or compiled in both segments), a continued run gives the draws of
+        an uninterrupted one to the last bit. A saved state is refused unless the schedule, the
+        chains' seeds, the tree depth, target acceptance, divergence threshold, the positions'
+        shape, dtype and device type, and the caller's ``fingerprint`` (anything else the run
+        depends on, e.g. a hash of the data) all match. ``started``: the
+        ``time.perf_counter()`` at which the caller's fit began; the seconds of every segment up to
+        its last save are kept in the checkpoint and returned as ``seconds_before``. The file
+        stays after the last iteration; the caller removes it once the results are safe.
         """
         saved = checkpoint.load() if checkpoint is not None else None
         if saved is None and q0 is None:
             raise ValueError("BatchedNUTS.sample: q0 is needed when there is no saved state to continue from")
+        started = time.perf_counter() if started is None else started
         names = ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "step_size")
         if saved is None:
             C, D = q0.shape
@@ -447,11 +456,14 @@ class BatchedNUTS:
             stats = {name: [] for name in names}
             warm_div = torch.zeros(C, dtype=torch.long, device=dev)
             first = 0
+            seconds_before = 0.0
         else:
+            C, D = saved["q"].shape
+            dev, dt = self.rng.device, saved["q"].dtype
             (first, q, U, g, inv_mass, eps, averaging, welford, window_end, draws, stats,
-             warm_div) = self._restore(saved, warmup, num_samples, thin)
-            C, D = q.shape
-            dev, dt = q.device, q.dtype
+             warm_div) = self._restore(saved, warmup, num_samples, thin, fingerprint)
+            seconds_before = saved["seconds"]
+        identity = self._fingerprint(C, D, dt, dev, warmup, num_samples, thin, fingerprint)
         windows = adaptation_windows(warmup)
         window_of = {s: e for s, e in windows}
         bar = progress_bar(warmup + num_samples, "NUTS", progress)
@@ -482,36 +494,54 @@ class BatchedNUTS:
                 stats["step_size"].append(eps)
             bar.update(1)
             if checkpoint is not None and time.monotonic() - last_save >= checkpoint.every:
+                filled = math.ceil(max(0, it + 1 - warmup) / thin)
                 checkpoint.save({
-                    "sampler": "BatchedNUTS", "iteration": it + 1, "schedule": (warmup, num_samples, thin),
+                    "sampler": "BatchedNUTS", "identity": identity, "iteration": it + 1,
+                    "seconds": seconds_before + time.perf_counter() - started,
                     "q": q, "U": U, "g": g, "inv_mass": inv_mass, "eps": eps,
                     "averaging": dict(vars(averaging)), "welford": None if welford is None else dict(vars(welford)),
-                    "window_end": window_end, "draws": draws, "stats": stats, "warm_div": warm_div,
-                    "generators": [gen.get_state() for gen in self.rng.generators],
+                    "window_end": window_end, "draws": draws[:, :filled],
+                    "stats": {name: torch.stack(v, 1) if v else None for name, v in stats.items()},
+                    "warm_div": warm_div, "generators": [gen.get_state() for gen in self.rng.generators],
                 })
                 last_save = time.monotonic()
         bar.close()
         stacked = {name: torch.stack(v, 1) if v else torch.empty((C, 0), device=dev) for name, v in stats.items()}
-        return SamplerOutput(draws, stacked, eps, inv_mass, warm_div, None if saved is None else first)
+        return SamplerOutput(draws, stacked, eps, inv_mass, warm_div, None if saved is None else first, seconds_before)
 
-    def _restore(self, saved: dict, warmup: int, num_samples: int, thin: int):
+    def _fingerprint(self, C, D, dtype, device, warmup, num_samples, thin, extra) -> dict:
+        """What a saved state must have been saved by: this sampler's settings and the run's."""
+        return {
+            "schedule": (warmup, num_samples, thin), "chains": C, "dimension": D, "dtype": str(dtype),
+            "device": torch.device(device).type, "seeds": list(self.rng.seeds), "max_tree_depth": self.max_tree_depth,
+            "target_accept": self.target_accept, "max_energy_error": self.kernels.max_energy_error,
+            **(extra or {}),
+        }
+
+    def _restore(self, saved: dict, warmup: int, num_samples: int, thin: int, fingerprint: dict | None):
         """A checkpoint's state, checked against this run and put back (the chains' streams too)."""
-        if saved.get("sampler") != "BatchedNUTS" or tuple(saved.get("schedule", ())) != (warmup, num_samples, thin):
-            raise InvalidParameterError("the checkpoint is not of this sampler's run (another sampler or schedule); "
-                                        "delete it")
-        if len(saved["generators"]) != len(self.rng.generators):
-            raise InvalidParameterError(f"the checkpoint holds {len(saved['generators'])} chains where this run has "
-                                        f"{len(self.rng.generators)}; delete it")
+        if saved.get("sampler") != "BatchedNUTS":
+            raise InvalidParameterError("the checkpoint is not a NUTS sampler's; delete it")
+        C, D = saved["q"].shape
         dev = self.rng.device
+        ours = self._fingerprint(len(self.rng.generators), D, saved["q"].dtype, dev, warmup, num_samples, thin,
+                                 fingerprint)
+        differ = sorted(k for k in set(ours) | set(saved["identity"]) if ours.get(k) != saved["identity"].get(k))
+        if differ:
+            shown = ", ".join(f"{k} {saved['identity'].get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+            raise InvalidParameterError(f"the checkpoint belongs to another run ({shown}); delete it to start afresh")
         for gen, state in zip(self.rng.generators, saved["generators"]):
             gen.set_state(state)
-        on = {k: saved[k].to(dev) for k in ("q", "U", "g", "inv_mass", "eps", "draws", "warm_div")}
+        on = {k: saved[k].to(dev) for k in ("q", "U", "g", "inv_mass", "eps", "warm_div")}
+        kept = saved["draws"].to(dev)
+        draws = torch.empty((C, math.ceil(num_samples / thin), D), device=dev, dtype=kept.dtype)
+        draws[:, : kept.shape[1]] = kept
         averaging = DualAveraging.__new__(DualAveraging)
         averaging.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in saved["averaging"].items()})
         welford = None
         if saved["welford"] is not None:
             welford = Welford.__new__(Welford)
             welford.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in saved["welford"].items()})
-        stats = {name: [t.to(dev) for t in v] for name, v in saved["stats"].items()}
+        stats = {name: [] if t is None else list(t.to(dev).unbind(1)) for name, t in saved["stats"].items()}
         return (saved["iteration"], on["q"], on["U"], on["g"], on["inv_mass"], on["eps"], averaging, welford,
-                saved["window_end"], on["draws"], stats, on["warm_div"])
+                saved["window_end"], draws, stats, on["warm_div"])

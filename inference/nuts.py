@@ -53,6 +53,7 @@ improper log-uniform prior (the posterior may be improper).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 import warnings
@@ -537,7 +538,10 @@ class NUTS(InferenceBackend):
         """Sample the posterior of ``model`` given ``(X, y)``; ``X_test``: inputs (never targets) at which
         to diagnose the predictions. With a :class:`~inference.training.Checkpoint` (batched engine
         only), the sampler saves its whole state every ``checkpoint.every`` seconds and a rerun with
-        the same checkpoint continues from it, giving the draws of an uninterrupted run."""
+        the same checkpoint continues from it, giving the draws of an uninterrupted run (on the same
+        device, with the same kernels: eager, or compiled in every segment); a checkpoint of another
+        fit (data, model, options, seeds) is refused. ``info["seconds"]`` counts every segment up to
+        its last save."""
         X, y, seeds = self.prepare(model, X, y)
         X_diag = _diagnostic_inputs(model, X, X_test)
         if checkpoint is not None and self.engine != "batched":
@@ -598,8 +602,9 @@ class NUTS(InferenceBackend):
         q0 = None if resuming else self._initial_positions(density, kernels.value_and_grad, rng)
         sampler = BatchedNUTS(density.potential, rng, max_tree_depth=self.max_tree_depth,
                               target_accept=self.target_accept, kernels=kernels)
-        out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress, checkpoint=checkpoint)
-        elapsed = time.perf_counter() - start
+        out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress, checkpoint=checkpoint,
+                             fingerprint=_fit_fingerprint(model, X, y, forms, density, self), started=start)
+        elapsed = time.perf_counter() - start + out.seconds_before  # with the earlier segments of a continued run
         S = out.draws.shape[1]
         with torch.no_grad():
             sites = density.sites(out.draws.reshape(-1, density.dim))  # rows (R, K, S): {site: (R, K * S, ...)}
@@ -764,6 +769,16 @@ class NUTS(InferenceBackend):
 
 
 # ---------------------------------------------------------------------- helpers
+def _fit_fingerprint(model: BayesianNetwork, X, y, forms, density: NetworkDensity, backend: NUTS) -> dict:
+    """What a checkpoint of this fit must match beyond the sampler's own settings: the data, the
+    model's coordinates and how the chains start."""
+    digest = hashlib.sha256()
+    for t in (X, y):
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"data": digest.hexdigest(), "dimension": density.dim, "dtype": str(model.dtype),
+            "parametrization": dict(forms), "init": (backend.init, backend.init_steps), "model": repr(model)}
+
+
 def _first_layer_ess(model: BayesianNetwork, chains: dict, r: int) -> float:
     """Median bulk ESS of replica ``r``'s first weight matrix (NaN for chains too short to tell)."""
     a = chains[f"{model.layers[0].name}.weight"][:, :, r].detach().cpu().double().numpy()

@@ -473,11 +473,13 @@ def test_batched_engine_diagnostics_info_and_arviz():
 
 @pytest.fixture(scope="module")
 def nuts_uninterrupted():
-    """Two replicas x two chains, 60 warm-up (fast window, slow windows of 25 draws then terminal
-    window, at this length Stan's 15% / 75% / 10%) + 20 draws, and the fit without checkpoints."""
+    """Two replicas x two chains, 60 warm-up (at this length Stan's 15% / 75% / 10%: a fast window
+    of 9, one slow window to iteration 54, then the terminal window) + 20 draws of which every second
+    is kept, and the fit without checkpoints."""
     _, X, y = _compile_problem()
     X2, y2 = torch.stack([X, X.flip(0)]), torch.stack([y, y.flip(0)])
-    kw = dict(num_samples=20, warmup=60, num_chains=2, max_tree_depth=4, init_steps=20, progress=False, seed=[5, 6])
+    kw = dict(num_samples=20, warmup=60, num_chains=2, max_tree_depth=4, init_steps=20, progress=False, seed=[5, 6],
+              thin=2)
 
     def make():
         return BayesianMLP(2, 1, hidden=(6,), prior=bp.prior("half-cauchy", "ard"), likelihood=GaussianLikelihood(),
@@ -486,14 +488,17 @@ def nuts_uninterrupted():
     return make, X2, y2, kw, NUTS(**kw).fit(make(), X2, y2)
 
 
-@pytest.mark.parametrize("stop", [3, 30, 70])  # fast window; slow window (mass matrix running); draws
+# fast window; slow window (mass matrix running); right after the mass matrix update; right after
+# the warm-up's final step size; while drawing (an odd iteration: between two kept draws)
+@pytest.mark.parametrize("stop", [3, 30, 54, 60, 71])
 def test_nuts_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, nuts_uninterrupted, killed_after, stop):
     make, X, y, kw, whole = nuts_uninterrupted
     path = tmp_path / "nuts.pt"
     with pytest.raises(KeyboardInterrupt):
         NUTS(**kw).fit(make(), X, y, checkpoint=killed_after(path, "job", stop))
-    assert path.exists()
+    earlier = torch.load(path, weights_only=False)["seconds"]  # the stopped segment's, up to its last save
     resumed = NUTS(**kw).fit(make(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
+    assert resumed.info["seconds"] > earlier > 0
     assert resumed.info["resumed_from_iteration"] == stop and whole.info["resumed_from_iteration"] is None
     for name, t in whole.chains.items():
         assert torch.equal(resumed.chains[name], t), name
@@ -508,10 +513,13 @@ def test_nuts_refuses_a_checkpoint_of_another_schedule_and_the_pyro_engine(tmp_p
     path = tmp_path / "nuts.pt"
     with pytest.raises(KeyboardInterrupt):
         NUTS(**kw).fit(make(), X, y, checkpoint=killed_after(path, "job", 2))
-    with pytest.raises(InvalidParameterError, match="another sampler or schedule"):
-        NUTS(**{**kw, "warmup": 50}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
-    with pytest.raises(InvalidParameterError, match="2 chains where this run has 4|4 chains where this run has 2"):
-        NUTS(**{**kw, "num_chains": 1}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
+    for change, named in [({"warmup": 50}, "schedule"), ({"num_chains": 1}, "chains 4 there, 2 here"),
+                          ({"target_accept": 0.9}, "target_accept"), ({"max_tree_depth": 5}, "max_tree_depth"),
+                          ({"seed": [5, 7]}, "seeds"), ({"parametrization": "centered"}, "parametrization")]:
+        with pytest.raises(InvalidParameterError, match=f"belongs to another run .*{named}"):
+            NUTS(**{**kw, **change}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
+    with pytest.raises(InvalidParameterError, match="belongs to another run .*data"):
+        NUTS(**kw).fit(make(), X, y + 0.01, checkpoint=Checkpoint(path, "job"))
     assert NUTS().checkpoints and not NUTS(engine="pyro").checkpoints
     with pytest.raises(InvalidParameterError, match="batched engine only"):
         NUTS(**{**kw, "engine": "pyro"}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
