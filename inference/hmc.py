@@ -522,6 +522,9 @@ class BatchedNUTS:
         """A checkpoint's state, checked against this run and put back (the chains' streams too)."""
         if saved.get("sampler") != "BatchedNUTS":
             raise InvalidParameterError("the checkpoint is not a NUTS sampler's; delete it")
+        if "identity" not in saved:
+            raise InvalidParameterError("the checkpoint was saved by an earlier version of the NUTS sampler, which "
+                                        "did not record what it belongs to; delete it to start afresh")
         C, D = saved["q"].shape
         dev = self.rng.device
         ours = self._fingerprint(len(self.rng.generators), D, saved["q"].dtype, dev, warmup, num_samples, thin,
