@@ -520,6 +520,10 @@ def test_nuts_refuses_a_checkpoint_of_another_schedule_and_the_pyro_engine(tmp_p
             NUTS(**{**kw, **change}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
     with pytest.raises(InvalidParameterError, match="belongs to another run .*data"):
         NUTS(**kw).fit(make(), X, y + 0.01, checkpoint=Checkpoint(path, "job"))
+    old_format = {k: v for k, v in torch.load(path, weights_only=False).items() if k not in ("identity", "version", "key")}
+    Checkpoint(path, "job").save(old_format)
+    with pytest.raises(InvalidParameterError, match="earlier version"):
+        NUTS(**kw).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
     assert NUTS().checkpoints and not NUTS(engine="pyro").checkpoints
     with pytest.raises(InvalidParameterError, match="batched engine only"):
         NUTS(**{**kw, "engine": "pyro"}).fit(make(), X, y, checkpoint=Checkpoint(path, "job"))
