@@ -339,6 +339,7 @@ def _save(checkpoint: Checkpoint, where: Progress, params, optimizer, generators
         "params": [p.detach().cpu().clone() for p in params],
         "optimizer": optimizer.state_dict(),
         "generators": [g.get_state() for g in generators],
+        "generator_devices": [g.device.type for g in generators],
         "backend": state() if state is not None else {},
     })
 
@@ -347,6 +348,12 @@ def _restore(saved: dict, params, optimizer, generators, load_state) -> None:
     """Put a checkpoint's state back into the fit's tensors, optimizer, generators and backend."""
     if len(saved["params"]) != len(params) or len(saved["generators"]) != len(generators):
         raise InvalidParameterError("the checkpoint does not match this fit (another model or backend); delete it")
+    ours = [g.device.type for g in generators]
+    if saved.get("generator_devices", ours) != ours:  # files of before this check carry none
+        raise InvalidParameterError(
+            f"the checkpoint was saved by a fit on {saved['generator_devices'][0]}, and this fit runs on {ours[0]}: "
+            "random streams do not carry over between devices; continue it there, or delete it"
+        )
     with torch.no_grad():
         for p, value in zip(params, saved["params"]):
             if p.shape != value.shape:

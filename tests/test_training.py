@@ -180,3 +180,28 @@ def test_the_foreach_adam_update_equals_the_per_tensor_loop():
     default = run(lambda ps: torch.optim.Adam(ps, lr=1e-2))
     assert all(torch.equal(a, b) for a, b in zip(fast, default))
     assert not torch.equal(fast[0], run(lambda ps: adam(ps, lr=2e-2))[0])  # the comparison can fail
+
+
+def test_a_checkpoint_of_another_device_is_refused_and_one_without_devices_still_continues(tmp_path, killed_after):
+    """Random streams do not carry over between devices: a file saved on CUDA is refused on the
+    CPU with a message saying so; a file written before devices were recorded continues."""
+    X, y = _data()
+    path = tmp_path / "job.pt"
+
+    def fit(checkpoint):
+        return SVI(steps=30, report_every=10, seed=[3, 4], progress=False).fit(
+            models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("half-cauchy"), replicas=2), X, y,
+            checkpoint=checkpoint)
+
+    whole = fit(None)
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed_after(path, "k", n=1))
+    state = {k: v for k, v in torch.load(path, weights_only=False).items() if k not in ("version", "key")}
+    Checkpoint(path, "k").save({**state, "generator_devices": ["cuda"] * len(state["generators"])})
+    with pytest.raises(InvalidParameterError, match="saved by a fit on cuda, and this fit runs on cpu"):
+        fit(Checkpoint(path, "k"))
+    Checkpoint(path, "k").save({k: v for k, v in state.items() if k != "generator_devices"})
+    resumed = fit(Checkpoint(path, "k"))
+    assert resumed.info["resumed_from_step"] > 0
+    for k, v in whole.weight_means().items():
+        np.testing.assert_array_equal(resumed.weight_means()[k], v)
