@@ -193,7 +193,12 @@ class Checkpoint:
         os.replace(tmp, path)
 
     def remove(self) -> None:
-        Path(self.path).unlink(missing_ok=True)
+        """Delete the file, and the partial files of saves that a kill interrupted (a process killed
+        while writing leaves its ``.<name>.<pid>.tmp`` behind)."""
+        path = Path(self.path)
+        path.unlink(missing_ok=True)
+        for partial in path.parent.glob(f".{path.name}.*.tmp"):
+            partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- loop

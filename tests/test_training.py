@@ -205,3 +205,14 @@ def test_a_checkpoint_of_another_device_is_refused_and_one_without_devices_still
     assert resumed.info["resumed_from_step"] > 0
     for k, v in whole.weight_means().items():
         np.testing.assert_array_equal(resumed.weight_means()[k], v)
+
+
+def test_removing_a_checkpoint_removes_the_partial_file_of_a_killed_save(tmp_path):
+    """A process killed inside ``save`` leaves its temporary file; once the job's rows are saved the
+    runner removes the checkpoint, and with it that file (so the checkpoint folder can go too)."""
+    ck = Checkpoint(tmp_path / "job.pt", "k")
+    ck.save({"step": 1})
+    (tmp_path / ".job.pt.12345.tmp").write_bytes(b"half a file")  # what SIGKILL mid-save leaves
+    (tmp_path / ".other.pt.12345.tmp").write_bytes(b"another job's")
+    ck.remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.12345.tmp"]
