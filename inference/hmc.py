@@ -440,9 +440,11 @@ class BatchedNUTS:
             raise ValueError("BatchedNUTS.sample: q0 is needed when there is no saved state to continue from")
         started = time.perf_counter() if started is None else started
         names = ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "step_size")
+        C, D = len(self.rng.generators), (q0 if saved is None else saved["q"]).shape[1]
+        dev, dt = self.rng.device, (q0 if saved is None else saved["q"]).dtype
+        identity = None if checkpoint is None else self._fingerprint(C, D, dt, dev, warmup, num_samples, thin,
+                                                                     fingerprint)
         if saved is None:
-            C, D = q0.shape
-            dev, dt = q0.device, q0.dtype
             q = q0.detach().clone()
             U, g = self._grad(q)
             inv_mass = torch.ones((C, D), device=dev, dtype=dt)
@@ -458,12 +460,9 @@ class BatchedNUTS:
             first = 0
             seconds_before = 0.0
         else:
-            C, D = saved["q"].shape
-            dev, dt = self.rng.device, saved["q"].dtype
             (first, q, U, g, inv_mass, eps, averaging, welford, window_end, draws, stats,
-             warm_div) = self._restore(saved, warmup, num_samples, thin, fingerprint)
+             warm_div) = self._restore(saved, identity, num_samples, thin)
             seconds_before = saved["seconds"]
-        identity = self._fingerprint(C, D, dt, dev, warmup, num_samples, thin, fingerprint)
         windows = adaptation_windows(warmup)
         window_of = {s: e for s, e in windows}
         bar = progress_bar(warmup + num_samples, "NUTS", progress)
@@ -518,33 +517,33 @@ class BatchedNUTS:
             **(extra or {}),
         }
 
-    def _restore(self, saved: dict, warmup: int, num_samples: int, thin: int, fingerprint: dict | None):
-        """A checkpoint's state, checked against this run and put back (the chains' streams too)."""
+    def _restore(self, saved: dict, identity: dict, num_samples: int, thin: int):
+        """A checkpoint's state, checked against this run's ``identity`` (:meth:`_fingerprint`) and put
+        back (the chains' streams too)."""
         if saved.get("sampler") != "BatchedNUTS":
             raise InvalidParameterError("the checkpoint is not a NUTS sampler's; delete it")
         if "identity" not in saved:
             raise InvalidParameterError("the checkpoint was saved by an earlier version of the NUTS sampler, which "
                                         "did not record what it belongs to; delete it to start afresh")
+        differ = sorted(k for k in set(identity) | set(saved["identity"]) if identity.get(k) != saved["identity"].get(k))
+        if differ:
+            shown = ", ".join(f"{k} {saved['identity'].get(k)!r} there, {identity.get(k)!r} here" for k in differ)
+            raise InvalidParameterError(f"the checkpoint belongs to another run ({shown}); delete it to start afresh")
         C, D = saved["q"].shape
         dev = self.rng.device
-        ours = self._fingerprint(len(self.rng.generators), D, saved["q"].dtype, dev, warmup, num_samples, thin,
-                                 fingerprint)
-        differ = sorted(k for k in set(ours) | set(saved["identity"]) if ours.get(k) != saved["identity"].get(k))
-        if differ:
-            shown = ", ".join(f"{k} {saved['identity'].get(k)!r} there, {ours.get(k)!r} here" for k in differ)
-            raise InvalidParameterError(f"the checkpoint belongs to another run ({shown}); delete it to start afresh")
         for gen, state in zip(self.rng.generators, saved["generators"]):
             gen.set_state(state)
         on = {k: saved[k].to(dev) for k in ("q", "U", "g", "inv_mass", "eps", "warm_div")}
         kept = saved["draws"].to(dev)
         draws = torch.empty((C, math.ceil(num_samples / thin), D), device=dev, dtype=kept.dtype)
         draws[:, : kept.shape[1]] = kept
-        averaging = DualAveraging.__new__(DualAveraging)
-        averaging.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in saved["averaging"].items()})
-        welford = None
-        if saved["welford"] is not None:
-            welford = Welford.__new__(Welford)
-            welford.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in saved["welford"].items()})
+        def rebuilt(cls, fields):  # an adaptation object from its saved attributes
+            obj = cls.__new__(cls)
+            obj.__dict__.update({k: v.to(dev) if torch.is_tensor(v) else v for k, v in fields.items()})
+            return obj
+
+        averaging = rebuilt(DualAveraging, saved["averaging"])
+        welford = None if saved["welford"] is None else rebuilt(Welford, saved["welford"])
         stats = {name: [] if t is None else list(t.to(dev).unbind(1)) for name, t in saved["stats"].items()}
         return (saved["iteration"], on["q"], on["U"], on["g"], on["inv_mass"], on["eps"], averaging, welford,
                 saved["window_end"], draws, stats, on["warm_div"])

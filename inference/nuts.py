@@ -603,7 +603,8 @@ class NUTS(InferenceBackend):
         sampler = BatchedNUTS(density.potential, rng, max_tree_depth=self.max_tree_depth,
                               target_accept=self.target_accept, kernels=kernels)
         out = sampler.sample(q0, self.warmup, self.num_samples, self.thin, self.progress, checkpoint=checkpoint,
-                             fingerprint=_fit_fingerprint(model, X, y, forms, density, self), started=start)
+                             fingerprint=None if checkpoint is None else _fit_fingerprint(model, X, y, forms, density, self),
+                             started=start)
         elapsed = time.perf_counter() - start + out.seconds_before  # with the earlier segments of a continued run
         S = out.draws.shape[1]
         with torch.no_grad():
