@@ -216,8 +216,8 @@ class Kernels:
                           "would be checked at; sampling with the eager potential", RuntimeWarning,
                           stacklevel=stacklevel + 1)
             return eager
-        q = q[finite_rows[torch.arange(C) % finite_rows.numel()]]  # every row finite, C rows as the sampler's
-        U, g = eager.value_and_grad(q)
+        pick = finite_rows[torch.arange(C) % finite_rows.numel()]  # every row finite, C rows as the sampler's
+        q, U, g = q[pick], U[pick], g[pick]
         # inputs as the sampler makes them: fresh momenta, a leaf's draws as a row of a contiguous
         # (leaves, C) tensor, the proposal a copy of the start, subsets of rows from nonzero()
         gen = torch.Generator(device=q.device).manual_seed(0)
