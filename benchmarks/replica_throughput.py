@@ -23,9 +23,12 @@ objective and ``torch.optim.Adam``, with every random number of a step drawn for
 all replicas in one call. And the machine's matmul GFLOP/s (a 2048 x 2048 float32
 product), the ceiling that arithmetic alone would allow.
 
-When the backends offer a faster random stream as an option (``MCDropout``'s and
-``SVI``'s ``noise_stream``), both streams are timed. Runs on the CPU with one torch
-thread (the training loop's default), and again on a GPU when
+MC dropout is timed twice: as it is by default (bit for bit the committed results) and with
+``fast=True`` (Bernoulli masks from the gaps between dropped units, a one-output layer as a
+product and a sum, fused Adam: the same model, another random stream and rounding). Runs on
+the CPU with one torch thread (the training loop's default), with the allocator setting of
+the training loop (:func:`inference.training.keep_freed_memory`; ``BNN_PRIORS_KEEP_FREED_MEMORY=0``
+times glibc's defaults, floors included), and again on a GPU when
 ``torch.cuda.is_available()``. Repeats are interleaved (every implementation once per
 round) and the table gives medians; the machine is shared, so the figures are noisy
 and only figures of one run compare.
@@ -64,6 +67,7 @@ import torch  # noqa: E402
 import bnn_priors  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
+from inference.training import keep_freed_memory  # noqa: E402
 
 N_TRAIN, D_IN, HIDDEN = 455, 13, 50
 MCD_BATCH, MCD_P, MCD_LR = 128, 0.05, 1e-3
@@ -239,19 +243,15 @@ def matmul_gflops(device, n: int = 2048, reps: int = 5) -> float:
 
 
 # ---------------------------------------------------------------------- driver
-def configurations(streams: list[str]):
+def configurations():
     """``(label, R, function(steps, device) -> seconds per step)`` of every implementation timed."""
     rows = []
     for R in (20, 240):
         rows.append((f"mcd R={R}: plain-PyTorch floor", R, lambda n, d, R=R: mcd_floor(R, n, d)))
-        for stream in streams:
-            opt = {} if stream == "default" else {"noise_stream": stream}
-            rows.append((f"mcd R={R}: inference.MCDropout{_label(stream)}", R,
-                         lambda n, d, R=R, opt=opt: mcd_project(R, n, d, **opt)))
+        rows.append((f"mcd R={R}: inference.MCDropout", R, lambda n, d, R=R: mcd_project(R, n, d)))
+        rows.append((f"mcd R={R}: inference.MCDropout(fast=True)", R, lambda n, d, R=R: mcd_project(R, n, d, fast=True)))
     rows.append(("svi R=20: plain-PyTorch floor", 20, lambda n, d: svi_floor(20, n, d)))
-    for stream in streams:
-        opt = {} if stream == "default" else {"noise_stream": stream}
-        rows.append((f"svi R=20: inference.SVI{_label(stream)}", 20, lambda n, d, opt=opt: svi_project(20, n, d, **opt)))
+    rows.append(("svi R=20: inference.SVI", 20, lambda n, d: svi_project(20, n, d)))
     return rows
 
 
@@ -261,22 +261,8 @@ def _key(label: str) -> str:
     return f"{kind}-{R}"
 
 
-def _label(stream: str) -> str:
-    return "" if stream == "default" else f" (noise_stream={stream!r})"
-
-
-def streams_offered() -> list[str]:
-    """The random streams the backends offer as an option (both must offer it to be timed)."""
-    extra = []
-    for name in ("counter",):
-        if all(name in getattr(cls, "noise_streams", ()) for cls in (inference.MCDropout, inference.SVI)):
-            extra.append(name)
-    return ["default", *extra]
-
-
 def run_device(device: str, seconds: float, repeats: int, only: list[str] | None = None) -> None:
-    streams = streams_offered()
-    rows = [row for row in configurations(streams) if only is None or _key(row[0]) in only]
+    rows = [row for row in configurations() if only is None or _key(row[0]) in only]
     print(f"\ndevice {device}: {seconds:g} s per measurement, {repeats} interleaved repeats, medians")
     # Calibrate: a short run of each gives the number of steps that takes about `seconds`.
     budgets = []
@@ -330,8 +316,9 @@ def main(argv=None) -> int:
     if args.profile:
         profile(args.profile, args.profile_steps)
         return 0
+    kept = keep_freed_memory()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"1 torch thread; streams timed: {', '.join(streams_offered())}")
+          f"1 torch thread; allocator keeps freed memory (inference.training.keep_freed_memory): {kept}")
     print("The machine may be shared: figures are noisy; compare only figures of one run.")
     only = None if args.only is None else [c.strip() for c in args.only.split(",")]
     if only is not None and not set(only) <= set(CONFIGS):

@@ -14,6 +14,13 @@ import numpy as np
 from bnn_priors.errors import InvalidParameterError
 
 
+def check_bool(label: str, value) -> bool:
+    """``value`` as a bool: ``True`` or ``False`` (NumPy's too), nothing else."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{label} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_positive_int(label: str, value) -> int:
     """``value`` as an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -15,6 +15,8 @@ they ask it and never test a noise model's type or name:
   ``discrete`` and ``keep_probability`` (Gal's weight-decay factor);
 * :meth:`NoiseModel.sample`: the noise drawn from a :class:`~bnn_priors.random_source.RandomSource`
   (MC dropout's per-replica streams);
+* :meth:`NoiseModel.sample_fast`: the same law from a cheaper random stream where the model has
+  one (Bernoulli: the gaps between dropped units), for MC dropout's ``fast=True``;
 * :meth:`NoiseModel.map_variance`: the closed-form scale update of
   ``scale_updates="em"`` where one exists (``has_closed_form_update``), derived in
   its docstring, and whether it is EM's E-step of a proper MAP (``update_is_em_step``).
@@ -145,6 +147,20 @@ class NoiseModel(ABC):
         caller decides which generator every number comes from.
         """
 
+    def sample_fast(
+        self, source: RandomSource, shape: Shape, dtype: torch.dtype, axis: int = 0, divisor: float = 1.0
+    ) -> torch.Tensor:
+        """``lambda / divisor`` with the law of :meth:`sample`, from the cheapest stream the model has.
+
+        The default is :meth:`sample` itself (the same numbers), divided by ``divisor``.
+        A model may override it with a sampler that needs fewer random numbers: the
+        same distribution, a different random stream (:class:`Bernoulli` draws the gaps
+        between dropped units). Each stream's numbers must still depend on that stream
+        alone, so that a replica drawn in a batch equals the replica drawn alone.
+        """
+        lam = self.sample(source, shape, dtype, axis)
+        return lam if divisor == 1.0 else lam / divisor
+
     @property
     def support(self) -> constraints.Constraint:
         return self.noise().support
@@ -219,6 +235,19 @@ class NoiseModel(ABC):
         return -0.5 * J * torch.log(v) - S / (2 * s2 * v) + log_prior + torch.log(v)
 
 
+#: Standard deviations above the mean number of zeros that :func:`gap_draws` covers.
+GAP_DRAW_SDS = 6.0
+
+
+def gap_draws(trials: int, p: float) -> int:
+    """Uniform draws per stream for the zeros of ``trials`` Bernoulli trials with drop probability ``p``:
+    the mean number of zeros plus :data:`GAP_DRAW_SDS` standard deviations plus 8 (one more than
+    the zeros is needed to know that no zero is left). Short by about 1e-9 of the time; then
+    :meth:`Bernoulli.sample_fast` draws more for that stream alone."""
+    mean = trials * p
+    return max(1, math.ceil(mean + GAP_DRAW_SDS * math.sqrt(mean * (1.0 - p)) + 8))
+
+
 class Bernoulli(NoiseModel):
     """Dropout: ``lambda ~ Bernoulli(1 - p)``, unit dropped with probability ``p``.
 
@@ -251,6 +280,51 @@ class Bernoulli(NoiseModel):
         # In place on the fresh uniforms: lt_ writes 1.0 or 0.0 in their dtype, the values of
         # (u < 1 - p).to(dtype) without the boolean tensor and the copy (one pass, not two).
         return source.rand(shape, dtype, axis).lt_(1.0 - self.p)
+
+    def sample_fast(self, source, shape, dtype, axis=0, divisor=1.0):
+        """Bernoulli(1 - p) draws / ``divisor`` made from the gaps between the zeros.
+
+        Per stream, the draws of ``shape`` are read as one sequence of ``L`` trials. The
+        gaps between successive zeros of i.i.d. Bernoulli(1 - p) trials are i.i.d.
+        Geometric(p) on {1, 2, ...}, and ``G = floor(log(1 - u) / log(1 - p)) + 1`` with
+        ``u ~ U[0, 1)`` is such a gap (``P(G > k) = (1 - p)^k``). So about ``p L`` uniform
+        draws (float64) place the zeros exactly, instead of ``L`` draws, one per trial:
+        the same law, a different random stream from :meth:`sample`'s. Every stream draws
+        :func:`gap_draws` numbers at once; the rare stream whose zeros run past them
+        draws more from itself alone (:meth:`RandomSource.rand_streams`), so a stream's
+        numbers never depend on the other streams'. Kept trials hold ``1 / divisor``.
+        """
+        shape = tuple(shape)
+        L = math.prod(shape)
+        if self.p == 0.0 or L == 0:
+            # No zeros to place: an empty draw (it moves no stream) gives the streams and device.
+            empty = source.rand((0,), dtype, 0)
+            ones = torch.empty((empty.shape[0], *shape), dtype=dtype, device=empty.device).fill_(1.0 / divisor)
+            return ones.movedim(0, axis)
+        log_q = math.log1p(-self.p)
+        K = gap_draws(L, self.p)
+
+        def zero_positions(u: torch.Tensor, after: torch.Tensor | int) -> torch.Tensor:
+            # Gaps past L all mean "no more zeros here": the clamp keeps them (and the sums) in int64.
+            gaps = torch.floor(torch.log1p(-u) / log_q).clamp_(max=L).add_(1.0).to(torch.int64)
+            return gaps.cumsum(-1).add_(after)
+
+        first = zero_positions(source.rand((K,), torch.float64, 0), -1)  # (R, K), 0-based, increasing
+        R, device = first.shape[0], first.device
+        pieces = [(torch.arange(R, device=device), first)]
+        last = first[:, -1].clone()
+        short = (last < L).nonzero().flatten()
+        while short.numel():  # rare: a stream with more zeros than K draws reach
+            more = zero_positions(source.rand_streams(short.tolist(), (K,), torch.float64), last[short, None])
+            pieces.append((short, more))
+            last[short] = more[:, -1]
+            short = short[more[:, -1] < L]
+        # One spare element at the end takes the positions past L (cheaper than selecting the others).
+        flat = torch.empty(R * L + 1, dtype=dtype, device=device).fill_(1.0 / divisor)
+        for streams, positions in pieces:
+            index = torch.where(positions < L, positions + streams[:, None] * L, R * L)
+            flat.index_fill_(0, index.flatten(), 0.0)
+        return flat[: R * L].view(R, *shape).movedim(0, axis)
 
     @property
     def discrete(self) -> bool:

@@ -28,6 +28,12 @@ class RandomSource(Protocol):
         """Uniform(0, 1) draws."""
         ...
 
+    def rand_streams(self, streams: Sequence[int], shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """Uniform(0, 1) draws of ``shape`` from the listed streams only, shape ``(len(streams), *shape)``:
+        the other streams do not move (a sampler that needs more numbers for some streams than for
+        others draws them this way, so that each stream's numbers do not depend on its neighbours)."""
+        ...
+
     def randn(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Standard normal draws."""
         ...

@@ -16,7 +16,12 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from bnn_priors.checks import check_nonnegative_int, check_positive_float, check_positive_int  # noqa: F401 - re-exported
+from bnn_priors.checks import (  # noqa: F401 - re-exported
+    check_bool,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
 from bnn_priors.errors import (
     DataError,
     FitDivergedError,
@@ -124,6 +129,13 @@ class ReplicaRandom:
                 fill(shape, g, out.select(axis, r))
             return out
         return torch.stack([fill(shape, g, None) for g in self.generators], axis)
+
+    def rand_streams(self, streams: Sequence[int], shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """Uniform(0, 1) draws of ``shape`` from the replicas ``streams`` only: ``(len(streams), *shape)``."""
+        out = torch.empty((len(streams), *shape), dtype=dtype, device=self.device)
+        for i, r in enumerate(streams):
+            torch.rand(tuple(shape), generator=self.generators[r], out=out[i])
+        return out
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Standard normals of ``shape`` per replica, the replica axis inserted at ``axis``."""

@@ -78,6 +78,7 @@ from inference.common import (
     InferenceBackend,
     Posterior,
     ReplicaRandom,
+    check_bool,
     check_nonnegative_int,
     check_positive_int,
     raise_diverged,
@@ -112,12 +113,6 @@ def _check_choice(label: str, value, choices: tuple[str, ...]) -> str:
     if key not in choices:
         raise InvalidParameterError(f"unknown {label} {value!r}; valid choices are: {', '.join(choices)}")
     return key
-
-
-def _check_bool(label: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidParameterError(f"{label} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def rhat(draws: np.ndarray) -> np.ndarray:
@@ -481,13 +476,13 @@ class NUTS(InferenceBackend):
             raise InvalidParameterError(
                 f"max_tree_depth must be at most 20 (2**20 leapfrog steps per iteration), got {max_tree_depth!r}"
             )
-        self.jit_compile = _check_bool("jit_compile", jit_compile)
+        self.jit_compile = check_bool("jit_compile", jit_compile)
         self.parametrization = _check_parametrization(parametrization)
         self.engine = _check_choice("engine", engine, ENGINES)
         self.init = _check_choice("init", init, INITS)
         self.init_steps = check_nonnegative_int("init_steps", init_steps)
-        self.compile = _check_bool("compile", compile)
-        self.progress = _check_bool("progress", progress)
+        self.compile = check_bool("compile", compile)
+        self.progress = check_bool("progress", progress)
 
     def __repr__(self) -> str:
         return (

@@ -547,6 +547,96 @@ def test_sampler_draws_each_replica_from_its_own_stream(name):
     torch.testing.assert_close(pair[:, 1:], alone, rtol=0, atol=0)
 
 
+# ------------------------------------------------------------- the fast sampler
+def _gaps(trials: np.ndarray, longest: int) -> np.ndarray:
+    """From each zero (and from position -1) with room for ``longest`` more trials in its row, the
+    distance to the next zero, censored at ``longest + 1``: whether a start counts depends only on
+    the past, so each distance up to ``longest`` has exactly its Geometric(p) probability."""
+    out = []
+    L = trials.shape[1]
+    for row in trials:
+        zeros = np.flatnonzero(row == 0.0)
+        for start in np.concatenate([[-1], zeros]):
+            if start + longest < L:
+                after = zeros[zeros > start]
+                out.append(min(after[0] - start, longest + 1) if after.size else longest + 1)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.9])
+def test_fast_bernoulli_sampler_follows_the_law_position_by_position(p):
+    """Made from geometric gaps, the trials are still i.i.d. Bernoulli: zeros at rate p at every
+    position (the first and the last of a stream's sequence included: where an off-by-one of the
+    gap construction would show), gaps Geometric(p), neighbours uncorrelated."""
+    model = noise_model("bernoulli", p=p)
+    streams, shape = 4000, (3, 7)
+    lam = model.sample_fast(_source(*(SEED + i for i in range(streams))), shape, torch.float64, 0).numpy()
+    assert lam.shape == (streams, *shape) and set(np.unique(lam).tolist()) <= {0.0, 1.0}
+    flat = lam.reshape(streams, -1)
+    se = math.sqrt(p * (1 - p) / streams)
+    rates = (flat == 0.0).mean(0)
+    assert np.abs(rates - p).max() < 4.5 * se  # 21 positions, each within 4.5 SE
+    assert abs((flat == 0.0).mean() - p) < 5 * se / math.sqrt(flat.shape[1])
+    zero = (flat == 0.0).astype(float)
+    corr = np.corrcoef(zero[:, :-1].ravel(), zero[:, 1:].ravel())[0, 1]
+    assert abs(corr) < 5 / math.sqrt(zero[:, 1:].size)
+    gaps = _gaps(flat, 7)
+    support = np.arange(1, 8)
+    expected = stats.geom(p).pmf(support)
+    observed = np.array([(gaps == k).mean() for k in support])
+    assert np.abs(observed - expected).max() < 5 * np.sqrt(expected * (1 - expected) / gaps.size).max()
+
+
+def test_fast_bernoulli_sampler_places_the_stream_axis_and_divides():
+    model = noise_model("bernoulli", p=0.2)
+    lam = model.sample_fast(_source(1, 2, 3), (4, 5, 6), torch.float32, axis=1, divisor=0.8)
+    assert lam.shape == (4, 3, 5, 6) and lam.dtype == torch.float32
+    assert set(torch.unique(lam).tolist()) == {0.0, float(torch.tensor(1 / 0.8, dtype=torch.float32))}
+    alone = model.sample_fast(_source(2), (4, 5, 6), torch.float32, axis=1, divisor=0.8)
+    assert torch.equal(lam[:, 1:2], alone)
+
+
+def test_fast_bernoulli_sampler_draws_about_p_numbers_per_trial():
+    """The point of it: about p L uniforms per stream, not L; the stream moves by exactly that many."""
+    model = noise_model("bernoulli", p=0.05)
+    source = _source(7)
+    model.sample_fast(source, (128, 50), torch.float32)
+    used = bnn_priors.noise_models.gap_draws(128 * 50, 0.05)
+    assert used < 0.1 * 128 * 50
+    after = source.rand((1,), torch.float64)
+    fresh = _source(7)
+    fresh.rand((used,), torch.float64)
+    assert torch.equal(after, fresh.rand((1,), torch.float64))
+
+
+def test_fast_bernoulli_sampler_draws_more_for_a_short_stream_from_that_stream_alone(monkeypatch):
+    """With far too few draws per call every stream runs short, repeatedly: each draws its extra
+    numbers from itself, so a stream in a batch still equals the stream alone, and the law holds."""
+    monkeypatch.setattr(bnn_priors.noise_models, "GAP_DRAW_SDS", -15.0)
+    assert bnn_priors.noise_models.gap_draws(600, 0.3) < 0.2 * 600 * 0.3
+    model = noise_model("bernoulli", p=0.3)
+    batch = model.sample_fast(_source(*(SEED + r for r in range(500))), (600,), torch.float64)
+    for r in (0, 17, 499):
+        assert torch.equal(batch[r], model.sample_fast(_source(SEED + r), (600,), torch.float64)[0])
+    rate = float((batch == 0).double().mean())
+    assert abs(rate - 0.3) < 5 * math.sqrt(0.3 * 0.7 / batch.numel())
+
+
+def test_fast_bernoulli_sampler_with_p_zero_keeps_everything_and_draws_nothing():
+    source = _source(5)
+    lam = noise_model("bernoulli", p=0.0).sample_fast(source, (3, 4), torch.float32, divisor=1.0)
+    assert torch.equal(lam, torch.ones(1, 3, 4))
+    assert torch.equal(source.rand((2,), torch.float32), _source(5).rand((2,), torch.float32))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "bernoulli"])
+def test_fast_sampler_of_a_continuous_model_is_its_sampler(name):
+    """Only Bernoulli has a cheaper stream: the others give :meth:`sample`'s numbers, divided."""
+    model = noise_model(name)
+    fast = model.sample_fast(_source(3, 4), (5, 6), torch.float64, axis=1, divisor=2.0)
+    torch.testing.assert_close(fast, model.sample(_source(3, 4), (5, 6), torch.float64, axis=1) / 2.0, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- E[lambda]
 
 # (name, params, E[lambda] from scipy)
