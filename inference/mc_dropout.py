@@ -577,4 +577,5 @@ class MCDropout(InferenceBackend):
         }
         if done.resumed_from is not None:
             info["resumed_from_step"] = done.resumed_from
+            info["seconds_before_resume"] = done.seconds_before
         return MCDropoutPosterior(model, net, tau, seeds, info)

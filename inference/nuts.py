@@ -616,6 +616,8 @@ class NUTS(InferenceBackend):
         info = self._batched_info(model, chains, by_chain, out, forms, elapsed, seeds)
         info["compile"] = kernels.compiled  # False after a fallback to eager
         info["resumed_from_iteration"] = out.resumed_from  # where a checkpoint continued, or None
+        if out.resumed_from is not None:
+            info["seconds_before_resume"] = out.seconds_before
         return NUTSPosterior(model, chains, divergences, self.thin, seeds, info, X_diag, stats)
 
     def _initial_positions(self, density: NetworkDensity, value_and_grad, rng: ChainRandom) -> torch.Tensor:

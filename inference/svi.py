@@ -953,6 +953,7 @@ class SVI(InferenceBackend):
         }
         if done.resumed_from is not None:
             info["resumed_from_step"] = done.resumed_from
+            info["seconds_before_resume"] = done.seconds_before
         return SVIPosterior(model, q, seeds, info)
 
     @staticmethod

@@ -289,16 +289,23 @@ class Progress:
     round: int = 0
     last_loss: torch.Tensor | None = None
     resumed_from: int | None = None  # the step a checkpoint continued from
+    seconds_before: float = 0.0  # training seconds of the segments before that checkpoint
 
 
 @dataclass
 class TrainingResult:
-    """Steps and rounds done, the seconds this call trained, the step a checkpoint continued from."""
+    """Steps and rounds done, the seconds of training, the step a checkpoint continued from.
+
+    ``seconds`` counts every segment of a continued fit: this call's training plus
+    ``seconds_before``, the training seconds of the earlier segments up to the checkpoint
+    this call continued from (0 for a fit that did not continue one, and for checkpoint
+    files written before the count was kept)."""
 
     steps: int
     rounds: int
     seconds: float
     resumed_from: int | None
+    seconds_before: float = 0.0
 
     @property
     def steps_per_second(self) -> float:
@@ -348,6 +355,7 @@ def train(
         if saved is not None:
             _restore(saved, params, optimizer, gens, load_state)
             where.step, where.round, where.resumed_from = saved["step"], saved["round"], saved["step"]
+            where.seconds_before = float(saved.get("seconds", 0.0))
     first_bad = torch.tensor(-1, device=X.device)
     bar = progress_bar(steps, desc or backend, progress)
     bar.update(where.step)
@@ -378,18 +386,21 @@ def train(
                 bar.update(where.step - bar.n)
                 due = checkpoint is not None and time.monotonic() - last_save >= checkpoint.every
                 if due and where.step < steps:
-                    _save(checkpoint, where, params, optimizer, gens, state)
+                    _save(checkpoint, where, params, optimizer, gens, state,
+                          where.seconds_before + time.perf_counter() - start)
                     last_save = time.monotonic()
     finally:
         bar.close()
-    return TrainingResult(where.step, where.round, time.perf_counter() - start, where.resumed_from)
+    seconds = where.seconds_before + time.perf_counter() - start
+    return TrainingResult(where.step, where.round, seconds, where.resumed_from, where.seconds_before)
 
 
-def _save(checkpoint: Checkpoint, where: Progress, params, optimizer, generators, state) -> None:
-    """Write the fit's state at a round boundary (see :func:`_restore`)."""
+def _save(checkpoint: Checkpoint, where: Progress, params, optimizer, generators, state, seconds: float) -> None:
+    """Write the fit's state at a round boundary (see :func:`_restore`), with the training seconds so far."""
     checkpoint.save({
         "step": where.step,
         "round": where.round,
+        "seconds": seconds,
         "params": [p.detach().cpu().clone() for p in params],
         "optimizer": optimizer.state_dict(),
         "generators": [g.get_state() for g in generators],

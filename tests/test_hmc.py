@@ -498,7 +498,7 @@ def test_nuts_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path,
         NUTS(**kw).fit(make(), X, y, checkpoint=killed_after(path, "job", stop))
     earlier = torch.load(path, weights_only=False)["seconds"]  # the stopped segment's, up to its last save
     resumed = NUTS(**kw).fit(make(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
-    assert resumed.info["seconds"] > earlier > 0
+    assert resumed.info["seconds"] > earlier > 0 and resumed.info["seconds_before_resume"] == earlier
     assert resumed.info["resumed_from_iteration"] == stop and whole.info["resumed_from_iteration"] is None
     for name, t in whole.chains.items():
         assert torch.equal(resumed.chains[name], t), name

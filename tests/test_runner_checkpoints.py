@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bnn_priors.suite import expand_grid, read_results, run_suite
 from bnn_priors.suite.runner import BLOWUP_TRAIN_RMSE, _verdict, checkpoint_dir
 
@@ -59,6 +61,8 @@ def test_a_killed_bench_continues_from_its_checkpoint_and_gets_the_uninterrupted
     assert _metrics(killed) == _metrics(whole)  # equal to the last bit
     info = [json.loads(text) for text in read_results(killed)["backend_info"]]
     assert all(0 < i["resumed_from_step"] < EPOCHS * 3 for i in info)
+    before = np.array([i["seconds_before_resume"] for i in info])
+    assert (before > 0).all() and (read_results(killed)["train_seconds"].to_numpy() > before).all()
     assert not folder.exists()  # removed once the rows were saved
 
 
@@ -138,4 +142,7 @@ def test_a_killed_nuts_job_continues_from_its_checkpoint_and_gets_the_uninterrup
     assert _metrics(killed) == _metrics(whole)  # equal to the last bit
     info = [json.loads(text) for text in read_results(killed)["backend_info"]]
     assert all(i["resumed_from_iteration"] == 12 for i in info)
+    # train_seconds counts the stopped process's sampling up to its checkpoint as well
+    before = np.array([i["seconds_before_resume"] for i in info])
+    assert (before > 0).all() and (read_results(killed)["train_seconds"].to_numpy() > before).all()
     assert not checkpoint_dir(killed).exists()

@@ -64,6 +64,9 @@ def test_a_fit_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path
 
     assert resumed.info["resumed_from_step"] > 0
     assert resumed.info["loss_history"] == whole.info["loss_history"]
+    # The time of the killed segment up to its checkpoint counts in the continued fit's seconds.
+    before = resumed.info["seconds_before_resume"]
+    assert before > 0 and resumed.info["seconds"] > before and "seconds_before_resume" not in whole.info
     for k, v in whole.weight_means().items():
         np.testing.assert_array_equal(resumed.weight_means()[k], v)
     a, b = whole.evaluate(X, y, num_samples=5), resumed.evaluate(X, y, num_samples=5)

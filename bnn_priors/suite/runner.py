@@ -128,7 +128,8 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
             extra["X_test"] = data.X_test
         start = time.perf_counter()
         posterior = backend.fit(model, data.X_train, data.y_train, **extra)
-        seconds = time.perf_counter() - start
+        # A job continued from a checkpoint: its earlier processes' training seconds count too.
+        seconds = time.perf_counter() - start + float(posterior.info.get("seconds_before_resume", 0.0))
         test = evaluate_metrics(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
         rmse, ll = test.rmse, test.log_likelihood
         val_rmse = val_ll = val_mae = np.full(R, np.nan)

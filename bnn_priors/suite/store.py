@@ -20,7 +20,8 @@ before it existed), ``coverage`` (JSON ``{"levels": [...], "inside": [...],
 predictive interval of that level; NULL for older runs), ``holdout`` (the run's
 validation fraction, NULL for none) with ``val_rmse``, ``val_log_likelihood`` and
 ``val_sample_mae`` (the same metrics on the held-out validation part; NULL without one), ``train_seconds`` (wall time of the
-fit of the run's batched job) and ``replicas`` (runs in that job: a run's share
+fit of the run's batched job; for a job continued from a checkpoint, plus the training
+seconds its earlier processes had spent up to that checkpoint) and ``replicas`` (runs in that job: a run's share
 is ``train_seconds / replicas``), ``device``, package versions (``torch_version``,
 ``pyro_version``, ``bnn_priors_version``, ``python_version``), ``timestamp`` (UTC,
 ISO 8601), ``weights`` (posterior mean of the first hidden-to-hidden weight matrix,
