@@ -98,8 +98,9 @@ one per unit, exactly i.i.d. Bernoulli, a different random stream; other noise m
 draw as by default), a layer with one output is a product and a sum over its inputs
 instead of a batched matrix-vector product, a three-axis layer is one ``baddbmm``, and
 Adam uses torch's fused update. A replica in a batch still equals the replica alone, and
-checkpoints continue such fits exactly. On boston's shape at R = 240 a step took about
-0.65-0.73 of the default's (``benchmarks/replica_throughput.py``). The default stays
+checkpoints continue such fits exactly. The saving is in the masks for small ``p`` (dropout rates of
+0.005-0.1, as in Gal's grids) and in the kernels. On boston's shape at R = 240 a step took about
+0.67-0.73 of the default's (``benchmarks/replica_throughput.py``). The default stays
 bit for bit what it was, so committed results rerun exactly.
 
 Heavy tails: the expected squared error of training is finite only when the noise
@@ -377,8 +378,10 @@ class MCDropout(InferenceBackend):
     a fixed precision, the negative log-likelihood form with a learned one),
     ``loss_history`` (per epoch), ``precision`` (tau), ``precision_learned``,
     ``weight_decay`` (Gal's ``wd`` per layer, at the final tau), ``length_scale``,
-    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer) and
-    ``num_particles``; per-replica values are lists when there are several replicas.
+    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer), ``num_particles`` and
+    ``fast``; per-replica values are lists when there are several replicas. A fit continued
+    from a checkpoint adds ``resumed_from_step`` and ``seconds_before_resume`` (the training
+    seconds of the earlier segments, which ``seconds`` includes).
     """
 
     name = "mc-dropout"
@@ -524,6 +527,12 @@ class MCDropout(InferenceBackend):
 
         def load_state(saved: dict) -> None:
             nonlocal tau
+            if saved.get("fast", False) != self.fast:  # files of before the option hold none: the default
+                raise InvalidParameterError(
+                    f"the checkpoint was saved by a fit with fast={not self.fast}, and this fit has fast={self.fast}: "
+                    "the two draw other random streams and step otherwise; continue it with the same setting, "
+                    "or delete it"
+                )
             tau = saved["tau"].to(dev)
             history[:] = saved["history"]
             epoch_terms()
@@ -537,7 +546,7 @@ class MCDropout(InferenceBackend):
             step, X, y, net.parameters(), opt, schedule, steps,
             backend="MCDropout", hint=hint, end_round=end_epoch,
             generators=noise_rng.generators,
-            state=lambda: {"tau": tau.detach().cpu().clone(), "history": list(history)},
+            state=lambda: {"tau": tau.detach().cpu().clone(), "history": list(history), "fast": self.fast},
             load_state=load_state,
             checkpoint=checkpoint,
             progress=self.progress,
@@ -574,6 +583,7 @@ class MCDropout(InferenceBackend):
                 for layer in model.layers
             },
             "num_particles": K,
+            "fast": self.fast,
         }
         if done.resumed_from is not None:
             info["resumed_from_step"] = done.resumed_from

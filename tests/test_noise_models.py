@@ -620,6 +620,10 @@ def test_fast_bernoulli_sampler_draws_more_for_a_short_stream_from_that_stream_a
         assert torch.equal(batch[r], model.sample_fast(_source(SEED + r), (600,), torch.float64)[0])
     rate = float((batch == 0).double().mean())
     assert abs(rate - 0.3) < 5 * math.sqrt(0.3 * 0.7 / batch.numel())
+    gaps = _gaps(batch.numpy(), 7)  # across the boundaries between a stream's extra draws too
+    expected = stats.geom(0.3).pmf(np.arange(1, 8))
+    observed = np.array([(gaps == k).mean() for k in range(1, 8)])
+    assert np.abs(observed - expected).max() < 5 * np.sqrt(expected * (1 - expected) / gaps.size).max()
 
 
 def test_fast_bernoulli_sampler_with_p_zero_keeps_everything_and_draws_nothing():

@@ -60,18 +60,51 @@ def test_a_fit_continued_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path
     with pytest.raises(KeyboardInterrupt):
         backend().fit(model(), X, y, checkpoint=killed_after(path, "job", n=2))
     assert path.exists()
+    earlier = torch.load(path, weights_only=False)["seconds"]
     resumed = backend().fit(model(), X, y, checkpoint=Checkpoint(path, "job", every=0.0))
 
     assert resumed.info["resumed_from_step"] > 0
     assert resumed.info["loss_history"] == whole.info["loss_history"]
     # The time of the killed segment up to its checkpoint counts in the continued fit's seconds.
-    before = resumed.info["seconds_before_resume"]
-    assert before > 0 and resumed.info["seconds"] > before and "seconds_before_resume" not in whole.info
+    assert resumed.info["seconds_before_resume"] == earlier > 0 and resumed.info["seconds"] > earlier
+    assert "seconds_before_resume" not in whole.info
     for k, v in whole.weight_means().items():
         np.testing.assert_array_equal(resumed.weight_means()[k], v)
     a, b = whole.evaluate(X, y, num_samples=5), resumed.evaluate(X, y, num_samples=5)
     np.testing.assert_array_equal(a["rmse"], b["rmse"])
     np.testing.assert_array_equal(a["log_likelihood"], b["log_likelihood"])
+
+
+def _dropout_mlp():
+    return models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("bernoulli", structure="ard"), replicas=2)
+
+
+def test_a_checkpoint_of_the_other_fast_setting_is_refused(tmp_path, killed_after):
+    """MC dropout's ``fast`` changes the random stream and the optimizer's kernel: a fit of the other
+    setting must not continue the file (the optimizer state would carry the fused flag over)."""
+    X, y = _data()
+    path = tmp_path / "job.pt"
+    with pytest.raises(KeyboardInterrupt):
+        MCDropout(epochs=6, batch_size=16, fast=True, seed=[3, 4], progress=False).fit(
+            _dropout_mlp(), X, y, checkpoint=killed_after(path, "job", n=1))
+    with pytest.raises(InvalidParameterError, match="fast=True, and this fit has fast=False"):
+        MCDropout(epochs=6, batch_size=16, seed=[3, 4], progress=False).fit(_dropout_mlp(), X, y,
+                                                                          checkpoint=Checkpoint(path, "job"))
+
+
+def test_a_checkpoint_written_before_the_seconds_were_kept_still_continues(tmp_path, killed_after):
+    X, y = _data()
+    backend = lambda: MCDropout(epochs=6, batch_size=16, seed=[3, 4], progress=False)  # noqa: E731
+    whole = backend().fit(_dropout_mlp(), X, y)
+    path = tmp_path / "job.pt"
+    with pytest.raises(KeyboardInterrupt):
+        backend().fit(_dropout_mlp(), X, y, checkpoint=killed_after(path, "job", n=2))
+    saved = torch.load(path, weights_only=False)
+    del saved["seconds"], saved["backend"]["fast"]
+    torch.save(saved, path)
+    resumed = backend().fit(_dropout_mlp(), X, y, checkpoint=Checkpoint(path, "job"))
+    assert resumed.info["seconds_before_resume"] == 0.0 and resumed.info["resumed_from_step"] > 0
+    assert resumed.info["loss_history"] == whole.info["loss_history"]
 
 
 def test_a_checkpoint_of_another_fit_is_refused(tmp_path, killed_after):
@@ -255,7 +288,9 @@ def test_the_loop_keeps_freed_memory_instead_of_faulting_in_fresh_pages():
         return kept == "True", float(faults)
 
     kept_off, off = faults_per_step({"BNN_PRIORS_KEEP_FREED_MEMORY": "0", "OMP_NUM_THREADS": "1"})
+    assert not kept_off
+    if off <= 1000:  # another allocator preloaded, or glibc tuned otherwise: nothing to show here
+        pytest.skip(f"glibc's defaults fault only {off:.0f} pages per step here")
     kept_on, on = faults_per_step({"OMP_NUM_THREADS": "1"})
-    assert not kept_off and kept_on
-    assert off > 1000, off  # the cost exists where the test runs
+    assert kept_on
     assert on < 0.1 * off, (on, off)
