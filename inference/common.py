@@ -125,23 +125,23 @@ class ReplicaRandom:
             return fill(shape, self.generators[0], None).unsqueeze(axis)
         if all(n == 1 for n in shape[:axis]):
             out = torch.empty((*shape[:axis], len(self.generators), *shape[axis:]), dtype=dtype, device=self.device)
-            for r, g in enumerate(self.generators):
-                fill(shape, g, out.select(axis, r))
+            for g, view in zip(self.generators, out.unbind(axis)):  # one call makes every replica's view
+                fill(shape, g, view)
             return out
         return torch.stack([fill(shape, g, None) for g in self.generators], axis)
 
     def rand_streams(self, streams: Sequence[int], shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """Uniform(0, 1) draws of ``shape`` from the replicas ``streams`` only: ``(len(streams), *shape)``."""
         out = torch.empty((len(streams), *shape), dtype=dtype, device=self.device)
-        for i, r in enumerate(streams):
-            torch.rand(tuple(shape), generator=self.generators[r], out=out[i])
+        for r, view in zip(streams, out.unbind(0)):
+            view.uniform_(generator=self.generators[r])
         return out
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Standard normals of ``shape`` per replica, the replica axis inserted at ``axis``."""
         return self._draws(
             lambda s, g, out: torch.randn(s, generator=g, device=self.device, dtype=dtype) if out is None
-            else torch.randn(s, generator=g, out=out),
+            else out.normal_(generator=g),  # in place: the numbers of torch.randn(out=out), without its resize
             shape, dtype, axis,
         )
 
@@ -149,7 +149,7 @@ class ReplicaRandom:
         """Uniform(0, 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
         return self._draws(
             lambda s, g, out: torch.rand(s, generator=g, device=self.device, dtype=dtype) if out is None
-            else torch.rand(s, generator=g, out=out),
+            else out.uniform_(generator=g),  # in place: the numbers of torch.rand(out=out), without its resize
             shape, dtype, axis,
         )
 

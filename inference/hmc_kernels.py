@@ -34,11 +34,12 @@ to eager with a warning when compilation fails or disagrees.
 from __future__ import annotations
 
 import math
-import types
 import warnings
 from collections.abc import Callable
 
 import torch
+
+from inference.compiled import agree, own_code
 
 #: ``potential(q) -> U``: positions ``(C, D)`` to potential energies ``(C,)``, differentiable.
 Potential = Callable[[torch.Tensor], torch.Tensor]
@@ -136,32 +137,6 @@ def step(value_and_grad, q, p, g, eps, inv_mass, H0, active, log_w, u, prop_q, p
                                diverging, n_steps, sum_accept, max_energy_error)
 
 
-def _own_code(fn: Callable) -> Callable:
-    """``fn`` with a code object of its own. ``torch.compile`` keeps its graphs on the code object of
-    the function it compiles, at most ``torch._dynamo.config.recompile_limit`` (8) of them, and runs
-    eager code past that: the kernels of successive fits in one process (the benchmark runner's
-    jobs) would share, and after a few fits exhaust, one cache."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-
-
-def _agree(fast, slow) -> bool:
-    """Whether two kernels' outputs (tensors or tuples of them) agree: booleans and integers
-    exactly, floats to float rounding (relative 1e-3 of the largest finite value), NaN and inf
-    where the other has them."""
-    fast = fast if isinstance(fast, tuple) else (fast,)
-    slow = slow if isinstance(slow, tuple) else (slow,)
-    for a, b in zip(fast, slow, strict=True):
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        if not a.is_floating_point():
-            if not torch.equal(a, b):
-                return False
-            continue
-        finite_b = b[torch.isfinite(b)]
-        scale = float(finite_b.abs().max()) if finite_b.numel() else 1.0
-        if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * max(scale, 1.0), equal_nan=True):
-            return False
-    return True
 
 
 class Kernels:
@@ -254,7 +229,7 @@ class Kernels:
             return functional_value_and_grad(row_potential, x, rows)
 
         def compiled(fn, dynamic=False):
-            return torch.compile(_own_code(fn), dynamic=dynamic)
+            return torch.compile(own_code(fn), dynamic=dynamic)
 
         try:
             out.value_and_grad = compiled(vg)
@@ -270,7 +245,7 @@ class Kernels:
                           "sampling with the eager potential", RuntimeWarning, stacklevel=stacklevel + 1)
             return eager
         for name, fast, slow in results:
-            if not _agree(fast, slow):
+            if not agree(fast, slow):
                 warnings.warn(f"NUTS(compile=True): the compiled {name} disagrees with the eager one beyond float "
                               "rounding; sampling with the eager potential", RuntimeWarning, stacklevel=stacklevel + 1)
                 return eager

@@ -96,12 +96,21 @@ do not; tested): Bernoulli masks come from the gaps between dropped units
 (:meth:`bnn_priors.noise_models.Bernoulli.sample_fast`: about ``p`` as many uniforms as
 one per unit, exactly i.i.d. Bernoulli, a different random stream; other noise models
 draw as by default), a layer with one output is a product and a sum over its inputs
-instead of a batched matrix-vector product, a three-axis layer is one ``baddbmm``, and
-Adam uses torch's fused update. A replica in a batch still equals the replica alone, and
+instead of a batched matrix-vector product, and Adam uses torch's fused update. A replica in a batch still equals the replica alone, and
 checkpoints continue such fits exactly. The saving is in the masks for small ``p`` (dropout rates of
 0.005-0.1, as in Gal's grids) and in the kernels. On boston's shape at R = 240 a step took about
 0.67-0.73 of the default's (``benchmarks/replica_throughput.py``). The default stays
 bit for bit what it was, so committed results rerun exactly.
+
+Compiled steps (``compile=True``): the step's objective (the noisy forward pass and the
+loss) and its gradient are compiled by ``torch.compile`` with static shapes (two graphs
+per fit: the mini-batch and the epoch's last, smaller one), which fuses the passes over
+the activations that eager code makes one at a time. It takes several seconds to
+compile per fit, so it pays for long fits with many replicas. Compiled code rounds
+differently from eager code; the first step is checked against eager code (values and
+gradients, :class:`inference.compiled.CheckedCompile`), and a failure to compile or a
+disagreement gives a warning and an eager fit. With ``fast=True`` on boston's shape at
+R = 240 it is the fastest path (``benchmarks/replica_throughput.py``).
 
 Heavy tails: the expected squared error of training is finite only when the noise
 has a finite second moment. Half-Cauchy noise (and inverse-Nakagami noise with shape
@@ -137,6 +146,7 @@ from inference.common import (
     raise_diverged,
     unsupported,
 )
+from inference.compiled import CheckedCompile
 from inference.training import Checkpoint, Shuffled, adam, check_threads, train
 from models.networks import BayesianNetwork, Layer
 
@@ -193,10 +203,9 @@ def noisy_linear(
 ) -> torch.Tensor:
     """The pre-activation ``(unit * layer * h) @ (weight_noise * M) + b`` of one layer.
 
-    ``fast``: the same sum in cheaper kernels, rounded differently: a layer with one
-    output as a product and a sum over the inputs (a batched matrix-vector product is
-    several times slower than that on the CPU, forward and backward), otherwise
-    ``baddbmm`` (the bias added inside the product) when there is no leading axis.
+    ``fast``: a layer with one output as a product and a sum over the inputs (a batched
+    matrix-vector product is several times slower than that on the CPU, forward and
+    backward): the same sum, rounded differently.
     """
     if "unit_scale" in noise:
         h = h * noise["unit_scale"]
@@ -204,11 +213,8 @@ def noisy_linear(
         h = h * noise["layer_scale"]
     if "weight_scale" in noise:
         weight = weight * noise["weight_scale"]
-    if fast:
-        if weight.shape[-1] == 1:
-            return (h * weight.transpose(-1, -2)).sum(-1, keepdim=True) + bias.unsqueeze(-2)
-        if h.dim() == 3 and weight.dim() == 3:
-            return torch.baddbmm(bias.unsqueeze(-2), h, weight)
+    if fast and weight.shape[-1] == 1:
+        return (h * weight.transpose(-1, -2)).sum(-1, keepdim=True) + bias.unsqueeze(-2)
     return h @ weight + bias.unsqueeze(-2)
 
 
@@ -364,7 +370,9 @@ class MCDropout(InferenceBackend):
     fixed precision, or ``tau`` learned as a MAP estimate under its Gamma prior; a
     number: ``tau`` fixed for the fit and the predictions), ``num_particles`` (noise
     draws per data point and step, averaged), ``fast`` (False; True trains with cheaper
-    kernels and another random stream, see "Fast steps" in the module docstring), and
+    kernels and another random stream, see "Fast steps" in the module docstring),
+    ``compile`` (False; True compiles each step's objective and its gradient with
+    ``torch.compile``, see "Compiled steps"), and
     ``device``, ``seed``, ``progress``, ``threads`` (torch threads of the training loop, 1
     by default: see :mod:`inference.training`).
 
@@ -378,8 +386,8 @@ class MCDropout(InferenceBackend):
     a fixed precision, the negative log-likelihood form with a learned one),
     ``loss_history`` (per epoch), ``precision`` (tau), ``precision_learned``,
     ``weight_decay`` (Gal's ``wd`` per layer, at the final tau), ``length_scale``,
-    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer), ``num_particles`` and
-    ``fast``; per-replica values are lists when there are several replicas. A fit continued
+    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer), ``num_particles``,
+    ``fast`` and ``compile`` (False also after a fallback to eager code); per-replica values are lists when there are several replicas. A fit continued
     from a checkpoint adds ``resumed_from_step`` and ``seconds_before_resume`` (the training
     seconds of the earlier segments, which ``seconds`` includes).
     """
@@ -391,7 +399,7 @@ class MCDropout(InferenceBackend):
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {
         "epochs": 40, "batch_size": 128, "lr": 1e-3, "length_scale": None, "weight_decay": None,
-        "precision": None, "num_particles": 1, "fast": False,
+        "precision": None, "num_particles": 1, "fast": False, "compile": False,
     }
     #: The option that counts the training budget, and its unit.
     budget_option, budget_unit = "epochs", "epochs"
@@ -408,6 +416,7 @@ class MCDropout(InferenceBackend):
         precision: float | Sequence[float] | None = None,
         num_particles: int = 1,
         fast: bool = False,
+        compile: bool = False,
         device="cpu",
         seed: int = 0,
         progress: bool = True,
@@ -423,6 +432,7 @@ class MCDropout(InferenceBackend):
         self.precision = _number_or_numbers("precision", precision, allow_zero=False)
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.fast = check_bool("fast", fast)
+        self.compile = check_bool("compile", compile)
 
     def check_model(self, model: BayesianNetwork) -> None:
         for layer in model.layers:
@@ -495,8 +505,9 @@ class MCDropout(InferenceBackend):
             else:
                 terms["wd"] = {k: d.coefficient(N, fixed) for k, d in decays.items()}
 
-        def step(Xb, yb):
-            f = net.forward(Xb, net.draw(noise_rng, Xb.shape[1], lead, self.fast), self.fast)
+        def objective(Xb, yb, noise, tau, terms):
+            """The loss per replica and the squared error per replica of one mini-batch."""
+            f = net.forward(Xb, noise, self.fast)
             err = ((yb - f) ** 2).sum(-1).mean(-1)  # (*lead, R)
             if err.dim() > 1:
                 err = err.mean(0)
@@ -505,6 +516,12 @@ class MCDropout(InferenceBackend):
                 loss = 0.5 * tau * err + terms["const"] + sum(terms["half_tau_wd"][k] * norms[k] for k in norms)
             else:
                 loss = err + sum(terms["wd"][k] * norms[k] for k in norms)
+            return loss, err
+
+        run = CheckedCompile(objective, net.parameters(), "MCDropout") if self.compile else objective
+
+        def step(Xb, yb):
+            loss, err = run(Xb, yb, net.draw(noise_rng, Xb.shape[1], lead, self.fast), tau, terms)
             epoch["sse"] = epoch["sse"] + err.detach() * Xb.shape[1]
             epoch["loss"] = epoch["loss"] + loss.detach() * Xb.shape[1] / N
             return loss.sum(), loss
@@ -584,6 +601,7 @@ class MCDropout(InferenceBackend):
             },
             "num_particles": K,
             "fast": self.fast,
+            "compile": bool(self.compile and run.compiled),  # False after a fallback to eager code
         }
         if done.resumed_from is not None:
             info["resumed_from_step"] = done.resumed_from

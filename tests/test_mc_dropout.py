@@ -311,6 +311,38 @@ def test_fast_changes_the_stream_not_the_model():
     assert abs(rmse[0].mean() - rmse[1].mean()) < 0.03
 
 
+def test_compiled_steps_give_the_eager_fit_to_rounding():
+    """``compile=True`` (inductor): the same objective and gradient, fused; over a short fit the loss
+    history stays within float rounding's drift of the eager one, and the same seed repeats."""
+    X, y = gap_data(0)
+    pr = bnn_priors.prior("bernoulli", "ard", p=0.1)
+
+    def fit(compile):
+        model = mlp(pr, GaussianLikelihood(precision=100.0), replicas=2)
+        return MCDropout(epochs=3, batch_size=32, lr=1e-2, seed=[1, 2], fast=True, compile=compile,
+                         progress=False).fit(model, X, y)
+
+    eager, compiled, again = fit(False), fit(True), fit(True)
+    assert compiled.info["compile"] and not eager.info["compile"]
+    np.testing.assert_allclose(compiled.info["loss_history"], eager.info["loss_history"], rtol=1e-4)
+    assert compiled.info["loss_history"] == again.info["loss_history"]
+
+
+def test_a_compiler_failure_gives_a_warning_and_the_eager_fit(monkeypatch):
+    X, y = gap_data(0)
+    pr = bnn_priors.prior("bernoulli", "ard", p=0.1)
+    eager = MCDropout(epochs=2, batch_size=32, seed=3, progress=False).fit(mlp(pr), X, y)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor is not available")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match=r"MCDropout\(compile=True\): compiling failed"):
+        fallen = MCDropout(epochs=2, batch_size=32, seed=3, compile=True, progress=False).fit(mlp(pr), X, y)
+    assert not fallen.info["compile"]
+    assert fallen.info["loss_history"] == eager.info["loss_history"]
+
+
 @pytest.mark.parametrize("out", [1, 3])
 @pytest.mark.parametrize("lead", [(), (2,)])
 def test_fast_noisy_linear_is_the_same_sum(out, lead):
@@ -359,7 +391,7 @@ def test_divergence_names_the_step_and_a_hint():
 @pytest.mark.parametrize(
     "options",
     [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"length_scale": -1.0}, {"weight_decay": -1e-3},
-     {"precision": float("nan")}, {"num_particles": 1.5}, {"fast": "yes"}, {"fast": 1}],
+     {"precision": float("nan")}, {"num_particles": 1.5}, {"fast": "yes"}, {"fast": 1}, {"compile": "true"}],
 )
 def test_invalid_options(options):
     with pytest.raises(InvalidParameterError):
