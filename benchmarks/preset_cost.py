@@ -2,19 +2,23 @@
 
     python benchmarks/preset_cost.py --preset gal2016-2layer --datasets yacht,boston --data-dir ../shared/data/uci
     python benchmarks/preset_cost.py --preset nalisnick2019-released --datasets yacht --structure ard-add
+    python benchmarks/preset_cost.py --preset gal2016 --datasets kin8nm --short 5 --option fast=true --option compile=true
 
 Each job of the preset (a data set and configuration, all its splits batched as the runner
 batches them) runs twice through ``run_suite`` with the preset's settings but a budget of
 ``--short`` and ``2 * --short`` steps or epochs, one torch thread, no checkpoints. The
 difference of the two times is the cost of ``--short`` units of training; the shorter
 run's time minus that is the fixed cost (start-up, evaluation). The estimate of a job is
-``fixed + per_unit * budget`` at the preset's budget. On a machine shared with other
-processes the times, and so the estimate, grow with the load.
+``fixed + per_unit * budget`` at the preset's budget. ``--option KEY=VALUE`` (a JSON
+value, as ``bnn-priors bench --option``) changes the backend options of every run, e.g.
+MC dropout's ``fast`` and ``compile``. On a machine shared with other processes the times,
+and so the estimate, grow with the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import warnings
@@ -42,10 +46,22 @@ def main() -> None:
     ap.add_argument("--structure")
     ap.add_argument("--data-dir")
     ap.add_argument("--short", type=int, default=100, help="steps or epochs of the shorter timed run (default 100)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a backend option for every run (a JSON value; repeatable)")
     args = ap.parse_args()
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.strip()] = json.loads(value)
 
-    own = preset_configs(args.preset, datasets=args.datasets, splits=args.splits, structure=args.structure,
-                         data_dir=args.data_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the options' change is said once, below
+        own = preset_configs(args.preset, datasets=args.datasets, splits=args.splits, structure=args.structure,
+                             options=options or None, data_dir=args.data_dir)
+    if options:
+        print(f"options changed for every run: {options}")
     jobs = defaultdict(list)
     for cfg in own:
         jobs[(cfg.dataset, cfg.noise, cfg.structure, cfg.arch, cfg.inference)].append(cfg)
@@ -59,7 +75,7 @@ def main() -> None:
                 warnings.simplefilter("ignore")  # the budget change is the point
                 short = preset_configs(args.preset, datasets=key[0], splits=args.splits, structure=key[2],
                                        noise=key[1], arch=key[3], inference=key[4], budget={unit: b},
-                                       data_dir=args.data_dir)
+                                       options=options or None, data_dir=args.data_dir)
             times.append(timed(short, args.data_dir))
         per_unit = max(times[1] - times[0], 0.0) / args.short
         fixed = max(times[0] - per_unit * args.short, 0.0)
