@@ -31,6 +31,9 @@ over the splits. R-hat below 1.05 is the usual bar for chains that agree. Yacht'
 with the earlier compiled path (2292 s and 2836 s per job), splits 10-19 with the compiled kernels of
 `inference/hmc_kernels.py` (1150 s and 569 s), each job beside one to three other benchmark jobs;
 the kernels round differently in the last bit, so the draws are other, equally valid, ones.
+Boston's four jobs all ran with the compiled kernels beside two or three other processes; the job
+of splits 10-14 continued from its checkpoint in a second process, and its seconds include the
+first process's 702 s up to that checkpoint.
 """
 RELEASED_SPLITS = 20
 RELEASED_STRUCTURES = {"ard": "ARD", "add": "ADD", "ard-add": "ARD-ADD"}
