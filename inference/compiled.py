@@ -6,6 +6,9 @@ compiles checks the compiled function once against the eager one and, when compi
 fails or the two disagree beyond rounding, warns and goes on with the eager function:
 an option that makes a fit faster never makes it fail or silently wrong.
 
+* :func:`quiet_compiler`: a block in which torch's own deprecation warnings, which its
+  compiler stack raises on first use, are not shown (they are not the user's business and
+  would land in every result row's warnings);
 * :func:`own_code`: a function with a code object of its own (torch keeps at most
   ``recompile_limit`` graphs per code object, then runs eager code);
 * :func:`agree`: whether two outputs agree to float rounding;
@@ -18,11 +21,21 @@ Imports: torch only.
 
 from __future__ import annotations
 
+import contextlib
 import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+
+
+@contextlib.contextmanager
+def quiet_compiler() -> Iterator[None]:
+    """Hide ``DeprecationWarning``s raised inside torch's modules (e.g. "`torch.jit.script_method` is
+    deprecated", from inductor's first import) for the block; every other warning shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
+        yield
 
 
 def own_code(fn: Callable) -> Callable:
@@ -82,9 +95,10 @@ class CheckedCompile:
             return self._compiled(*args)
         self._checked = True
         try:
-            self._compiled = self._compiler(own_code(self.eager))
-            out = self._compiled(*args)
-            grads = torch.autograd.grad(out[0].sum(), self.params, retain_graph=True, allow_unused=True)
+            with quiet_compiler():
+                self._compiled = self._compiler(own_code(self.eager))
+                out = self._compiled(*args)
+                grads = torch.autograd.grad(out[0].sum(), self.params, retain_graph=True, allow_unused=True)
         except Exception as err:  # noqa: BLE001 - any failure of the compiler means: run eager code
             return self._fall_back(f"compiling failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})", args)
         ref = self.eager(*args)

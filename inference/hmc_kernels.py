@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from inference.compiled import agree, own_code
+from inference.compiled import agree, own_code, quiet_compiler
 
 #: ``potential(q) -> U``: positions ``(C, D)`` to potential energies ``(C,)``, differentiable.
 Potential = Callable[[torch.Tensor], torch.Tensor]
@@ -229,7 +229,8 @@ class Kernels:
             return functional_value_and_grad(row_potential, x, rows)
 
         def compiled(fn, dynamic=False):
-            return torch.compile(own_code(fn), dynamic=dynamic)
+            with quiet_compiler():
+                return torch.compile(own_code(fn), dynamic=dynamic)
 
         try:
             out.value_and_grad = compiled(vg)
@@ -239,7 +240,8 @@ class Kernels:
             out.block_turn = compiled(block_turn)
             if row_potential is not None:
                 out.row_value_and_grad = compiled(row_vg, dynamic=True)
-            results = [(name, getattr(out, name)(*args), getattr(eager, name)(*args)) for name, args in checks]
+            with quiet_compiler():
+                results = [(name, getattr(out, name)(*args), getattr(eager, name)(*args)) for name, args in checks]
         except Exception as err:  # inductor needs a C++ compiler (CPU) or Triton (GPU)
             warnings.warn(f"NUTS(compile=True): torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
                           "sampling with the eager potential", RuntimeWarning, stacklevel=stacklevel + 1)
