@@ -69,55 +69,75 @@ def agree(fast, slow) -> bool:
 
 class CheckedCompile:
     """``fn`` (tensors in, a tuple of tensors out, the first one the loss per replica) compiled with
-    static shapes, used in place of ``fn`` once its first call agrees with ``fn``'s.
+    static shapes, used in place of ``fn`` where it agrees with ``fn``.
 
-    The first call runs both and compares the outputs and the gradients of the summed first
-    output with respect to ``params`` (:func:`agree`); it returns the compiled outputs,
-    their graph kept for the caller's backward pass. When compiling raises, or the two
-    disagree, it warns once (naming ``label``) and every call from then on is ``fn``'s.
-    ``compiler`` is ``torch.compile`` unless a test passes a stand-in. ``compiled``: whether
-    the compiled function is in use.
+    The first call with each new set of input shapes (each compiles a graph of its own: an
+    epoch's last, smaller mini-batch is a second one) is checked: ``fn`` runs first, its
+    outputs and the gradients of its summed first output with respect to ``params`` kept
+    detached, then the compiled function with its gradients (:func:`agree` compares them;
+    ``autograd.grad`` leaves the ``.grad`` fields alone), and the compiled function once more
+    for the outputs it returns (inductor's backward may donate its buffers, so a graph is not
+    kept through the check's gradients; the inputs are the same, so are the outputs). When compiling or the
+    compiled call raises, or the two disagree, it warns once (naming ``label``) and every
+    call from then on is ``fn``'s, the failed call included (``fn`` is deterministic given
+    its inputs, so nothing is lost). ``compiler`` is ``torch.compile`` unless a test passes
+    a stand-in; ``stacklevel`` is the warning's, as for :func:`warnings.warn`, counted from the
+    code that calls this object (1: that code). ``compiled``:
+    whether the compiled function is in use.
     """
 
-    def __init__(self, fn: Callable, params: Sequence[torch.Tensor], label: str, compiler: Callable | None = None):
+    def __init__(self, fn: Callable, params: Sequence[torch.Tensor], label: str, compiler: Callable | None = None,
+                 stacklevel: int = 1):
         self.eager = fn
         self.params = list(params)
         self.label = label
+        self.stacklevel = stacklevel
         self._compiler = compiler or (lambda f: torch.compile(f, dynamic=False))
         self._compiled: Callable | None = None
         self.compiled = True
-        self._checked = False
+        self._checked: set[tuple] = set()
 
     def __call__(self, *args):
         if not self.compiled:
             return self.eager(*args)
-        if self._checked:
+        shapes = tuple(tuple(t.shape) for t in _tensors(args))
+        if shapes in self._checked:
             return self._compiled(*args)
-        self._checked = True
+        ref = self.eager(*args)
+        ref_grads = torch.autograd.grad(ref[0].sum(), self.params, allow_unused=True)  # frees the eager graph
+        ref = tuple(t.detach() for t in ref)
         try:
             with quiet_compiler():
-                self._compiled = self._compiler(own_code(self.eager))
+                if self._compiled is None:
+                    self._compiled = self._compiler(own_code(self.eager))
                 out = self._compiled(*args)
-                grads = torch.autograd.grad(out[0].sum(), self.params, retain_graph=True, allow_unused=True)
+                grads = torch.autograd.grad(out[0].sum(), self.params, allow_unused=True)
         except Exception as err:  # noqa: BLE001 - any failure of the compiler means: run eager code
-            return self._fall_back(f"compiling failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})", args)
-        ref = self.eager(*args)
-        ref_grads = torch.autograd.grad(ref[0].sum(), self.params, retain_graph=True, allow_unused=True)
-        detached = tuple(t.detach() for t in out)
-        same = agree(detached, tuple(t.detach() for t in ref)) and all(
+            first_line = str(err).partition("\n")[0][:200]
+            return self._fall_back(f"compiling failed ({type(err).__name__}: {first_line})", args)
+        same = agree(tuple(t.detach() for t in out), ref) and all(
             (a is None) == (b is None) and (a is None or agree(a, b)) for a, b in zip(grads, ref_grads)
         )
         if not same:
-            self._warn("the compiled objective or its gradient disagrees with the eager one beyond float rounding")
-            self.compiled = False
-            return ref
-        return out
+            return self._fall_back("the compiled objective or its gradient disagrees with the eager one beyond "
+                                   "float rounding", args)
+        self._checked.add(shapes)
+        return self._compiled(*args)  # again, for a graph of its own: compiled backward passes may not be retained
 
     def _fall_back(self, why: str, args):
-        self._warn(why)
+        warnings.warn(f"{self.label}(compile=True): {why}; continuing with eager code (the same model, "
+                      "eager rounding)", RuntimeWarning, stacklevel=self.stacklevel + 2)
         self.compiled = False
+        self._compiled = None
         return self.eager(*args)
 
-    def _warn(self, why: str) -> None:
-        warnings.warn(f"{self.label}(compile=True): {why}; continuing with eager code (the same model, "
-                      "eager rounding)", RuntimeWarning, stacklevel=3)
+
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in ``value`` (nested tuples, lists and dicts), in order."""
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []

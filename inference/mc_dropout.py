@@ -99,17 +99,17 @@ draw as by default), a layer with one output is a product and a sum over its inp
 instead of a batched matrix-vector product, and Adam uses torch's fused update. A replica in a batch still equals the replica alone, and
 checkpoints continue such fits exactly. The saving is in the masks for small ``p`` (dropout rates of
 0.005-0.1, as in Gal's grids) and in the kernels. On boston's shape at R = 240 a step took about
-0.67-0.73 of the default's (``benchmarks/replica_throughput.py``). The default stays
+0.65-0.73 of the default's (``benchmarks/replica_throughput.py``). The default stays
 bit for bit what it was, so committed results rerun exactly.
 
 Compiled steps (``compile=True``): the step's objective (the noisy forward pass and the
-loss) and its gradient are compiled by ``torch.compile`` with static shapes (two graphs
-per fit: the mini-batch and the epoch's last, smaller one), which fuses the passes over
-the activations that eager code makes one at a time. It takes several seconds to
+loss) and its gradient are compiled by ``torch.compile`` with static shapes (one graph per
+mini-batch size: two per fit when the epoch's last batch is smaller), which fuses the passes
+over the activations that eager code makes one at a time. It takes several seconds to
 compile per fit, so it pays for long fits with many replicas. Compiled code rounds
-differently from eager code; the first step is checked against eager code (values and
-gradients, :class:`inference.compiled.CheckedCompile`), and a failure to compile or a
-disagreement gives a warning and an eager fit. With ``fast=True`` on boston's shape at
+differently from eager code; the first step of each graph is checked against eager code
+(values and gradients, :class:`inference.compiled.CheckedCompile`), and a failure to compile
+or a disagreement gives a warning and eager steps from there on. With ``fast=True`` on boston's shape at
 R = 240 it is the fastest path (``benchmarks/replica_throughput.py``).
 
 Heavy tails: the expected squared error of training is finite only when the noise
@@ -518,7 +518,8 @@ class MCDropout(InferenceBackend):
                 loss = err + sum(terms["wd"][k] * norms[k] for k in norms)
             return loss, err
 
-        run = CheckedCompile(objective, net.parameters(), "MCDropout") if self.compile else objective
+        # warnings point at the caller of fit: step, train, fit, the caller
+        run = CheckedCompile(objective, net.parameters(), "MCDropout", stacklevel=4) if self.compile else objective
 
         def step(Xb, yb):
             loss, err = run(Xb, yb, net.draw(noise_rng, Xb.shape[1], lead, self.fast), tau, terms)

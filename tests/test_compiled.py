@@ -33,8 +33,9 @@ def test_an_agreeing_compiler_is_used_and_its_outputs_keep_their_graph():
     loss, _ = run(x)
     loss.sum().backward()  # the graph of the returned outputs survives the check's gradients
     torch.testing.assert_close(w.grad, 2 * (x @ w).detach() * x)
+    assert len(calls) == 2  # the checked call, then the one whose graph is returned
     run(x)
-    assert run.compiled and len(calls) == 2
+    assert run.compiled and len(calls) == 3
 
 
 def test_a_compiler_that_fails_falls_back_to_eager_code_with_a_warning():
@@ -85,3 +86,25 @@ def test_own_code_gives_a_new_code_object_that_behaves_the_same():
 
     g = own_code(f)
     assert g.__code__ is not f.__code__ and g(3) == f(3) == 6 and g(3, k=5) == 15
+
+
+def test_each_new_shape_is_checked_and_a_failure_there_falls_back():
+    """The epoch's last, smaller mini-batch compiles a graph of its own: its failure, even with an
+    empty message, gives the warning and eager code, not an exception."""
+    _, w = _objective_and_params()
+
+    def fails_on_two_rows(f):
+        def run(x):
+            if x.shape[0] == 2:
+                raise AssertionError()
+            return f(x)
+        return run
+
+    big, small = torch.ones(4, 3), torch.ones(2, 3)
+    run = CheckedCompile(lambda x: (((x @ w) ** 2).sum().reshape(1), x.sum().reshape(1)), [w], "Test",
+                         compiler=fails_on_two_rows)
+    run(big)
+    assert run.compiled
+    with pytest.warns(RuntimeWarning, match=r"compiling failed \(AssertionError: \)"):
+        out = run(small)
+    assert not run.compiled and torch.equal(out[0], ((small @ w) ** 2).sum().reshape(1))
