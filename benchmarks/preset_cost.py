@@ -9,7 +9,8 @@ batches them) runs twice through ``run_suite`` with the preset's settings but a 
 ``--short`` and ``2 * --short`` steps or epochs, one torch thread, no checkpoints. The
 difference of the two times is the cost of ``--short`` units of training; the shorter
 run's time minus that is the fixed cost (start-up, evaluation). The estimate of a job is
-``fixed + per_unit * budget`` at the preset's budget. ``--option KEY=VALUE`` (a JSON
+``fixed + per_unit * budget`` at the preset's budget, batched as the runner batches (or at most
+``--max-replicas`` runs per job). ``--option KEY=VALUE`` (a JSON
 value, as ``bnn-priors bench --option``) changes the backend options of every run, e.g.
 MC dropout's ``fast`` and ``compile``. On a machine shared with other processes the times,
 and so the estimate, grow with the load.
@@ -28,10 +29,11 @@ from bnn_priors.suite import run_suite
 from bnn_priors.suite.presets import preset_configs
 
 
-def timed(configs, data_dir) -> float:
+def timed(configs, data_dir, max_replicas=None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        report = run_suite(configs, f"{tmp}/r.sqlite", data_dir=data_dir, progress=False, checkpoint_every=None)
+        report = run_suite(configs, f"{tmp}/r.sqlite", data_dir=data_dir, progress=False, checkpoint_every=None,
+                           max_replicas=max_replicas)
         seconds = time.perf_counter() - start
     if report.failed:
         raise SystemExit(f"a short run failed: {report.summary()}")
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--structure")
     ap.add_argument("--data-dir")
     ap.add_argument("--short", type=int, default=100, help="steps or epochs of the shorter timed run (default 100)")
+    ap.add_argument("--max-replicas", type=int, help="runs batched into one job at most (as bench's; default: the "
+                    "runner's CPU rule)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a backend option for every run (a JSON value; repeatable)")
     args = ap.parse_args()
@@ -76,7 +80,7 @@ def main() -> None:
                 short = preset_configs(args.preset, datasets=key[0], splits=args.splits, structure=key[2],
                                        noise=key[1], arch=key[3], inference=key[4], budget={unit: b},
                                        options=options or None, data_dir=args.data_dir)
-            times.append(timed(short, args.data_dir))
+            times.append(timed(short, args.data_dir, args.max_replicas))
         per_unit = max(times[1] - times[0], 0.0) / args.short
         fixed = max(times[0] - per_unit * args.short, 0.0)
         estimate = fixed + per_unit * budget
