@@ -12,8 +12,8 @@ an option that makes a fit faster never makes it fail or silently wrong.
 * :func:`own_code`: a function with a code object of its own (torch keeps at most
   ``recompile_limit`` graphs per code object, then runs eager code);
 * :func:`agree`: whether two outputs agree to float rounding;
-* :class:`CheckedCompile`: a compiled objective of parameters, checked at its first call
-  (values and gradients) against the eager objective (MC dropout's ``compile=True``).
+* :class:`CheckedCompile`: a compiled objective of parameters, checked at the first call of
+  each graph (values and gradients) against the eager objective (MC dropout's ``compile=True``).
   :mod:`inference.hmc_kernels` checks its NUTS kernels with :func:`agree` likewise.
 
 Imports: torch only.
@@ -115,7 +115,7 @@ class CheckedCompile:
         except Exception as err:  # noqa: BLE001 - any failure of the compiler means: run eager code
             first_line = str(err).partition("\n")[0][:200]
             return self._fall_back(f"compiling failed ({type(err).__name__}: {first_line})", args)
-        same = agree(tuple(t.detach() for t in out), ref) and all(
+        same = agree(out, ref) and all(  # agree compares detached values
             (a is None) == (b is None) and (a is None or agree(a, b)) for a, b in zip(grads, ref_grads)
         )
         if not same:

@@ -137,8 +137,6 @@ def step(value_and_grad, q, p, g, eps, inv_mass, H0, active, log_w, u, prop_q, p
                                diverging, n_steps, sum_accept, max_energy_error)
 
 
-
-
 class Kernels:
     """The sampler's per-step functions for a ``potential`` (and optionally its ``row_potential``).
 

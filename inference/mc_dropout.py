@@ -96,11 +96,12 @@ do not; tested): Bernoulli masks come from the gaps between dropped units
 (:meth:`bnn_priors.noise_models.Bernoulli.sample_fast`: about ``p`` as many uniforms as
 one per unit, exactly i.i.d. Bernoulli, a different random stream; other noise models
 draw as by default), a layer with one output is a product and a sum over its inputs
-instead of a batched matrix-vector product, and Adam uses torch's fused update. A replica in a batch still equals the replica alone, and
-checkpoints continue such fits exactly. The saving is in the masks for small ``p`` (dropout rates of
-0.005-0.1, as in Gal's grids) and in the kernels. On boston's shape at R = 240 a step took about
-0.65-0.73 of the default's (``benchmarks/replica_throughput.py``). The default stays
-bit for bit what it was, so committed results rerun exactly.
+instead of a batched matrix-vector product, and Adam uses torch's fused update. A replica
+in a batch still equals the replica alone, and checkpoints continue such fits exactly. The
+saving is in the masks for small ``p`` (dropout rates of 0.005-0.1, as in Gal's grids) and
+in the kernels. On boston's shape at R = 240 a step took about 0.65-0.73 of the default's
+(``benchmarks/replica_throughput.py``). The default stays bit for bit what it was, so
+committed results rerun exactly.
 
 Compiled steps (``compile=True``): the step's objective (the noisy forward pass and the
 loss) and its gradient are compiled by ``torch.compile`` with static shapes (one graph per
@@ -109,8 +110,8 @@ over the activations that eager code makes one at a time. It takes several secon
 compile per fit, so it pays for long fits with many replicas. Compiled code rounds
 differently from eager code; the first step of each graph is checked against eager code
 (values and gradients, :class:`inference.compiled.CheckedCompile`), and a failure to compile
-or a disagreement gives a warning and eager steps from there on. With ``fast=True`` on boston's shape at
-R = 240 it is the fastest path (``benchmarks/replica_throughput.py``).
+or a disagreement gives a warning and eager steps from there on. With ``fast=True`` on
+boston's shape at R = 240 it is the fastest path (``benchmarks/replica_throughput.py``).
 
 Heavy tails: the expected squared error of training is finite only when the noise
 has a finite second moment. Half-Cauchy noise (and inverse-Nakagami noise with shape
@@ -387,8 +388,8 @@ class MCDropout(InferenceBackend):
     ``loss_history`` (per epoch), ``precision`` (tau), ``precision_learned``,
     ``weight_decay`` (Gal's ``wd`` per layer, at the final tau), ``length_scale``,
     ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer), ``num_particles``,
-    ``fast`` and ``compile`` (False also after a fallback to eager code); per-replica values are lists when there are several replicas. A fit continued
-    from a checkpoint adds ``resumed_from_step`` and ``seconds_before_resume`` (the training
+    ``fast`` and ``compile`` (False also after a fallback to eager code); per-replica values
+    are lists when there are several replicas. A fit continued from a checkpoint adds ``resumed_from_step`` and ``seconds_before_resume`` (the training
     seconds of the earlier segments, which ``seconds`` includes).
     """
 
@@ -604,7 +605,5 @@ class MCDropout(InferenceBackend):
             "fast": self.fast,
             "compile": bool(self.compile and run.compiled),  # False after a fallback to eager code
         }
-        if done.resumed_from is not None:
-            info["resumed_from_step"] = done.resumed_from
-            info["seconds_before_resume"] = done.seconds_before
+        info.update(done.resume_info())
         return MCDropoutPosterior(model, net, tau, seeds, info)

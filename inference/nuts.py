@@ -59,6 +59,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -593,7 +594,8 @@ class NUTS(InferenceBackend):
             kernels = Kernels.compiled_at(q_check, density.potential, at_rows)
         else:
             kernels = Kernels(density.potential, at_rows)
-        resuming = checkpoint is not None and checkpoint.load() is not None  # the saved state has the start
+        # A saved state has the start (the sampler reads and checks it; a file that is not one is refused there)
+        resuming = checkpoint is not None and Path(checkpoint.path).exists()
         q0 = None if resuming else self._initial_positions(density, kernels.value_and_grad, rng)
         sampler = BatchedNUTS(density.potential, rng, max_tree_depth=self.max_tree_depth,
                               target_accept=self.target_accept, kernels=kernels)

@@ -951,9 +951,7 @@ class SVI(InferenceBackend):
             "steps_per_second": done.steps_per_second,
             "guide": self.guide,
         }
-        if done.resumed_from is not None:
-            info["resumed_from_step"] = done.resumed_from
-            info["seconds_before_resume"] = done.seconds_before
+        info.update(done.resume_info())
         return SVIPosterior(model, q, seeds, info)
 
     @staticmethod

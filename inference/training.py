@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import platform
@@ -219,9 +220,9 @@ def check_threads(threads) -> int | None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: blocks up to this size come from the heap
 TRIM_THRESHOLD = 256 * 2**20  # free memory kept at the top of the heap before it goes back to the system
-_kept: list[bool] = []
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let the C allocator keep freed tensors' memory for the next step instead of returning it (once per process).
 
@@ -239,18 +240,15 @@ def keep_freed_memory() -> bool:
     when ``mallopt`` refuses, or with the environment variable
     ``BNN_PRIORS_KEEP_FREED_MEMORY=0``, it does nothing and returns False.
     """
-    if not _kept:
-        ok = False
-        wanted = os.environ.get("BNN_PRIORS_KEEP_FREED_MEMORY", "1") != "0"
-        if wanted and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-            except (OSError, AttributeError):
-                mallopt = None
-            if mallopt is not None:
-                ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        _kept.append(ok)
-    return _kept[0]
+    if os.environ.get("BNN_PRIORS_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
 
 
 @contextlib.contextmanager
@@ -307,6 +305,13 @@ class TrainingResult:
     seconds: float
     resumed_from: int | None
     seconds_before: float = 0.0
+
+    def resume_info(self) -> dict:
+        """The ``info`` entries of a fit continued from a checkpoint (none for a fresh fit):
+        ``resumed_from_step`` and ``seconds_before_resume``."""
+        if self.resumed_from is None:
+            return {}
+        return {"resumed_from_step": self.resumed_from, "seconds_before_resume": self.seconds_before}
 
     @property
     def steps_per_second(self) -> float:
