@@ -111,6 +111,15 @@ class ReplicaRandom:
     def replicas(self) -> int:
         return len(self.generators)
 
+    def subset(self, streams: Sequence[int]) -> ReplicaRandom:
+        """The replicas ``streams`` only, as a source of their own that shares their generators:
+        its draws are the numbers those replicas draw here, and they advance here too."""
+        sub = object.__new__(ReplicaRandom)
+        sub.seeds = [self.seeds[r] for r in streams]
+        sub.generators = [self.generators[r] for r in streams]
+        sub.device = self.device
+        return sub
+
     def _draws(self, fill, shape: Sequence[int], dtype: torch.dtype, axis: int) -> torch.Tensor:
         """Every replica's draws ``fill(shape, generator, out)`` in one tensor, the replica axis at ``axis``.
 

@@ -136,6 +136,7 @@ from dataclasses import dataclass
 import torch
 
 from bnn_priors.errors import InvalidParameterError
+from bnn_priors.noise_models import NoiseModel
 from bnn_priors.scale_mixture import WeightPrior
 from inference.common import (
     InferenceBackend,
@@ -169,6 +170,7 @@ def draw_noise(
     points: int,
     lead: tuple[int, ...] = (),
     fast: bool = False,
+    noise: NoiseModel | None = None,
 ) -> dict[str, torch.Tensor]:
     """One layer's noise, mean-one where the mean is finite: ``{scale kind: tensor}``.
 
@@ -177,9 +179,10 @@ def draw_noise(
     (``points`` is the mini-batch size in training, ``1`` for a draw shared by all
     points), ``weight_scale`` ``(*lead, R, in, out)`` (always shared by the points).
     Empty for a prior without noise. ``fast``: draw with :meth:`bnn_priors.NoiseModel.sample_fast`
-    (the same law; for Bernoulli noise a different, cheaper random stream).
+    (the same law; for Bernoulli noise a different, cheaper random stream). ``noise``: draw this
+    noise model instead of the prior's (the prior still gives the structure).
     """
-    noise = prior.noise
+    noise = prior.noise if noise is None else noise
     if noise is None:
         return {}
     shapes = {
@@ -196,6 +199,48 @@ def draw_noise(
             continue
         lam = noise.sample(rng, shape, dtype, axis=len(lead))
         out[kind] = lam / mean if math.isfinite(mean) else lam
+    return out
+
+
+@dataclass(frozen=True)
+class NoiseGroup:
+    """The replicas ``streams`` of a layer whose noise is ``noise`` (``index``: the streams on the device)."""
+
+    noise: NoiseModel
+    streams: tuple[int, ...]
+    index: torch.Tensor
+
+
+def draw_grouped_noise(
+    prior: WeightPrior,
+    groups: Sequence[NoiseGroup] | None,
+    in_features: int,
+    out_features: int,
+    rng: ReplicaRandom,
+    dtype: torch.dtype,
+    points: int,
+    lead: tuple[int, ...] = (),
+    fast: bool = False,
+) -> dict[str, torch.Tensor]:
+    """:func:`draw_noise` of a layer whose replicas draw from noise models of their own (``groups``;
+    ``None``: the prior's for all). Each group draws from its replicas' streams alone
+    (:meth:`ReplicaRandom.subset`), so a replica gets the numbers it gets fitted alone with its
+    noise model as the prior's; the groups' draws are put in place on the replica axis."""
+    if groups is None:
+        return draw_noise(prior, in_features, out_features, rng, dtype, points, lead, fast)
+    if len(groups) == 1:
+        return draw_noise(prior, in_features, out_features, rng, dtype, points, lead, fast, groups[0].noise)
+    axis = len(lead)
+    out: dict[str, torch.Tensor] = {}
+    for group in groups:
+        part = draw_noise(prior, in_features, out_features, rng.subset(group.streams), dtype, points, lead, fast,
+                          group.noise)
+        for kind, t in part.items():
+            if kind not in out:
+                shape = list(t.shape)
+                shape[axis] = rng.replicas
+                out[kind] = t.new_empty(shape)
+            out[kind].index_copy_(axis, group.index, t)
     return out
 
 
@@ -219,11 +264,41 @@ def noisy_linear(
     return h @ weight + bias.unsqueeze(-2)
 
 
-def keep_probability(prior: WeightPrior) -> float:
-    """Gal's factor ``c`` of a layer: the noise's keep probability per scale tensor (1 without noise)."""
-    if prior.noise is None:
+def keep_probability(prior: WeightPrior, noise: NoiseModel | None = None) -> float:
+    """Gal's factor ``c`` of a layer: the noise's keep probability per scale tensor (1 without noise).
+    ``noise``: this noise model's instead of the prior's."""
+    noise = prior.noise if noise is None else noise
+    if noise is None:
         return 1.0
-    return prior.noise.keep_probability ** len(prior.scale_shapes(1, 1))
+    return noise.keep_probability ** len(prior.scale_shapes(1, 1))
+
+
+def _noise_params(value) -> dict[str, float | tuple[float, ...]] | None:
+    """``None``, or ``{parameter name: one number, or one number per replica}`` (checked as numbers
+    here; the noise model checks their range)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value or not all(isinstance(k, str) for k in value):
+        raise InvalidParameterError(
+            f"noise_params must be a mapping of noise-model parameter names to a number or one number per "
+            f"replica, such as {{'p': [0.005, 0.01]}}, or None; got {value!r}"
+        )
+    out = {}
+    for key, v in value.items():
+        scalar = not isinstance(v, (list, tuple)) and not (torch.is_tensor(v) and v.dim())
+        numbers = []
+        for x in [v] if scalar else list(v):
+            try:
+                f = float(x)
+            except (TypeError, ValueError):
+                f = math.nan
+            if isinstance(x, bool) or not math.isfinite(f):
+                raise InvalidParameterError(f"noise_params[{key!r}] must be a number or one number per replica, got {v!r}")
+            numbers.append(f)
+        if not numbers:
+            raise InvalidParameterError(f"noise_params[{key!r}] is empty: give a number or one number per replica")
+        out[key] = numbers[0] if scalar else tuple(numbers)
+    return out
 
 
 def _number_or_numbers(label: str, value, allow_zero: bool) -> float | tuple[float, ...] | None:
@@ -259,7 +334,7 @@ class _Decay:
     """Per layer: the length-scale ``l``, Gal's ``c`` and, when given, the weight decay (per replica)."""
 
     length_scale: float
-    keep: float
+    keep: float | torch.Tensor  # per replica (R,) when the replicas' noise differs
     given: torch.Tensor | None
 
     def coefficient(self, data_size: int, tau: torch.Tensor | float) -> torch.Tensor | float:
@@ -272,8 +347,10 @@ class _Decay:
 class _NoisyNet:
     """Point weights ``(R, in, out)``, biases ``(R, out)`` and the noisy forward pass."""
 
-    def __init__(self, model: BayesianNetwork, rng: ReplicaRandom):
+    def __init__(self, model: BayesianNetwork, rng: ReplicaRandom,
+                 groups: Mapping[str, Sequence[NoiseGroup] | None] | None = None):
         self.model = model
+        self.groups = dict(groups or {})
         dt = model.dtype
         self.weights: dict[str, torch.Tensor] = {}
         self.biases: dict[str, torch.Tensor] = {}
@@ -293,7 +370,8 @@ class _NoisyNet:
         """Noise for every layer (see :func:`draw_noise`)."""
         dt = self.model.dtype
         return {
-            layer.name: draw_noise(layer.prior, layer.in_features, layer.out_features, rng, dt, points, lead, fast)
+            layer.name: draw_grouped_noise(layer.prior, self.groups.get(layer.name), layer.in_features,
+                                           layer.out_features, rng, dt, points, lead, fast)
             for layer in self.model.layers
         }
 
@@ -373,7 +451,9 @@ class MCDropout(InferenceBackend):
     draws per data point and step, averaged), ``fast`` (False; True trains with cheaper
     kernels and another random stream, see "Fast steps" in the module docstring),
     ``compile`` (False; True compiles each step's objective and its gradient with
-    ``torch.compile``, see "Compiled steps"), and
+    ``torch.compile``, see "Compiled steps"), ``noise_params`` (None; a mapping such as
+    ``{"p": [0.005, 0.01, ...]}``: the noise model's parameters per replica, see "Replicas
+    with noise of their own"), and
     ``device``, ``seed``, ``progress``, ``threads`` (torch threads of the training loop, 1
     by default: see :mod:`inference.training`).
 
@@ -387,8 +467,8 @@ class MCDropout(InferenceBackend):
     a fixed precision, the negative log-likelihood form with a learned one),
     ``loss_history`` (per epoch), ``precision`` (tau), ``precision_learned``,
     ``weight_decay`` (Gal's ``wd`` per layer, at the final tau), ``length_scale``,
-    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer), ``num_particles``,
-    ``fast`` and ``compile`` (False also after a fallback to eager code); per-replica values
+    ``keep_probability``, ``noise_mean`` (``E[lambda]`` per layer), ``noise_params`` (with the
+    option: each replica's values), ``num_particles``, ``fast`` and ``compile`` (False also after a fallback to eager code); per-replica values
     are lists when there are several replicas. A fit continued from a checkpoint adds ``resumed_from_step`` and ``seconds_before_resume`` (the training
     seconds of the earlier segments, which ``seconds`` includes).
     """
@@ -400,12 +480,12 @@ class MCDropout(InferenceBackend):
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).
     options = {
         "epochs": 40, "batch_size": 128, "lr": 1e-3, "length_scale": None, "weight_decay": None,
-        "precision": None, "num_particles": 1, "fast": False, "compile": False,
+        "precision": None, "num_particles": 1, "fast": False, "compile": False, "noise_params": None,
     }
     #: The option that counts the training budget, and its unit.
     budget_option, budget_unit = "epochs", "epochs"
     #: Options that take one value per replica (a list) as well as one for all.
-    replica_options: tuple[str, ...] = ("weight_decay", "precision")
+    replica_options: tuple[str, ...] = ("weight_decay", "precision", "noise_params")
 
     def __init__(
         self,
@@ -418,6 +498,7 @@ class MCDropout(InferenceBackend):
         num_particles: int = 1,
         fast: bool = False,
         compile: bool = False,
+        noise_params: Mapping[str, float | Sequence[float]] | None = None,
         device="cpu",
         seed: int = 0,
         progress: bool = True,
@@ -434,6 +515,7 @@ class MCDropout(InferenceBackend):
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.fast = check_bool("fast", fast)
         self.compile = check_bool("compile", compile)
+        self.noise_params = _noise_params(noise_params)
 
     def check_model(self, model: BayesianNetwork) -> None:
         for layer in model.layers:
@@ -446,13 +528,56 @@ class MCDropout(InferenceBackend):
                     'inference.SVI(guide="variational-dropout")',
                 )
 
-    @staticmethod
-    def _warn_heavy_tails(model: BayesianNetwork) -> None:
+    def _noise_groups(self, model: BayesianNetwork) -> dict[str, list[NoiseGroup] | None]:
+        """Per layer, the replicas grouped by their noise model under ``noise_params`` (``None``: the
+        prior's noise for all, as without the option, and for layers without noise)."""
+        groups: dict[str, list[NoiseGroup] | None] = {layer.name: None for layer in model.layers}
+        if self.noise_params is None:
+            return groups
+        R = model.replicas
+        for key, value in self.noise_params.items():
+            if isinstance(value, tuple) and len(value) not in (1, R):
+                raise InvalidParameterError(
+                    f"MCDropout: noise_params[{key!r}] has {len(value)} values for a model with {R} replicas"
+                )
         for layer in model.layers:
-            noise = layer.prior.noise
-            if noise is not None and not math.isfinite(noise.second_moment):
+            base = layer.prior.noise
+            if base is None:
+                continue
+            unknown = sorted(set(self.noise_params) - set(base.parameters))
+            if unknown:
+                raise InvalidParameterError(
+                    f"MCDropout: noise_params sets {', '.join(map(repr, unknown))}, which the {base.name} noise of "
+                    f"{layer.name} does not have; its parameters are: {', '.join(base.parameters) or 'none'}"
+                )
+            streams: dict[NoiseModel, list[int]] = {}
+            for r in range(R):
+                values = {
+                    k: (v[r] if len(v) > 1 else v[0]) if isinstance(v, tuple) else v for k, v in self.noise_params.items()
+                }
+                try:
+                    noise = type(base)(**{**base.params, **values})
+                except InvalidParameterError as exc:
+                    raise InvalidParameterError(f"MCDropout: noise_params of replica {r}: {exc}") from None
+                streams.setdefault(noise, []).append(r)
+            groups[layer.name] = [
+                NoiseGroup(noise, tuple(rs), torch.tensor(rs, device=model.device)) for noise, rs in streams.items()
+            ]
+        if all(g is None for g in groups.values()):
+            raise InvalidParameterError(
+                "MCDropout: noise_params is given, but no layer of the model has noise (its priors have no scales)"
+            )
+        return groups
+
+    @staticmethod
+    def _warn_heavy_tails(model: BayesianNetwork, groups: Mapping[str, Sequence[NoiseGroup] | None]) -> None:
+        for layer in model.layers:
+            own = groups.get(layer.name)
+            heavy = [n for n in ([layer.prior.noise] if own is None else [g.noise for g in own])
+                     if n is not None and not math.isfinite(n.second_moment)]
+            if heavy:
                 warnings.warn(
-                    f"MCDropout: the {noise!r} noise of {layer.name} has E[lambda^2] = inf, so the "
+                    f"MCDropout: the {heavy[0]!r} noise of {layer.name} has E[lambda^2] = inf, so the "
                     "expected squared error of training is infinite for every function that depends on "
                     "the noisy units: the fit drifts toward ignoring them and the predictive mean and "
                     "standard deviation do not exist (use medians or quantiles of the samples, or a "
@@ -460,11 +585,21 @@ class MCDropout(InferenceBackend):
                     stacklevel=3,
                 )
 
-    def _decays(self, model: BayesianNetwork, given: torch.Tensor | None) -> dict[str, _Decay]:
+    def _decays(self, model: BayesianNetwork, given: torch.Tensor | None,
+                groups: Mapping[str, Sequence[NoiseGroup] | None]) -> dict[str, _Decay]:
+        def keep(layer: Layer) -> float | torch.Tensor:
+            own = groups.get(layer.name)
+            if own is None:
+                return keep_probability(layer.prior)
+            values = torch.empty(model.replicas, device=model.device, dtype=model.dtype)
+            for g in own:
+                values[g.index] = keep_probability(layer.prior, g.noise)
+            return values
+
         return {
             layer.name: _Decay(
                 self.length_scale if self.length_scale is not None else 1.0 / layer.prior.sigma0,
-                keep_probability(layer.prior),
+                keep(layer),
                 given,
             )
             for layer in model.layers
@@ -474,9 +609,10 @@ class MCDropout(InferenceBackend):
         """Fit ``model`` to ``(X, y)``; with a :class:`~inference.training.Checkpoint`, save the fit's
         state at epoch ends as it goes and continue from the saved state when there is one."""
         X, y, seeds = self.prepare(model, X, y)
-        self._warn_heavy_tails(model)
+        groups = self._noise_groups(model)
+        self._warn_heavy_tails(model, groups)
         dev, dt, R = model.device, model.dtype, model.replicas
-        net = _NoisyNet(model, ReplicaRandom(_stream_seeds(seeds, "init"), dev))
+        net = _NoisyNet(model, ReplicaRandom(_stream_seeds(seeds, "init"), dev), groups)
         batch_rng = ReplicaRandom(_stream_seeds(seeds, "batches"), dev)
         noise_rng = ReplicaRandom(_stream_seeds(seeds, "noise"), dev)
         lik = model.likelihood
@@ -484,7 +620,7 @@ class MCDropout(InferenceBackend):
         learned = fixed is None
         tau = torch.full((R,), lik.concentration / lik.rate, device=dev, dtype=dt) if learned else fixed
         given = _per_replica(self.weight_decay, R, "weight_decay", dev, dt)  # None: Gal's formula
-        decays = self._decays(model, given)
+        decays = self._decays(model, given, groups)
         N, out = X.shape[1], model.out_features
         B = min(self.batch_size, N)
         schedule = Shuffled(batch_rng, N, B)
@@ -552,10 +688,18 @@ class MCDropout(InferenceBackend):
                     "the two draw other random streams and step otherwise; continue it with the same setting, "
                     "or delete it"
                 )
+            if saved.get("noise_params") != noise_record:
+                raise InvalidParameterError(
+                    f"the checkpoint was saved by a fit with noise_params={saved.get('noise_params')!r}, and this "
+                    f"fit has noise_params={noise_record!r}: continue it with the same noise, or delete it"
+                )
             tau = saved["tau"].to(dev)
             history[:] = saved["history"]
             epoch_terms()
 
+        noise_record = None if self.noise_params is None else {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.noise_params.items()
+        }
         hint = (
             "heavy-tailed noise (half-Cauchy, inverse Nakagami with a small shape) can blow up the "
             "activations: try a lower lr or a lighter-tailed noise model"
@@ -565,7 +709,8 @@ class MCDropout(InferenceBackend):
             step, X, y, net.parameters(), opt, schedule, steps,
             backend="MCDropout", hint=hint, end_round=end_epoch,
             generators=noise_rng.generators,
-            state=lambda: {"tau": tau.detach().cpu().clone(), "history": list(history), "fast": self.fast},
+            state=lambda: {"tau": tau.detach().cpu().clone(), "history": list(history), "fast": self.fast,
+                           "noise_params": noise_record},
             load_state=load_state,
             checkpoint=checkpoint,
             progress=self.progress,
@@ -580,6 +725,21 @@ class MCDropout(InferenceBackend):
                 return float(t)
             values = t.detach().cpu().reshape(-1).tolist()
             return values[0] if R == 1 else values
+
+        def replica_values(value):
+            values = value if isinstance(value, list) else [value]
+            values = values * R if len(values) == 1 else values
+            return values[0] if R == 1 else values
+
+        def noise_means(layer: Layer):
+            own = groups[layer.name]
+            if own is None:
+                return layer.prior.noise.mean if layer.prior.noise is not None else None
+            means = [0.0] * R
+            for g in own:
+                for r in g.streams:
+                    means[r] = g.noise.mean
+            return means[0] if R == 1 else means
 
         info = {
             "steps": steps,
@@ -596,13 +756,13 @@ class MCDropout(InferenceBackend):
                 for k, d in decays.items()
             },
             "length_scale": {k: d.length_scale for k, d in decays.items()},
-            "keep_probability": {k: d.keep for k, d in decays.items()},
-            "noise_mean": {
-                layer.name: layer.prior.noise.mean if layer.prior.noise is not None else None
-                for layer in model.layers
-            },
+            "keep_probability": {k: per_replica(d.keep) for k, d in decays.items()},
+            "noise_mean": {layer.name: noise_means(layer) for layer in model.layers},
             "num_particles": K,
             "fast": self.fast,
+            **({} if noise_record is None else {"noise_params": {
+                k: replica_values(v) for k, v in noise_record.items()
+            }}),
             "compile": bool(self.compile and run.compiled),  # False after a fallback to eager code
         }
         info.update(done.resume_info())

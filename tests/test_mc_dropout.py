@@ -290,6 +290,56 @@ def test_fast_batched_replicas_equal_single_fits(monkeypatch):
         assert batched.info["precision"][r] == pytest.approx(single.info["precision"], rel=1e-5)
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_replicas_with_noise_of_their_own_equal_single_fits(fast):
+    """``noise_params``: each replica fits as it fits alone with its noise model as the prior's, the
+    keep probability of Gal's weight decay included (no ``weight_decay`` given here)."""
+    X, y = gap_data(3)
+    ps = [0.05, 0.3, 0.05, 0.15]
+    backend = dict(epochs=6, batch_size=32, lr=1e-2, fast=fast, progress=False)
+    batched = MCDropout(seed=[3, 7, 9, 11], noise_params={"p": ps}, **backend).fit(
+        mlp(bnn_priors.prior("bernoulli", "ard", p=0.5), replicas=4), X, y)
+    assert batched.info["noise_params"] == {"p": ps}
+    assert batched.info["noise_mean"]["layer1"] == pytest.approx([1 - p for p in ps])
+    assert batched.info["keep_probability"]["layer1"] == pytest.approx([1 - p for p in ps])
+    for r, (seed, p) in enumerate(zip((3, 7, 9, 11), ps)):
+        single = MCDropout(seed=seed, **backend).fit(mlp(bnn_priors.prior("bernoulli", "ard", p=p)), X, y)
+        np.testing.assert_allclose(batched.weight_means()["layer1"][r],
+                                   single.weight_means()["layer1"], atol=1e-5)
+        np.testing.assert_allclose(batched.predict(GAP, 20).samples[:, r], single.predict(GAP, 20).samples, atol=1e-5)
+        assert batched.info["precision"][r] == pytest.approx(single.info["precision"], rel=1e-5)
+        assert batched.info["weight_decay"]["layer1"][r] == pytest.approx(single.info["weight_decay"]["layer1"], rel=1e-5)
+
+
+def test_noise_params_set_each_replicas_noise_in_predictions_too():
+    """Replica 0 without dropout (p = 0) predicts one function; replica 1 (p = 0.5) varies between passes."""
+    X, y = gap_data(0)
+    post = MCDropout(epochs=2, seed=[1, 2], noise_params={"p": [0.0, 0.5]}, progress=False).fit(
+        mlp(bnn_priors.prior("bernoulli", "ard", p=0.1), replicas=2), X, y)
+    samples = post.predict(GAP, 30).samples  # (S, R, N)
+    assert float(np.ptp(samples[:, 0], axis=0).max()) == 0.0
+    assert float(samples[:, 1].std(0).mean()) > 0.02
+
+
+@pytest.mark.parametrize(
+    "noise_params, match",
+    [({"alpha": 0.1}, "'alpha', which the bernoulli noise of layer1 does not have; its parameters are: p"),
+     ({"p": [0.1, 0.2, 0.3]}, "has 3 values for a model with 2 replicas"),
+     ({"p": [0.1, 1.5]}, "replica 1: bernoulli parameter 'p' must be in \\[0, 1\\), got 1.5")],
+)
+def test_noise_params_that_do_not_fit_the_model_are_refused(noise_params, match):
+    X, y = gap_data(0)
+    with pytest.raises(InvalidParameterError, match=match):
+        MCDropout(epochs=1, noise_params=noise_params, progress=False).fit(
+            mlp(bnn_priors.prior("bernoulli", "ard"), replicas=2), X, y)
+
+
+def test_noise_params_on_a_model_without_noise_are_refused():
+    X, y = gap_data(0)
+    with pytest.raises(InvalidParameterError, match="no layer of the model has noise"):
+        MCDropout(epochs=1, noise_params={"p": 0.1}, progress=False).fit(mlp(NORMAL), X, y)
+
+
 def test_fast_changes_the_stream_not_the_model():
     """``fast=True`` draws other masks and rounds otherwise: other numbers than the default for the
     same seeds, the same seeds twice give the same fit, and eight seeds of each learn alike (mean
@@ -391,7 +441,9 @@ def test_divergence_names_the_step_and_a_hint():
 @pytest.mark.parametrize(
     "options",
     [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"length_scale": -1.0}, {"weight_decay": -1e-3},
-     {"precision": float("nan")}, {"num_particles": 1.5}, {"fast": "yes"}, {"fast": 1}, {"compile": "true"}],
+     {"precision": float("nan")}, {"num_particles": 1.5}, {"fast": "yes"}, {"fast": 1}, {"compile": "true"},
+     {"noise_params": 0.1}, {"noise_params": {}}, {"noise_params": {"p": "x"}}, {"noise_params": {"p": []}},
+     {"noise_params": {"p": [0.1, True]}}],
 )
 def test_invalid_options(options):
     with pytest.raises(InvalidParameterError):

@@ -48,6 +48,9 @@ def _fits():
                                                 progress=False), mlp("gaussian", "ard-add")),
         ("mc-dropout-fast", lambda: MCDropout(epochs=6, batch_size=16, fast=True, seed=[3, 4], progress=False),
          mlp("bernoulli", "ard-add")),
+        ("mc-dropout-noise-per-replica", lambda: MCDropout(epochs=6, batch_size=16, fast=True, seed=[3, 4],
+                                                            noise_params={"p": [0.05, 0.3]}, progress=False),
+         mlp("bernoulli", "ard")),
     ]
 
 
@@ -88,6 +91,17 @@ def test_a_checkpoint_of_the_other_fast_setting_is_refused(tmp_path, killed_afte
         MCDropout(epochs=6, batch_size=16, fast=True, seed=[3, 4], progress=False).fit(
             _dropout_mlp(), X, y, checkpoint=killed_after(path, "job", n=1))
     with pytest.raises(InvalidParameterError, match="fast=True, and this fit has fast=False"):
+        MCDropout(epochs=6, batch_size=16, seed=[3, 4], progress=False).fit(_dropout_mlp(), X, y,
+                                                                          checkpoint=Checkpoint(path, "job"))
+
+
+def test_a_checkpoint_of_other_noise_params_is_refused(tmp_path, killed_after):
+    X, y = _data()
+    path = tmp_path / "job.pt"
+    with pytest.raises(KeyboardInterrupt):
+        MCDropout(epochs=6, batch_size=16, seed=[3, 4], noise_params={"p": [0.1, 0.2]}, progress=False).fit(
+            _dropout_mlp(), X, y, checkpoint=killed_after(path, "job", n=1))
+    with pytest.raises(InvalidParameterError, match="noise_params=.*0.2.*this fit has noise_params=None"):
         MCDropout(epochs=6, batch_size=16, seed=[3, 4], progress=False).fit(_dropout_mlp(), X, y,
                                                                           checkpoint=Checkpoint(path, "job"))
 
