@@ -113,6 +113,16 @@ differently from eager code; the first step of each graph is checked against eag
 or a disagreement gives a warning and eager steps from there on. With ``fast=True`` on
 boston's shape at R = 240 it is the fastest path (``benchmarks/replica_throughput.py``).
 
+Replicas with noise of their own (``noise_params``): ``{"p": [p_0, ..., p_{R-1}]}`` gives
+replica ``r`` the layers' noise model with parameter ``p = p_r`` (every layer that has
+noise; a single number sets it for all replicas), in place of the prior's. Together with
+``weight_decay`` and ``precision`` per replica, a whole grid of Gal's (dropout rate, tau)
+over every split trains as one model (the benchmark runner batches the ``gal2016`` preset
+so). Gal's keep probability ``c`` and the noise mean are then per replica. The replicas
+that share a noise model draw it together from their own streams, so a replica's numbers
+are those of its fit alone with that noise model as the prior's (tested, with and without
+``fast``).
+
 Heavy tails: the expected squared error of training is finite only when the noise
 has a finite second moment. Half-Cauchy noise (and inverse-Nakagami noise with shape
 ``m <= 1``) has ``E[lambda^2] = inf``, so the expected loss is infinite for every

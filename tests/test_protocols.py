@@ -232,13 +232,42 @@ def test_the_runner_passes_gals_decay_and_precision_to_mcdropout(uci_dir, tmp_pa
     assert [i["precision"] for i in info] == pytest.approx([0.5 * s**2 for s in y_std], rel=1e-5)
 
 
+def test_a_gal_grid_batched_as_one_model_gives_each_runs_numbers(uci_dir, tmp_path, monkeypatch):
+    """Two dropout rates x two taus x two splits in one job of eight replicas (a rate, a decay and a
+    precision per replica) give the numbers of the four (p, tau) jobs of two splits each."""
+    from bnn_priors.suite import planning
+
+    configs = [c for c in preset_configs("gal2016", datasets="yacht", splits="0-1", budget={"epochs": 3},
+                                         eval_samples=10, data_dir=str(uci_dir))
+               if c.prior["p"] in (0.005, 0.05) and c.options["gal_tau"] in (0.25, 0.5)]
+    assert len(configs) == 8
+    batched = run_suite(configs, tmp_path / "one.sqlite", data_dir=uci_dir, progress=False, max_replicas=8)
+    assert batched.ok == 8 and batched.jobs == 1
+    monkeypatch.setattr(planning, "batch_key", lambda c: c.group_key())  # one job per (p, tau), as before
+    apart = run_suite(configs, tmp_path / "apart.sqlite", data_dir=uci_dir, progress=False, max_replicas=8)
+    assert apart.ok == 8 and apart.jobs == 4
+    one, four = (read_results(tmp_path / f).set_index("config_hash").sort_index() for f in ("one.sqlite", "apart.sqlite"))
+    assert (one["replicas"] == 8).all() and (four["replicas"] == 2).all()
+    for column in ("rmse", "log_likelihood", "val_rmse", "val_log_likelihood"):
+        np.testing.assert_allclose(one[column], four[column], rtol=1e-4)
+    info = one["backend_info"].map(json.loads)
+    p = one["config"].map(lambda c: json.loads(c)["prior"]["p"])
+    assert [i["noise_params"]["p"] for i in info] == list(p)
+    assert [i["noise_mean"]["output"] for i in info] == pytest.approx(list(1 - p))
+
+
 def test_plan_falls_back_to_one_split_per_job_without_per_replica_precision(uci_dir, monkeypatch):
     from inference import MCDropout
 
     configs = preset_configs("gal2016", datasets="yacht", splits="0-3", budget={"epochs": 2},
                              seeds="0,1", data_dir=str(uci_dir))
     assert len(configs) == 12 * 4 * 2
-    assert len(plan_jobs(configs)) == 12
+    jobs = plan_jobs(configs, max_replicas=96)
+    assert len(jobs) == 1  # the whole grid as one model: a dropout rate and a precision per replica
+    assert "and 11 other settings" in jobs[0].describe()
+    assert [len(j.configs) for j in plan_jobs(configs)] == [64, 32]  # the CPU's default cap
+    monkeypatch.setattr(MCDropout, "replica_options", ("weight_decay", "precision"))  # one dropout rate for all
+    assert [len(j.configs) for j in plan_jobs(configs)] == [24] * 4  # per p: 3 taus x 4 splits x 2 seeds
     monkeypatch.setattr(MCDropout, "replica_options", ("weight_decay",))  # a precision for all replicas only
     jobs = plan_jobs(configs)
     assert len(jobs) == 12 * 4 and all(len({c.split for c in j.configs}) == 1 for j in jobs)

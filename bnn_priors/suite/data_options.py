@@ -16,6 +16,14 @@ options with the training data of a job:
     ``y_std`` the training part's, ddof=0), so the test log-likelihood is Gal's,
     computed with ``tau`` in original units. Its selection protocol is in
     :mod:`bnn_priors.suite.protocols`.
+
+A job may hold configs that differ in more than split and seed
+(:func:`bnn_priors.suite.planning.batch_key`): in ``gal_tau`` and in the noise
+model's parameters, when the backend takes the options they become per replica
+(``weight_decay``, ``precision`` and ``noise_params`` for ``mc-dropout``).
+:func:`resolve_job_options` gives such a job's options: one value where the
+replicas agree, a list of one per replica where they differ, and the noise
+model's differing parameters as ``noise_params``.
 """
 
 from __future__ import annotations
@@ -104,3 +112,32 @@ def resolve_options(config: RunConfig, n_train: int, y_std: Sequence[float]) -> 
 def replica_options_needed(config: RunConfig) -> set[str]:
     """The backend options that ``config``'s data options set to one value per replica (split)."""
     return {name for option, names in DATA_OPTIONS.items() if option in config.options for name in names}
+
+
+def resolve_job_options(configs: Sequence[RunConfig], n_train: int, y_std: Sequence[float]) -> dict[str, Any]:
+    """The backend options of a job whose replicas are ``configs`` (replica ``r``'s training targets of
+    standard deviation ``y_std[r]``): :func:`resolve_options` of the first config when all share their
+    options and prior; otherwise each option that differs between the replicas is a list of one value
+    per replica, and the noise model's parameters that differ are ``noise_params`` (the model is built
+    with the first config's prior). The caller makes sure that the backend takes those per replica."""
+    first = configs[0]
+    if all(c.options == first.options and c.prior == first.prior for c in configs):
+        return resolve_options(first, n_train, y_std)
+    if len(y_std) != len(configs):
+        raise InvalidParameterError(f"{len(configs)} configs with {len(y_std)} target standard deviations")
+    each = [resolve_options(c, n_train, [s]) for c, s in zip(configs, y_std)]
+    options: dict[str, Any] = {}
+    for key in dict.fromkeys(k for o in each for k in o):
+        values = [o.get(key) for o in each]
+        options[key] = values[0] if all(v == values[0] for v in values) else values
+    priors = [build_prior(c) for c in configs]
+    noises = [p.noise for p in priors]
+    if any(n is None or type(n) is not type(noises[0]) for n in noises) or len({p.sigma0 for p in priors}) > 1:
+        raise InvalidParameterError("the configs of a job differ in their prior beyond the noise model's parameters")
+    differ = {k: [n.params[k] for n in noises] for k in noises[0].params}
+    differ = {k: v for k, v in differ.items() if any(x != v[0] for x in v)}
+    if differ:
+        if "noise_params" in options:
+            raise InvalidParameterError("option noise_params is set by the job's configs: leave it out")
+        options["noise_params"] = differ
+    return options

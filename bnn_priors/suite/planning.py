@@ -6,8 +6,11 @@ Imports: :mod:`bnn_priors.errors`, :mod:`inference.training` (checkpoints) and, 
 
 Configs that differ only in split or seed train as one model with ``replicas=R``,
 the splits stacked on the replica axis; backends guarantee that a replica trained
-in a batch equals the same run trained alone. How many replicas a job holds is
-:func:`replicas_per_job`'s choice.
+in a batch equals the same run trained alone. So do configs that differ in settings
+that the backend takes per replica (:func:`batch_key`): for MC dropout the noise
+model's parameters and the ``gal_tau`` option, so that a whole Gal grid (every
+split, dropout rate and precision) trains as one model. How many replicas a job
+holds is :func:`replicas_per_job`'s choice.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnn_priors.errors import InvalidParameterError, UnsupportedCombinationError
-from bnn_priors.suite.build import build_model, run_label
-from bnn_priors.suite.config import RunConfig
+from bnn_priors.suite.build import build_model, build_prior, run_label
+from bnn_priors.suite.config import RunConfig, canonical_json
 from bnn_priors.suite.data_options import replica_options_needed, resolve_options
 from bnn_priors.suite.loading import DataInfo
 from bnn_priors.suite.methods import get_method
@@ -103,7 +106,9 @@ class Job:
         where = f"split{'s' if len(splits) > 1 else ''} {_ranges(splits)}"
         if len(seeds) > 1 or seeds != [0]:
             where += f" seed{'s' if len(seeds) > 1 else ''} {_ranges(seeds)}"
-        return f"{c.dataset} {where} | {run_label(c)} | {c.budget} {c.budget_unit}"
+        others = len({run_label(cfg) for cfg in self.configs}) - 1
+        label = run_label(c) + (f" and {others} other setting{'s' if others > 1 else ''}" if others else "")
+        return f"{c.dataset} {where} | {label} | {c.budget} {c.budget_unit}"
 
 
 def _ranges(values: Sequence[int]) -> str:
@@ -136,6 +141,30 @@ def _rows_per_step(cfg: RunConfig, n_train: int | None) -> int | None:
     return min(int(n_train), int(batch)) if batch else int(n_train)
 
 
+#: Options that a job's replicas may differ in, with the backend options they set (all of which the
+#: backend must take per replica).
+PER_REPLICA_CONFIG_OPTIONS: dict[str, tuple[str, ...]] = {"gal_tau": ("weight_decay", "precision")}
+
+
+def batch_key(cfg: RunConfig) -> str:
+    """Configs with equal keys may train as one job: they differ at most in split and seed and in the
+    settings that the backend takes per replica: the noise model's parameters (``noise_params``) and
+    the options of :data:`PER_REPLICA_CONFIG_OPTIONS`."""
+    fields = cfg.hashed_fields()
+    fields.pop("split")
+    fields.pop("seed")
+    takes = set(get_method(cfg.inference).backend_class.replica_options)
+    if "noise_params" in takes:
+        noise = build_prior(cfg).noise
+        if noise is not None:
+            fields["prior"] = {k: v for k, v in cfg.prior.items() if k not in noise.parameters}
+    fields["options"] = {
+        k: v for k, v in cfg.options.items()
+        if not (k in PER_REPLICA_CONFIG_OPTIONS and set(PER_REPLICA_CONFIG_OPTIONS[k]) <= takes)
+    }
+    return canonical_json(fields)
+
+
 def trains_alone(cfg: RunConfig) -> bool:
     """Whether each split of ``cfg`` needs a job of its own: its data options set an option per
     replica that its backend takes only once for all (see the backends' ``replica_options``)."""
@@ -150,8 +179,9 @@ def plan_jobs(
     data_dir: str | None = None,
     threads: int | None = 1,
 ) -> list[Job]:
-    """Group configs that differ only in split or seed into jobs of at most ``max_replicas`` runs
-    (``None``: :func:`replicas_per_job` chooses by device and training size).
+    """Group configs that differ only in split or seed, or in settings that the backend takes per
+    replica (:func:`batch_key`), into jobs of at most ``max_replicas`` runs (``None``:
+    :func:`replicas_per_job` chooses by device and training size).
 
     Runs are grouped only when their splits have equal train and test sizes (as
     all splits of a UCI set do), since they are stacked on one replica axis.
@@ -166,7 +196,7 @@ def plan_jobs(
     groups: OrderedDict[tuple, list[RunConfig]] = OrderedDict()
     for cfg in configs:
         size = infos[cfg.dataset].sizes[cfg.split] if infos else None
-        groups.setdefault((cfg.group_key(), size, cfg.split if trains_alone(cfg) else None), []).append(cfg)
+        groups.setdefault((batch_key(cfg), size, cfg.split if trains_alone(cfg) else None), []).append(cfg)
     jobs = []
     for (_, size, _), members in groups.items():
         members = sorted(members, key=lambda c: (c.split, c.seed))

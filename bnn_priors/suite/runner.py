@@ -25,7 +25,9 @@ Imports: torch, :mod:`bnn_priors.data` (stacking splits), :mod:`bnn_priors.error
    the splits stacked on the replica axis (each standardized on its own training
    part), one seed per replica. Runs whose backend options differ per split
    (option ``gal_tau``: a precision per split) are batched only when the backend
-   takes them per replica, else they train one split per job;
+   takes them per replica, else they train one split per job. Configs that differ in
+   settings the backend takes per replica (MC dropout: the dropout rate and
+   ``gal_tau``, so a whole Gal grid) batch as well (:func:`~bnn_priors.suite.planning.batch_key`);
 4. run the jobs on an executor (:func:`run_job`) and write each job's rows, in one
    transaction, as soon as it finishes. A job that raises records its runs as
    ``failed`` with the message and the suite goes on; when a batched job diverges
@@ -58,7 +60,7 @@ from bnn_priors.data import stack_splits
 from bnn_priors.errors import FitDivergedError, InvalidParameterError, UnsupportedCombinationError
 from bnn_priors.suite.build import build_model, heatmap_layer
 from bnn_priors.suite.config import RunConfig
-from bnn_priors.suite.data_options import resolve_options
+from bnn_priors.suite.data_options import resolve_job_options
 from bnn_priors.suite.evaluation import evaluate, evaluate_metrics
 from bnn_priors.suite.executors import make_executor
 from bnn_priors.suite.loading import data_info, load
@@ -115,7 +117,7 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
     data = stack_splits(dataset, [c.split for c in job.configs], holdout=cfg0.holdout)
     method = get_method(cfg0.inference)
     seeds = [c.seed for c in job.configs]
-    options = resolve_options(cfg0, data.X_train.shape[1], data.y_std)
+    options = resolve_job_options(job.configs, data.X_train.shape[1], data.y_std)
     width = max(dataset.X.shape[1], *cfg0.architecture.hidden)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
