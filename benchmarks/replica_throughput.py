@@ -28,7 +28,9 @@ with ``fast=True`` (Bernoulli masks from the gaps between dropped units, a one-o
 as a product and a sum, fused Adam: the same model, another random stream and rounding), and
 with ``fast=True, compile=True`` (each step's objective and gradient compiled by inductor;
 the calibration run compiles, the timed fits find the graphs in inductor's cache, and their
-time includes loading them, about 0.2 s per fit). Runs on
+time includes loading them, about 0.2 s per fit), and the last once more with a dropout rate per
+replica (``noise_params``: 0.01, 0.05 and 0.1 for a third of the replicas each, as when the runner
+batches a Gal grid of several rates as one model). Runs on
 the CPU with one torch thread (the training loop's default), with the allocator setting of
 the training loop (:func:`inference.training.keep_freed_memory`; ``BNN_PRIORS_KEEP_FREED_MEMORY=0``
 times glibc's defaults, floors included), and again on a GPU when
@@ -76,6 +78,13 @@ N_TRAIN, D_IN, HIDDEN = 455, 13, 50
 MCD_BATCH, MCD_P, MCD_LR = 128, 0.05, 1e-3
 SVI_BATCH, SVI_PARTICLES, SVI_LR = 32, 10, 0.01
 CONFIGS = ("mcd-20", "mcd-240", "svi-20")
+#: Dropout rates of the grid row: a third of the replicas each (as a Gal grid batched as one model).
+GRID_P = (0.01, 0.05, 0.1)
+
+
+def grid_p(R: int) -> dict[str, list[float]]:
+    """``noise_params`` giving the replicas the rates of :data:`GRID_P` in equal contiguous blocks."""
+    return {"p": [GRID_P[r * len(GRID_P) // R] for r in range(R)]}
 
 
 def data(device, seed: int = 0):
@@ -255,6 +264,8 @@ def configurations():
         rows.append((f"mcd R={R}: inference.MCDropout(fast=True)", R, lambda n, d, R=R: mcd_project(R, n, d, fast=True)))
         rows.append((f"mcd R={R}: inference.MCDropout(fast=True, compile=True)", R,
                      lambda n, d, R=R: mcd_project(R, n, d, fast=True, compile=True)))
+        rows.append((f"mcd R={R}: fast+compile, 3 dropout rates (noise_params)", R,
+                     lambda n, d, R=R: mcd_project(R, n, d, fast=True, compile=True, noise_params=grid_p(R))))
     rows.append(("svi R=20: plain-PyTorch floor", 20, lambda n, d: svi_floor(20, n, d)))
     rows.append(("svi R=20: inference.SVI", 20, lambda n, d: svi_project(20, n, d)))
     return rows
