@@ -117,8 +117,8 @@ Replicas with noise of their own (``noise_params``): ``{"p": [p_0, ..., p_{R-1}]
 replica ``r`` the layers' noise model with parameter ``p = p_r`` (every layer that has
 noise; a single number sets it for all replicas), in place of the prior's. Together with
 ``weight_decay`` and ``precision`` per replica, a whole grid of Gal's (dropout rate, tau)
-over every split trains as one model (the benchmark runner batches the ``gal2016`` preset
-so). Gal's keep probability ``c`` and the noise mean are then per replica. The replicas
+over every split can train as one model (the benchmark runner batches the ``gal2016``
+preset so, up to ``--max-replicas`` replicas a job: 64 by default). Gal's keep probability ``c`` and the noise mean are then per replica. The replicas
 that share a noise model draw it together from their own streams, so a replica's numbers
 are those of its fit alone with that noise model as the prior's (tested, with and without
 ``fast``).
@@ -295,11 +295,11 @@ def _noise_params(value) -> dict[str, float | tuple[float, ...]] | None:
         )
     out = {}
     for key, v in value.items():
-        scalar = not isinstance(v, (list, tuple)) and not (torch.is_tensor(v) and v.dim())
+        scalar = not isinstance(v, (list, tuple)) and not (hasattr(v, "ndim") and v.ndim)  # tensors, arrays
         numbers = []
         for x in [v] if scalar else list(v):
             try:
-                f = float(x)
+                f = math.nan if isinstance(x, (str, bytes)) else float(x)
             except (TypeError, ValueError):
                 f = math.nan
             if isinstance(x, bool) or not math.isfinite(f):
@@ -599,8 +599,8 @@ class MCDropout(InferenceBackend):
                 groups: Mapping[str, Sequence[NoiseGroup] | None]) -> dict[str, _Decay]:
         def keep(layer: Layer) -> float | torch.Tensor:
             own = groups.get(layer.name)
-            if own is None:
-                return keep_probability(layer.prior)
+            if own is None or len(own) == 1:  # one number, as for the prior's noise (the same rounding)
+                return keep_probability(layer.prior, None if own is None else own[0].noise)
             values = torch.empty(model.replicas, device=model.device, dtype=model.dtype)
             for g in own:
                 values[g.index] = keep_probability(layer.prior, g.noise)
@@ -707,8 +707,10 @@ class MCDropout(InferenceBackend):
             history[:] = saved["history"]
             epoch_terms()
 
+        # one value per replica, so that equal settings spelled otherwise (0.1 or [0.1] * R) compare equal
         noise_record = None if self.noise_params is None else {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self.noise_params.items()
+            k: list(v) * (R if len(v) == 1 else 1) if isinstance(v, tuple) else [v] * R
+            for k, v in self.noise_params.items()
         }
         hint = (
             "heavy-tailed noise (half-Cauchy, inverse Nakagami with a small shape) can blow up the "
@@ -736,9 +738,17 @@ class MCDropout(InferenceBackend):
             values = t.detach().cpu().reshape(-1).tolist()
             return values[0] if R == 1 else values
 
-        def replica_values(value):
-            values = value if isinstance(value, list) else [value]
-            values = values * R if len(values) == 1 else values
+        def replica_values(values: list):
+            return values[0] if R == 1 else values
+
+        def keeps(layer: Layer):
+            own = groups[layer.name]
+            if own is None:
+                return decays[layer.name].keep
+            values = [0.0] * R
+            for g in own:
+                for r in g.streams:
+                    values[r] = keep_probability(layer.prior, g.noise)
             return values[0] if R == 1 else values
 
         def noise_means(layer: Layer):
@@ -766,7 +776,7 @@ class MCDropout(InferenceBackend):
                 for k, d in decays.items()
             },
             "length_scale": {k: d.length_scale for k, d in decays.items()},
-            "keep_probability": {k: per_replica(d.keep) for k, d in decays.items()},
+            "keep_probability": {layer.name: keeps(layer) for layer in model.layers},
             "noise_mean": {layer.name: noise_means(layer) for layer in model.layers},
             "num_particles": K,
             "fast": self.fast,

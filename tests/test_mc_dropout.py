@@ -311,6 +311,15 @@ def test_replicas_with_noise_of_their_own_equal_single_fits(fast):
         assert batched.info["weight_decay"]["layer1"][r] == pytest.approx(single.info["weight_decay"]["layer1"], rel=1e-5)
 
 
+def test_one_noise_for_all_replicas_replaces_the_priors():
+    X, y = gap_data(1)
+    backend = dict(epochs=3, batch_size=32, seed=[4, 5], fast=True, progress=False)
+    given = MCDropout(noise_params={"p": 0.3}, **backend).fit(mlp(bnn_priors.prior("bernoulli", "ard", p=0.1), replicas=2), X, y)
+    prior = MCDropout(**backend).fit(mlp(bnn_priors.prior("bernoulli", "ard", p=0.3), replicas=2), X, y)
+    assert given.info["loss_history"] == prior.info["loss_history"]
+    assert given.info["noise_params"] == {"p": [0.3, 0.3]} and given.info["keep_probability"]["layer1"] == [0.7, 0.7]
+
+
 def test_noise_params_set_each_replicas_noise_in_predictions_too():
     """Replica 0 without dropout (p = 0) predicts one function; replica 1 (p = 0.5) varies between passes."""
     X, y = gap_data(0)
@@ -443,7 +452,7 @@ def test_divergence_names_the_step_and_a_hint():
     [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"length_scale": -1.0}, {"weight_decay": -1e-3},
      {"precision": float("nan")}, {"num_particles": 1.5}, {"fast": "yes"}, {"fast": 1}, {"compile": "true"},
      {"noise_params": 0.1}, {"noise_params": {}}, {"noise_params": {"p": "x"}}, {"noise_params": {"p": []}},
-     {"noise_params": {"p": [0.1, True]}}],
+     {"noise_params": {"p": [0.1, True]}}, {"noise_params": {"p": "0.1"}}],
 )
 def test_invalid_options(options):
     with pytest.raises(InvalidParameterError):

@@ -34,7 +34,12 @@ from bnn_priors.suite import (
     run_suite,
 )
 from bnn_priors.suite.config import canonical_json
-from bnn_priors.suite.data_options import gal_backend_options, gal_weight_decay, resolve_options
+from bnn_priors.suite.data_options import (
+    gal_backend_options,
+    gal_weight_decay,
+    resolve_job_options,
+    resolve_options,
+)
 from bnn_priors.suite.presets import GAL_EPOCH_MULTIPLIER, GAL_EVAL_SAMPLES
 from bnn_priors.suite.protocols import gal_summary
 from bnn_priors.suite.store import COLUMNS, ResultsStore
@@ -254,6 +259,28 @@ def test_a_gal_grid_batched_as_one_model_gives_each_runs_numbers(uci_dir, tmp_pa
     p = one["config"].map(lambda c: json.loads(c)["prior"]["p"])
     assert [i["noise_params"]["p"] for i in info] == list(p)
     assert [i["noise_mean"]["output"] for i in info] == pytest.approx(list(1 - p))
+
+
+def test_runs_with_and_without_gal_tau_do_not_share_a_job(uci_dir):
+    gal = [c for c in preset_configs("gal2016", datasets="yacht", splits="0", budget={"epochs": 2},
+                                     data_dir=str(uci_dir)) if c.prior["p"] == 0.05]
+    plain = RunConfig(**{**gal[0].hashed_fields(), "options": {k: v for k, v in gal[0].options.items() if k != "gal_tau"}})
+    jobs = plan_jobs([*gal, plain], max_replicas=64)
+    assert sorted(len(j.configs) for j in jobs) == [1, len(gal)]
+
+
+def test_a_job_whose_backend_takes_an_option_once_for_all_is_refused(uci_dir):
+    configs = [c for c in preset_configs("gal2016", datasets="yacht", splits="0", budget={"epochs": 2},
+                                         data_dir=str(uci_dir))][:4]
+    assert len({(c.prior["p"], c.options["gal_tau"]) for c in configs}) == 4
+    options = resolve_job_options(configs, 100, [1.0] * 4, ("weight_decay", "precision", "noise_params"))
+    assert isinstance(options["precision"], list) and len(options["precision"]) == 4
+    with pytest.raises(InvalidParameterError, match="differ in option precision"):
+        resolve_job_options(configs, 100, [1.0] * 4, ("weight_decay",))
+    same_tau = [c for c in preset_configs("gal2016", datasets="yacht", splits="0", budget={"epochs": 2},
+                                          data_dir=str(uci_dir)) if c.options["gal_tau"] == configs[0].options["gal_tau"]]
+    with pytest.raises(InvalidParameterError, match="differ in the noise's p"):
+        resolve_job_options(same_tau, 100, [1.0] * len(same_tau), ("weight_decay", "precision"))
 
 
 def test_plan_falls_back_to_one_split_per_job_without_per_replica_precision(uci_dir, monkeypatch):

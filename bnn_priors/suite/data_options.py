@@ -29,7 +29,7 @@ model's differing parameters as ``noise_params``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,12 +114,15 @@ def replica_options_needed(config: RunConfig) -> set[str]:
     return {name for option, names in DATA_OPTIONS.items() if option in config.options for name in names}
 
 
-def resolve_job_options(configs: Sequence[RunConfig], n_train: int, y_std: Sequence[float]) -> dict[str, Any]:
+def resolve_job_options(
+    configs: Sequence[RunConfig], n_train: int, y_std: Sequence[float], per_replica: Collection[str]
+) -> dict[str, Any]:
     """The backend options of a job whose replicas are ``configs`` (replica ``r``'s training targets of
     standard deviation ``y_std[r]``): :func:`resolve_options` of the first config when all share their
     options and prior; otherwise each option that differs between the replicas is a list of one value
     per replica, and the noise model's parameters that differ are ``noise_params`` (the model is built
-    with the first config's prior). The caller makes sure that the backend takes those per replica."""
+    with the first config's prior). ``per_replica``: the options the backend takes per replica; a
+    job that would need another one per replica is refused."""
     first = configs[0]
     if all(c.options == first.options and c.prior == first.prior for c in configs):
         return resolve_options(first, n_train, y_std)
@@ -129,7 +132,15 @@ def resolve_job_options(configs: Sequence[RunConfig], n_train: int, y_std: Seque
     options: dict[str, Any] = {}
     for key in dict.fromkeys(k for o in each for k in o):
         values = [o.get(key) for o in each]
-        options[key] = values[0] if all(v == values[0] for v in values) else values
+        if all(v == values[0] for v in values):
+            options[key] = values[0]
+            continue
+        if key not in per_replica or any(v is None for v in values):
+            raise InvalidParameterError(
+                f"the configs of one job differ in option {key} ({values[0]!r} against {values[1:]!r}), which the "
+                f"{first.inference} backend takes once for all replicas{' or leaves out for some' if key in per_replica else ''}"
+            )
+        options[key] = values
     priors = [build_prior(c) for c in configs]
     noises = [p.noise for p in priors]
     if any(n is None or type(n) is not type(noises[0]) for n in noises) or len({p.sigma0 for p in priors}) > 1:
@@ -137,6 +148,11 @@ def resolve_job_options(configs: Sequence[RunConfig], n_train: int, y_std: Seque
     differ = {k: [n.params[k] for n in noises] for k in noises[0].params}
     differ = {k: v for k, v in differ.items() if any(x != v[0] for x in v)}
     if differ:
+        if "noise_params" not in per_replica:
+            raise InvalidParameterError(
+                f"the configs of one job differ in the noise's {', '.join(differ)}, which the {first.inference} "
+                "backend takes once for all replicas"
+            )
         if "noise_params" in options:
             raise InvalidParameterError("option noise_params is set by the job's configs: leave it out")
         options["noise_params"] = differ

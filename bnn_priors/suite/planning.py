@@ -8,9 +8,10 @@ Configs that differ only in split or seed train as one model with ``replicas=R``
 the splits stacked on the replica axis; backends guarantee that a replica trained
 in a batch equals the same run trained alone. So do configs that differ in settings
 that the backend takes per replica (:func:`batch_key`): for MC dropout the noise
-model's parameters and the ``gal_tau`` option, so that a whole Gal grid (every
-split, dropout rate and precision) trains as one model. How many replicas a job
-holds is :func:`replicas_per_job`'s choice.
+model's parameters and the ``gal_tau`` option, so that a Gal grid (every split,
+dropout rate and precision) trains as one model, or as a few when it has more runs
+than a job's replicas. How many replicas a job holds is :func:`replicas_per_job`'s
+choice (``max_replicas``: 64 by default; 240 holds a whole grid of 20 splits).
 """
 
 from __future__ import annotations
@@ -154,14 +155,15 @@ def batch_key(cfg: RunConfig) -> str:
     fields.pop("split")
     fields.pop("seed")
     takes = set(get_method(cfg.inference).backend_class.replica_options)
-    if "noise_params" in takes:
+    free = {k for k in cfg.options if k in PER_REPLICA_CONFIG_OPTIONS and set(PER_REPLICA_CONFIG_OPTIONS[k]) <= takes}
+    # The noise's parameters may differ when the backend takes them per replica, and every option
+    # derived from them (gal_tau's weight decay depends on p) is per replica too.
+    if "noise_params" in takes and free == {k for k in cfg.options if k in PER_REPLICA_CONFIG_OPTIONS}:
         noise = build_prior(cfg).noise
         if noise is not None:
             fields["prior"] = {k: v for k, v in cfg.prior.items() if k not in noise.parameters}
-    fields["options"] = {
-        k: v for k, v in cfg.options.items()
-        if not (k in PER_REPLICA_CONFIG_OPTIONS and set(PER_REPLICA_CONFIG_OPTIONS[k]) <= takes)
-    }
+    # A marker, not the value: a config with the option and one without do not share a job.
+    fields["options"] = {k: "<per replica>" if k in free else v for k, v in cfg.options.items()}
     return canonical_json(fields)
 
 

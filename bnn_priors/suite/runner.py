@@ -27,7 +27,8 @@ Imports: torch, :mod:`bnn_priors.data` (stacking splits), :mod:`bnn_priors.error
    (option ``gal_tau``: a precision per split) are batched only when the backend
    takes them per replica, else they train one split per job. Configs that differ in
    settings the backend takes per replica (MC dropout: the dropout rate and
-   ``gal_tau``, so a whole Gal grid) batch as well (:func:`~bnn_priors.suite.planning.batch_key`);
+   ``gal_tau``, so a Gal grid, in jobs of up to ``max_replicas``) batch as well
+   (:func:`~bnn_priors.suite.planning.batch_key`);
 4. run the jobs on an executor (:func:`run_job`) and write each job's rows, in one
    transaction, as soon as it finishes. A job that raises records its runs as
    ``failed`` with the message and the suite goes on; when a batched job diverges
@@ -117,7 +118,7 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
     data = stack_splits(dataset, [c.split for c in job.configs], holdout=cfg0.holdout)
     method = get_method(cfg0.inference)
     seeds = [c.seed for c in job.configs]
-    options = resolve_job_options(job.configs, data.X_train.shape[1], data.y_std)
+    options = resolve_job_options(job.configs, data.X_train.shape[1], data.y_std, method.backend_class.replica_options)
     width = max(dataset.X.shape[1], *cfg0.architecture.hidden)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
