@@ -59,4 +59,12 @@ class UnsupportedCombinationError(BNNPriorsError):
 
 
 class FitDivergedError(RuntimeError):
-    """A fit whose loss or samples became NaN or infinite."""
+    """A fit whose loss or samples became NaN or infinite.
+
+    ``replicas``: the replicas of a batched fit whose loss did, where the backend tells them apart
+    (their fits are independent of the others', which stay finite); ``None`` where it does not.
+    """
+
+    def __init__(self, message: str, replicas: tuple[int, ...] | None = None):
+        super().__init__(message)
+        self.replicas = replicas

@@ -177,8 +177,13 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def raise_diverged(backend: str, step: int, what: str, hint: str) -> None:
-    raise FitDivergedError(f"{backend}: the {what} became NaN or infinite at step {step}; {hint}")
+def raise_diverged(backend: str, step: int, what: str, hint: str, replicas: Sequence[int] | None = None) -> None:
+    """Raise :class:`FitDivergedError`; ``replicas``: the replicas whose fit diverged, where known."""
+    where = ""
+    if replicas is not None:
+        replicas = tuple(int(r) for r in replicas)
+        where = f" (replica{'s' if len(replicas) > 1 else ''} {', '.join(map(str, replicas))})"
+    raise FitDivergedError(f"{backend}: the {what} became NaN or infinite at step {step}{where}; {hint}", replicas)
 
 
 @dataclass

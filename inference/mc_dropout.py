@@ -683,7 +683,7 @@ class MCDropout(InferenceBackend):
                         extra = N * given * sum(net.squared_norms().values())
                     tau = ((N * out + 2.0 * (a - 1.0)) / (epoch["sse"] + extra + 2.0 * b)).clamp_min(1e-12)
                 if not bool(torch.isfinite(tau).all()):
-                    raise_diverged("MCDropout", where.step, "loss", hint)
+                    raise_diverged("MCDropout", where.step, "loss", hint, (~torch.isfinite(tau)).nonzero().flatten().tolist())
             history.append(float(epoch["loss"].mean()))
             epoch["sse"] = torch.zeros(R, device=dev, dtype=dt)
             epoch["loss"] = torch.zeros(R, device=dev, dtype=dt)

@@ -345,7 +345,10 @@ def train(
     generator the fit draws from besides the schedule's; ``state`` / ``load_state``
     save and restore the backend's own state for checkpoints. A step whose
     monitored loss is not finite stops the fit at the end of its round with
-    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint``. The steps run
+    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint`` and, when the step
+    monitors one loss per replica (shape ``(R,)``), the replicas whose loss was not finite
+    (``FitDivergedError.replicas``: a backend monitors so only when its replicas' fits are
+    independent, so that the others' are unharmed). The steps run
     with ``threads`` torch threads (see the module docstring).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -363,6 +366,8 @@ def train(
             where.step, where.round, where.resumed_from = saved["step"], saved["round"], saved["step"]
             where.seconds_before = float(saved.get("seconds", 0.0))
     first_bad = torch.tensor(-1, device=X.device)
+    # A step that monitors one loss per replica, shape (R,), tells which replicas diverged.
+    bad_rows = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
     bar = progress_bar(steps, desc or backend, progress)
     bar.update(where.step)
     last_save = time.monotonic()
@@ -379,13 +384,17 @@ def train(
                         torch.nn.utils.clip_grad_norm_(params, clip_norm)
                     optimizer.step()
                     monitor = monitor.detach()
-                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(monitor).all(), where.step, first_bad)
+                    finite = torch.isfinite(monitor)
+                    first_bad = torch.where((first_bad < 0) & ~finite.all(), where.step, first_bad)
+                    if monitor.shape == bad_rows.shape:
+                        bad_rows |= ~finite
                     where.last_loss = monitor
                     where.step += 1
                 where.round += 1
                 bad = int(first_bad)  # the round's one device sync
                 if bad >= 0:
-                    raise_diverged(backend, bad, "loss", hint)
+                    rows = bad_rows.nonzero().flatten().tolist() if monitor.shape == bad_rows.shape else None
+                    raise_diverged(backend, bad, "loss", hint, rows or None)
                 shown = end_round(where) if end_round is not None else None
                 if shown is not None:
                     bar.set_postfix(loss=f"{shown:.4g}")

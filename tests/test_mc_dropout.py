@@ -447,6 +447,17 @@ def test_divergence_names_the_step_and_a_hint():
         MCDropout(epochs=3, batch_size=32, lr=1e30, progress=False).fit(model, X, y)
 
 
+def test_divergence_names_the_replicas_that_diverged_and_leaves_the_others_finite():
+    """A weight decay that overflows the loss of replica 1 only: the error names replica 1, and the
+    replicas' fits are independent, so the others' loss stays finite (what the runner relies on to
+    train them again without it)."""
+    X, y = gap_data(0)
+    model = mlp(bnn_priors.prior("bernoulli", "ard"), GaussianLikelihood(precision=100.0), replicas=3)
+    with pytest.raises(FitDivergedError, match=r"at step 0 \(replica 1\)") as caught:
+        MCDropout(epochs=2, batch_size=32, weight_decay=[1e-4, 1e38, 1e-4], progress=False).fit(model, X, y)
+    assert caught.value.replicas == (1,)
+
+
 @pytest.mark.parametrize(
     "options",
     [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"length_scale": -1.0}, {"weight_decay": -1e-3},

@@ -148,3 +148,41 @@ def test_a_killed_nuts_job_continues_from_its_checkpoint_and_gets_the_uninterrup
     assert (before > 0).all()
     assert (read_results(killed)["train_seconds"].to_numpy() >= [i["seconds"] for i in info]).all()
     assert not checkpoint_dir(killed).exists()
+
+
+def test_a_batch_whose_backend_names_the_diverged_replica_trains_the_others_again_as_one_job(tmp_path, monkeypatch):
+    """The first fit of the three-split job diverges in replica 1 (as MC dropout names it): that run
+    fails, and splits 0 and 2 train again as one job of two replicas, not one at a time."""
+    from bnn_priors.errors import FitDivergedError
+    from bnn_priors.suite import runner
+
+    configs = expand_grid(**{**GRID, "splits": "0-2"}, budget={"epochs": 3})
+    seen = []
+    original = runner.fit_job
+
+    def fit_job(job):
+        seen.append([c.split for c in job.configs])
+        if len(seen) == 1:
+            raise FitDivergedError("MCDropout: the loss became NaN or infinite at step 5 (replica 1); hint", (1,))
+        return original(job)
+
+    monkeypatch.setattr(runner, "fit_job", fit_job)
+    report = run_suite(configs, tmp_path / "r.sqlite", progress=False)
+    assert seen == [[0, 1, 2], [0, 2]]
+    assert report.ok == 2 and len(report.failed) == 1
+    df = read_results(tmp_path / "r.sqlite", status=None).set_index("split")
+    assert df.loc[1, "status"] == "failed" and "(replica 1)" in df.loc[1, "error"]
+    assert (df.loc[[0, 2], "status"] == "ok").all() and (df.loc[[0, 2], "replicas"] == 2).all()
+
+    # Without named replicas the batch is retried one run at a time, as before.
+    seen.clear()
+
+    def unnamed(job):
+        seen.append([c.split for c in job.configs])
+        if len(seen) == 1:
+            raise FitDivergedError("SVI: the loss became NaN or infinite at step 5; hint")
+        return original(job)
+
+    monkeypatch.setattr(runner, "fit_job", unnamed)
+    assert run_suite(configs, tmp_path / "s.sqlite", progress=False).ok == 3
+    assert seen == [[0, 1, 2], [0], [1], [2]]

@@ -187,9 +187,11 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
 def run_job(job: Job) -> list[dict[str, Any]]:
     """Run a job and return its rows; every failure becomes ``failed`` rows, never an exception.
 
-    A diverging batch is retried one run at a time, so only the diverging runs fail
-    (the batch's checkpoint is dropped; each retried run checkpoints on its own).
-    (``KeyboardInterrupt`` is not caught.)
+    When a batched fit diverges and the backend names the replicas that did
+    (``FitDivergedError.replicas``, as MC dropout does), those runs fail and the others
+    train again as one job without them; otherwise the batch is retried one run at a
+    time, so only the diverging runs fail (the batch's checkpoint is dropped; each retried
+    job checkpoints on its own). (``KeyboardInterrupt`` is not caught.)
     """
     with torch_threads(job.threads):
         try:
@@ -198,6 +200,11 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             if len(job.configs) == 1:
                 return failed_rows(job, exc)
             _drop_checkpoint(job)
+            named = sorted(set(exc.replicas or ()))
+            if named and len(named) < len(job.configs) and all(0 <= r < len(job.configs) for r in named):
+                bad = tuple(job.configs[r] for r in named)
+                rest = replace(job, configs=tuple(c for r, c in enumerate(job.configs) if r not in named))
+                return failed_rows(replace(job, configs=bad), exc) + run_job(rest)
             rows = []
             for cfg in job.configs:
                 single = replace(job, configs=(cfg,))
