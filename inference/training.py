@@ -75,8 +75,15 @@ def _take(X: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> tuple[t
     """Rows ``idx`` (one row of indices per replica, ``(R, B)``) of ``(R, N, ...)`` data; all for ``None``."""
     if idx is None:
         return X, y
-    rows = torch.arange(X.shape[0], device=X.device)[:, None]
-    return X[rows, idx], y[rows, idx]
+    # One index_select of the flattened rows: the rows advanced indexing X[r, idx] gives, in about
+    # a quarter of its time at R = 240 (boston's shape).
+    R, N = X.shape[0], X.shape[1]
+    flat = (idx + torch.arange(0, R * N, N, device=idx.device)[:, None]).reshape(-1)
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(R * N, *t.shape[2:]).index_select(0, flat).view(*idx.shape, *t.shape[2:])
+
+    return take(X), take(y)
 
 
 class BatchSchedule(ABC):

@@ -313,3 +313,17 @@ def test_the_loop_keeps_freed_memory_instead_of_faulting_in_fresh_pages():
     kept_on, on = faults_per_step({"OMP_NUM_THREADS": "1"})
     assert kept_on
     assert on < 0.02 * off, (on, off)
+
+
+@pytest.mark.parametrize("target_shape", [(), (2,)])
+def test_take_gives_the_rows_of_each_replicas_indices(target_shape):
+    from inference.training import _take
+
+    g = torch.Generator().manual_seed(0)
+    R, N, B = 5, 17, 6
+    X, y = torch.randn(R, N, 3, generator=g), torch.randn(R, N, *target_shape, generator=g)
+    idx = torch.stack([torch.randperm(N, generator=g)[:B] for _ in range(R)])
+    Xb, yb = _take(X, y, idx)
+    rows = torch.arange(R)[:, None]
+    assert torch.equal(Xb, X[rows, idx]) and torch.equal(yb, y[rows, idx])
+    assert _take(X, y, None) == (X, y)
