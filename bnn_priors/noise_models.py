@@ -16,7 +16,8 @@ they ask it and never test a noise model's type or name:
 * :meth:`NoiseModel.sample`: the noise drawn from a :class:`~bnn_priors.random_source.RandomSource`
   (MC dropout's per-replica streams);
 * :meth:`NoiseModel.sample_fast`: the same law from a cheaper random stream where the model has
-  one (Bernoulli: the gaps between dropped units), for MC dropout's ``fast=True``;
+  one (Bernoulli: the gaps between dropped units), for MC dropout's ``fast=True``, and
+  :meth:`NoiseModel.sample_fast_groups`, the same for streams whose parameters differ;
 * :meth:`NoiseModel.map_variance`: the closed-form scale update of
   ``scale_updates="em"`` where one exists (``has_closed_form_update``), derived in
   its docstring, and whether it is EM's E-step of a proper MAP (``update_is_em_step``).
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -161,6 +162,25 @@ class NoiseModel(ABC):
         lam = self.sample(source, shape, dtype, axis)
         return lam if divisor == 1.0 else lam / divisor
 
+    @classmethod
+    def sample_fast_groups(
+        cls, source: RandomSource, shape: Shape, dtype: torch.dtype, axis: int, groups: Sequence[NoiseGroupDraw]
+    ) -> torch.Tensor:
+        """:meth:`sample_fast` for streams whose noise models (all of this class) differ: group ``g``'s
+        streams draw ``g.noise.sample_fast(source.subset(g.streams), ..., g.divisor)`` and the result
+        holds every stream's draws at its place on the stream axis ``axis`` (one stream per
+        ``source`` stream, each in exactly one group). A class may override it with a cheaper
+        sampler that gives the same numbers (:class:`Bernoulli` fills one buffer)."""
+        out = None
+        for g in groups:
+            part = g.noise.sample_fast(source.subset(g.streams), shape, dtype, axis, g.divisor)
+            if out is None:
+                full = list(part.shape)
+                full[axis] = source.replicas
+                out = part.new_empty(full)
+            out.index_copy_(axis, torch.as_tensor(g.streams, device=part.device), part)
+        return out
+
     @property
     def support(self) -> constraints.Constraint:
         return self.noise().support
@@ -235,6 +255,15 @@ class NoiseModel(ABC):
         return -0.5 * J * torch.log(v) - S / (2 * s2 * v) + log_prior + torch.log(v)
 
 
+@dataclass(frozen=True)
+class NoiseGroupDraw:
+    """Streams of a :class:`~bnn_priors.random_source.RandomSource` that draw one noise model, divided by ``divisor``."""
+
+    noise: NoiseModel
+    streams: tuple[int, ...]
+    divisor: float = 1.0
+
+
 #: Standard deviations above the mean number of zeros that :func:`gap_draws` covers.
 GAP_DRAW_SDS = 6.0
 
@@ -295,14 +324,58 @@ class Bernoulli(NoiseModel):
         numbers never depend on the other streams'. Kept trials hold ``1 / divisor``.
         """
         shape = tuple(shape)
-        L = math.prod(shape)
-        if self.p == 0.0 or L == 0:
+        if self.p == 0.0 or math.prod(shape) == 0:
             # No zeros to place: an empty draw (it moves no stream) gives the streams and device.
             empty = source.rand((0,), dtype, 0)
             ones = torch.empty((empty.shape[0], *shape), dtype=dtype, device=empty.device).fill_(1.0 / divisor)
             return ones.movedim(0, axis)
-        log_q = math.log1p(-self.p)
-        K = gap_draws(L, self.p)
+        return type(self).sample_fast_groups(source, shape, dtype, axis, [NoiseGroupDraw(self, (), divisor)])
+
+    @classmethod
+    def sample_fast_groups(cls, source, shape, dtype, axis, groups):
+        """:meth:`sample_fast` of several dropout rates in one buffer: each group's streams get the
+        numbers :meth:`sample_fast` gives them (its zeros drawn from its streams alone), without a
+        buffer per group and the copy into place. A group with no streams, ``()``, means all of
+        ``source``'s (one dropout rate for all)."""
+        shape = tuple(shape)
+        L = math.prod(shape)
+        R = source.replicas
+        device = None
+        pieces = []
+        fills = []
+        for g in groups:
+            sub = source if not g.streams else source.subset(g.streams)
+            fills.append(1.0 / g.divisor)
+            if g.noise.p == 0.0 or L == 0:
+                pieces.append(None)
+                continue
+            positions = cls._zero_positions(sub, L, g.noise.p)
+            device = positions[0][1].device
+            if g.streams:  # the subset's local stream numbers -> the source's
+                offsets = torch.as_tensor(g.streams, device=device)
+                positions = [(offsets[local], pos) for local, pos in positions]
+            pieces.append(positions)
+        if device is None:  # no zeros anywhere: an empty draw (it moves no stream) gives the device
+            device = source.rand((0,), dtype, 0).device
+        # One spare element at the end takes the positions past L (cheaper than selecting the others).
+        flat = torch.empty(R * L + 1, dtype=dtype, device=device)
+        if len(groups) == 1:
+            flat.fill_(fills[0])
+        else:
+            for g, value in zip(groups, fills):
+                flat[: R * L].view(R, L).index_fill_(0, torch.as_tensor(g.streams, device=device), value)
+        for group_pieces in pieces:
+            for streams, positions in group_pieces or ():
+                index = torch.where(positions < L, positions + streams[:, None] * L, R * L)
+                flat.index_fill_(0, index.flatten(), 0.0)
+        return flat[: R * L].view(R, *shape).movedim(0, axis)
+
+    @staticmethod
+    def _zero_positions(source, L: int, p: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The 0-based positions of the zeros among ``L`` trials per stream of ``source``, as
+        ``(local streams, increasing positions)`` pieces; positions past ``L - 1`` mean none."""
+        log_q = math.log1p(-p)
+        K = gap_draws(L, p)
 
         def zero_positions(u: torch.Tensor, after: torch.Tensor | int) -> torch.Tensor:
             # Gaps past L all mean "no more zeros here": the clamp keeps them (and the sums) in int64.
@@ -319,12 +392,7 @@ class Bernoulli(NoiseModel):
             pieces.append((short, more))
             last[short] = more[:, -1]
             short = short[more[:, -1] < L]
-        # One spare element at the end takes the positions past L (cheaper than selecting the others).
-        flat = torch.empty(R * L + 1, dtype=dtype, device=device).fill_(1.0 / divisor)
-        for streams, positions in pieces:
-            index = torch.where(positions < L, positions + streams[:, None] * L, R * L)
-            flat.index_fill_(0, index.flatten(), 0.0)
-        return flat[: R * L].view(R, *shape).movedim(0, axis)
+        return pieces
 
     @property
     def discrete(self) -> bool:

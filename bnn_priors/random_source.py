@@ -24,6 +24,16 @@ class RandomSource(Protocol):
     length ``R`` inserted at ``axis``.
     """
 
+    @property
+    def replicas(self) -> int:
+        """The number of streams."""
+        ...
+
+    def subset(self, streams: Sequence[int]) -> RandomSource:
+        """The listed streams only, as a source whose draws are the numbers those streams give here
+        (and advance them here too): for streams whose noise models differ."""
+        ...
+
     def rand(self, shape: Sequence[int], dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Uniform(0, 1) draws."""
         ...

@@ -146,7 +146,7 @@ from dataclasses import dataclass
 import torch
 
 from bnn_priors.errors import InvalidParameterError
-from bnn_priors.noise_models import NoiseModel
+from bnn_priors.noise_models import NoiseGroupDraw, NoiseModel
 from bnn_priors.scale_mixture import WeightPrior
 from inference.common import (
     InferenceBackend,
@@ -195,21 +195,30 @@ def draw_noise(
     noise = prior.noise if noise is None else noise
     if noise is None:
         return {}
+    out = {}
+    for kind, shape in _noise_shapes(prior, in_features, out_features, points, lead).items():
+        if fast:
+            out[kind] = noise.sample_fast(rng, shape, dtype, len(lead), _divisor(noise))
+            continue
+        lam = noise.sample(rng, shape, dtype, axis=len(lead))
+        out[kind] = lam / noise.mean if math.isfinite(noise.mean) else lam
+    return out
+
+
+def _noise_shapes(prior: WeightPrior, in_features: int, out_features: int, points: int,
+                  lead: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The shape of each of a layer's noise tensors per replica (see :func:`draw_noise`)."""
     shapes = {
         "unit_scale": (points, in_features),
         "layer_scale": (points, 1),
         "weight_scale": (in_features, out_features),
     }
-    mean = noise.mean
-    out = {}
-    for kind in prior.scale_shapes(in_features, out_features):
-        shape = tuple(lead) + shapes[kind]
-        if fast:
-            out[kind] = noise.sample_fast(rng, shape, dtype, len(lead), mean if math.isfinite(mean) else 1.0)
-            continue
-        lam = noise.sample(rng, shape, dtype, axis=len(lead))
-        out[kind] = lam / mean if math.isfinite(mean) else lam
-    return out
+    return {kind: tuple(lead) + shapes[kind] for kind in prior.scale_shapes(in_features, out_features)}
+
+
+def _divisor(noise: NoiseModel) -> float:
+    """What the noise is divided by: its mean where that is finite, else 1."""
+    return noise.mean if math.isfinite(noise.mean) else 1.0
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,11 @@ def draw_grouped_noise(
     if len(groups) == 1:
         return draw_noise(prior, in_features, out_features, rng, dtype, points, lead, fast, groups[0].noise)
     axis = len(lead)
+    if fast:  # the noise model's own sampler of several parameter settings at once
+        draws = [NoiseGroupDraw(g.noise, g.streams, _divisor(g.noise)) for g in groups]
+        sampler = type(groups[0].noise).sample_fast_groups
+        return {kind: sampler(rng, shape, dtype, axis, draws)
+                for kind, shape in _noise_shapes(prior, in_features, out_features, points, lead).items()}
     out: dict[str, torch.Tensor] = {}
     for group in groups:
         part = draw_noise(prior, in_features, out_features, rng.subset(group.streams), dtype, points, lead, fast,

@@ -311,6 +311,37 @@ def test_replicas_with_noise_of_their_own_equal_single_fits(fast):
         assert batched.info["weight_decay"]["layer1"][r] == pytest.approx(single.info["weight_decay"]["layer1"], rel=1e-5)
 
 
+@pytest.mark.parametrize("structure", ["ard", "ard-add"])
+@pytest.mark.parametrize("lead", [(), (2,)])
+@pytest.mark.parametrize("short", [False, True])
+def test_grouped_fast_bernoulli_draws_are_each_groups_own(monkeypatch, structure, lead, short):
+    """``fast`` masks of several dropout rates come from one buffer (``Bernoulli.sample_fast_groups``):
+    the same numbers as each group drawn alone from its streams and put in place, also when the
+    gap draws run short (forced) and with a group of p = 0."""
+    from inference.mc_dropout import NoiseGroup, draw_grouped_noise
+
+    if short:
+        monkeypatch.setattr(bnn_priors.noise_models, "GAP_DRAW_SDS", -4.0)
+    prior = bnn_priors.prior("bernoulli", structure, p=0.1)
+    rates = [0.05, 0.3, 0.0, 0.05, 0.3, 0.3]
+    streams = {p: [r for r, q in enumerate(rates) if q == p] for p in (0.05, 0.3, 0.0)}
+    groups = [NoiseGroup(type(prior.noise)(p=p), tuple(rs), torch.tensor(rs)) for p, rs in streams.items()]
+    seeds = [11, 12, 13, 14, 15, 16]
+    one = ReplicaRandom(seeds, torch.device("cpu"))
+    each = ReplicaRandom(seeds, torch.device("cpu"))
+    for _ in range(3):  # the streams advance alike
+        got = draw_grouped_noise(prior, groups, 7, 5, one, torch.float32, 9, lead, fast=True)
+        want = {}
+        for g in groups:
+            alone = draw_noise(prior, 7, 5, each.subset(g.streams), torch.float32, 9, lead, True, g.noise)
+            for kind, t in alone.items():
+                want.setdefault(kind, torch.empty_like(got[kind])).index_copy_(len(lead), g.index, t)
+        assert got.keys() == want.keys()
+        for kind in got:
+            assert torch.equal(got[kind], want[kind]), kind
+        assert float(got["unit_scale"].select(len(lead), 2).min()) == 1.0  # p = 0: nothing dropped
+
+
 def test_one_noise_for_all_replicas_replaces_the_priors():
     X, y = gap_data(1)
     backend = dict(epochs=3, batch_size=32, seed=[4, 5], fast=True, progress=False)
