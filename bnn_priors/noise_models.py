@@ -168,9 +168,11 @@ class NoiseModel(ABC):
     ) -> torch.Tensor:
         """:meth:`sample_fast` for streams whose noise models (all of this class) differ: group ``g``'s
         streams draw ``g.noise.sample_fast(source.subset(g.streams), ..., g.divisor)`` and the result
-        holds every stream's draws at its place on the stream axis ``axis`` (one stream per
-        ``source`` stream, each in exactly one group). A class may override it with a cheaper
-        sampler that gives the same numbers (:class:`Bernoulli` fills one buffer)."""
+        holds every stream's draws at its place on the stream axis ``axis``; every stream of
+        ``source`` is in exactly one group. A class may override it with a cheaper sampler that
+        gives the same numbers (:class:`Bernoulli` fills one buffer); a class whose
+        :meth:`sample_fast` calls this method must override it (this one calls :meth:`sample_fast`)."""
+        _check_groups(groups, source.replicas)
         out = None
         for g in groups:
             part = g.noise.sample_fast(source.subset(g.streams), shape, dtype, axis, g.divisor)
@@ -178,7 +180,7 @@ class NoiseModel(ABC):
                 full = list(part.shape)
                 full[axis] = source.replicas
                 out = part.new_empty(full)
-            out.index_copy_(axis, torch.as_tensor(g.streams, device=part.device), part)
+            out.index_copy_(axis, g.index_on(part.device), part)
         return out
 
     @property
@@ -257,11 +259,27 @@ class NoiseModel(ABC):
 
 @dataclass(frozen=True)
 class NoiseGroupDraw:
-    """Streams of a :class:`~bnn_priors.random_source.RandomSource` that draw one noise model, divided by ``divisor``."""
+    """Streams of a :class:`~bnn_priors.random_source.RandomSource` that draw one noise model, divided by
+    ``divisor`` (``index``: the streams as a tensor on the draws' device, when the caller has one)."""
 
     noise: NoiseModel
     streams: tuple[int, ...]
     divisor: float = 1.0
+    index: torch.Tensor | None = None
+
+    def index_on(self, device) -> torch.Tensor:
+        if self.index is not None and self.index.device == torch.device(device):
+            return self.index
+        return torch.tensor(self.streams, dtype=torch.int64, device=device)
+
+
+def _check_groups(groups: Sequence[NoiseGroupDraw], R: int) -> None:
+    """Every one of the ``R`` streams in exactly one group."""
+    streams = [r for g in groups for r in g.streams]
+    if len(streams) != R or set(streams) != set(range(R)):
+        raise InvalidParameterError(
+            f"noise groups must hold each of the source's {R} streams exactly once; they hold {sorted(streams)}"
+        )
 
 
 #: Standard deviations above the mean number of zeros that :func:`gap_draws` covers.
@@ -329,30 +347,33 @@ class Bernoulli(NoiseModel):
             empty = source.rand((0,), dtype, 0)
             ones = torch.empty((empty.shape[0], *shape), dtype=dtype, device=empty.device).fill_(1.0 / divisor)
             return ones.movedim(0, axis)
-        return type(self).sample_fast_groups(source, shape, dtype, axis, [NoiseGroupDraw(self, (), divisor)])
+        streams = tuple(range(source.replicas))
+        return type(self).sample_fast_groups(source, shape, dtype, axis, [NoiseGroupDraw(self, streams, divisor)])
 
     @classmethod
     def sample_fast_groups(cls, source, shape, dtype, axis, groups):
         """:meth:`sample_fast` of several dropout rates in one buffer: each group's streams get the
         numbers :meth:`sample_fast` gives them (its zeros drawn from its streams alone), without a
-        buffer per group and the copy into place. A group with no streams, ``()``, means all of
-        ``source``'s (one dropout rate for all)."""
+        buffer per group and the copy into place."""
         shape = tuple(shape)
         L = math.prod(shape)
         R = source.replicas
+        if not (len(groups) == 1 and groups[0].streams == tuple(range(R))):
+            _check_groups(groups, R)
         device = None
         pieces = []
         fills = []
         for g in groups:
-            sub = source if not g.streams else source.subset(g.streams)
+            whole = g.streams == tuple(range(R))  # one group of all the streams, in order
+            sub = source if whole else source.subset(g.streams)
             fills.append(1.0 / g.divisor)
             if g.noise.p == 0.0 or L == 0:
                 pieces.append(None)
                 continue
             positions = cls._zero_positions(sub, L, g.noise.p)
             device = positions[0][1].device
-            if g.streams:  # the subset's local stream numbers -> the source's
-                offsets = torch.as_tensor(g.streams, device=device)
+            if not whole:  # the subset's local stream numbers -> the source's
+                offsets = g.index_on(device)
                 positions = [(offsets[local], pos) for local, pos in positions]
             pieces.append(positions)
         if device is None:  # no zeros anywhere: an empty draw (it moves no stream) gives the device
@@ -363,7 +384,7 @@ class Bernoulli(NoiseModel):
             flat.fill_(fills[0])
         else:
             for g, value in zip(groups, fills):
-                flat[: R * L].view(R, L).index_fill_(0, torch.as_tensor(g.streams, device=device), value)
+                flat[: R * L].view(R, L).index_fill_(0, g.index_on(device), value)
         for group_pieces in pieces:
             for streams, positions in group_pieces or ():
                 index = torch.where(positions < L, positions + streams[:, None] * L, R * L)

@@ -251,7 +251,7 @@ def draw_grouped_noise(
         return draw_noise(prior, in_features, out_features, rng, dtype, points, lead, fast, groups[0].noise)
     axis = len(lead)
     if fast:  # the noise model's own sampler of several parameter settings at once
-        draws = [NoiseGroupDraw(g.noise, g.streams, _divisor(g.noise)) for g in groups]
+        draws = [NoiseGroupDraw(g.noise, g.streams, _divisor(g.noise), g.index) for g in groups]
         sampler = type(groups[0].noise).sample_fast_groups
         return {kind: sampler(rng, shape, dtype, axis, draws)
                 for kind, shape in _noise_shapes(prior, in_features, out_features, points, lead).items()}
@@ -742,6 +742,7 @@ class MCDropout(InferenceBackend):
             progress=self.progress,
             desc="MC dropout",
             threads=self.threads,
+            independent_replicas=True,  # per-replica losses, tau, noise and elementwise Adam
         )
 
         user_decay = list(self.weight_decay) if isinstance(self.weight_decay, tuple) else self.weight_decay

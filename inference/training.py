@@ -81,6 +81,8 @@ def _take(X: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> tuple[t
     flat = (idx + torch.arange(0, R * N, N, device=idx.device)[:, None]).reshape(-1)
 
     def take(t: torch.Tensor) -> torch.Tensor:
+        if t.stride(0) == 0:  # one data set expanded to every replica: reshaping it would copy it all
+            return t[0].index_select(0, idx.reshape(-1)).view(*idx.shape, *t.shape[2:])
         return t.reshape(R * N, *t.shape[2:]).index_select(0, flat).view(*idx.shape, *t.shape[2:])
 
     return take(X), take(y)
@@ -345,6 +347,7 @@ def train(
     progress: bool = True,
     desc: str | None = None,
     threads: int | None = 1,
+    independent_replicas: bool = False,
 ) -> TrainingResult:
     """Run ``steps`` optimisation steps of ``step``, in rounds of ``schedule.steps_per_round``.
 
@@ -352,10 +355,11 @@ def train(
     generator the fit draws from besides the schedule's; ``state`` / ``load_state``
     save and restore the backend's own state for checkpoints. A step whose
     monitored loss is not finite stops the fit at the end of its round with
-    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint`` and, when the step
-    monitors one loss per replica (shape ``(R,)``), the replicas whose loss was not finite
-    (``FitDivergedError.replicas``: a backend monitors so only when its replicas' fits are
-    independent, so that the others' are unharmed). The steps run
+    :class:`~bnn_priors.FitDivergedError` naming the step and ``hint`` and, with
+    ``independent_replicas`` (the backend's replicas share nothing, so one replica's NaN
+    cannot reach another's numbers), no ``clip_norm`` (one norm over all replicas) and a
+    step that monitors one loss per replica (shape ``(R,)``), the replicas whose loss was not
+    finite (``FitDivergedError.replicas``). The steps run
     with ``threads`` torch threads (see the module docstring).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -373,7 +377,8 @@ def train(
             where.step, where.round, where.resumed_from = saved["step"], saved["round"], saved["step"]
             where.seconds_before = float(saved.get("seconds", 0.0))
     first_bad = torch.tensor(-1, device=X.device)
-    # A step that monitors one loss per replica, shape (R,), tells which replicas diverged.
+    # A step that monitors one loss per replica, shape (R,), of independent replicas tells which diverged.
+    per_replica = independent_replicas and clip_norm is None
     bad_rows = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
     bar = progress_bar(steps, desc or backend, progress)
     bar.update(where.step)
@@ -393,14 +398,15 @@ def train(
                     monitor = monitor.detach()
                     finite = torch.isfinite(monitor)
                     first_bad = torch.where((first_bad < 0) & ~finite.all(), where.step, first_bad)
-                    if monitor.shape == bad_rows.shape:
+                    if per_replica and monitor.shape == bad_rows.shape:
                         bad_rows |= ~finite
                     where.last_loss = monitor
                     where.step += 1
                 where.round += 1
                 bad = int(first_bad)  # the round's one device sync
                 if bad >= 0:
-                    rows = bad_rows.nonzero().flatten().tolist() if monitor.shape == bad_rows.shape else None
+                    named = per_replica and monitor.shape == bad_rows.shape
+                    rows = bad_rows.nonzero().flatten().tolist() if named else None
                     raise_diverged(backend, bad, "loss", hint, rows or None)
                 shown = end_round(where) if end_round is not None else None
                 if shown is not None:

@@ -342,6 +342,16 @@ def test_grouped_fast_bernoulli_draws_are_each_groups_own(monkeypatch, structure
         assert float(got["unit_scale"].select(len(lead), 2).min()) == 1.0  # p = 0: nothing dropped
 
 
+def test_noise_groups_must_hold_every_stream_once():
+    from bnn_priors.noise_models import Bernoulli, NoiseGroupDraw
+
+    source = ReplicaRandom([1, 2, 3], torch.device("cpu"))
+    for streams in ([(0, 1)], [(0, 1), (1, 2)]):
+        with pytest.raises(InvalidParameterError, match="each of the source's 3 streams exactly once"):
+            Bernoulli.sample_fast_groups(source, (4,), torch.float32, 0,
+                                         [NoiseGroupDraw(Bernoulli(p=0.1), s) for s in streams])
+
+
 def test_one_noise_for_all_replicas_replaces_the_priors():
     X, y = gap_data(1)
     backend = dict(epochs=3, batch_size=32, seed=[4, 5], fast=True, progress=False)
@@ -478,10 +488,9 @@ def test_divergence_names_the_step_and_a_hint():
         MCDropout(epochs=3, batch_size=32, lr=1e30, progress=False).fit(model, X, y)
 
 
-def test_divergence_names_the_replicas_that_diverged_and_leaves_the_others_finite():
-    """A weight decay that overflows the loss of replica 1 only: the error names replica 1, and the
-    replicas' fits are independent, so the others' loss stays finite (what the runner relies on to
-    train them again without it)."""
+def test_divergence_names_the_replica_that_diverged():
+    """A weight decay that overflows the loss of replica 1 only: the error names replica 1 alone (the
+    replicas' fits are independent; the runner trains the others again without it)."""
     X, y = gap_data(0)
     model = mlp(bnn_priors.prior("bernoulli", "ard"), GaussianLikelihood(precision=100.0), replicas=3)
     with pytest.raises(FitDivergedError, match=r"at step 0 \(replica 1\)") as caught:

@@ -186,3 +186,14 @@ def test_a_batch_whose_backend_names_the_diverged_replica_trains_the_others_agai
     monkeypatch.setattr(runner, "fit_job", unnamed)
     assert run_suite(configs, tmp_path / "s.sqlite", progress=False).ok == 3
     assert seen == [[0, 1, 2], [0], [1], [2]]
+
+    # Every replica named: all fail at once, none is retried.
+    seen.clear()
+
+    def all_named(job):
+        seen.append([c.split for c in job.configs])
+        raise FitDivergedError("MCDropout: the loss became NaN or infinite at step 5 (replicas 0, 1, 2); hint", (0, 1, 2))
+
+    monkeypatch.setattr(runner, "fit_job", all_named)
+    assert len(run_suite(configs, tmp_path / "t.sqlite", progress=False).failed) == 3
+    assert seen == [[0, 1, 2]]

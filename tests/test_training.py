@@ -315,13 +315,16 @@ def test_the_loop_keeps_freed_memory_instead_of_faulting_in_fresh_pages():
     assert on < 0.02 * off, (on, off)
 
 
+@pytest.mark.parametrize("expanded", [False, True])
 @pytest.mark.parametrize("target_shape", [(), (2,)])
-def test_take_gives_the_rows_of_each_replicas_indices(target_shape):
+def test_take_gives_the_rows_of_each_replicas_indices(target_shape, expanded):
     from inference.training import _take
 
     g = torch.Generator().manual_seed(0)
     R, N, B = 5, 17, 6
     X, y = torch.randn(R, N, 3, generator=g), torch.randn(R, N, *target_shape, generator=g)
+    if expanded:  # one data set shared by the replicas, as check_inputs gives it
+        X, y = X[:1].expand(R, N, 3), y[:1].expand(R, N, *target_shape)
     idx = torch.stack([torch.randperm(N, generator=g)[:B] for _ in range(R)])
     Xb, yb = _take(X, y, idx)
     rows = torch.arange(R)[:, None]

@@ -201,10 +201,14 @@ def run_job(job: Job) -> list[dict[str, Any]]:
                 return failed_rows(job, exc)
             _drop_checkpoint(job)
             named = sorted(set(exc.replicas or ()))
-            if named and len(named) < len(job.configs) and all(0 <= r < len(job.configs) for r in named):
+            if named and all(0 <= r < len(job.configs) for r in named):
+                if len(named) == len(job.configs):  # every replica diverged, independently of the others
+                    return failed_rows(job, exc)
                 bad = tuple(job.configs[r] for r in named)
                 rest = replace(job, configs=tuple(c for r, c in enumerate(job.configs) if r not in named))
-                return failed_rows(replace(job, configs=bad), exc) + run_job(rest)
+                rows = failed_rows(replace(job, configs=bad), exc) + run_job(rest)
+                _drop_checkpoint(rest)
+                return rows
             rows = []
             for cfg in job.configs:
                 single = replace(job, configs=(cfg,))
