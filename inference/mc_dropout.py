@@ -756,25 +756,24 @@ class MCDropout(InferenceBackend):
         def replica_values(values: list):
             return values[0] if R == 1 else values
 
-        def keeps(layer: Layer):
+        def per_replica_of_groups(layer: Layer, of_noise, without_groups):
+            """``of_noise(noise)`` of each replica's noise model (``without_groups`` for a layer whose
+            replicas all have the prior's)."""
             own = groups[layer.name]
             if own is None:
-                return decays[layer.name].keep
+                return without_groups
             values = [0.0] * R
             for g in own:
                 for r in g.streams:
-                    values[r] = keep_probability(layer.prior, g.noise)
-            return values[0] if R == 1 else values
+                    values[r] = of_noise(g.noise)
+            return replica_values(values)
+
+        def keeps(layer: Layer):
+            return per_replica_of_groups(layer, lambda n: keep_probability(layer.prior, n), decays[layer.name].keep)
 
         def noise_means(layer: Layer):
-            own = groups[layer.name]
-            if own is None:
-                return layer.prior.noise.mean if layer.prior.noise is not None else None
-            means = [0.0] * R
-            for g in own:
-                for r in g.streams:
-                    means[r] = g.noise.mean
-            return means[0] if R == 1 else means
+            prior_mean = layer.prior.noise.mean if layer.prior.noise is not None else None
+            return per_replica_of_groups(layer, lambda n: n.mean, prior_mean)
 
         info = {
             "steps": steps,
