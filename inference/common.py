@@ -162,6 +162,16 @@ class ReplicaRandom:
             shape, dtype, axis,
         )
 
+    def bits(self, shape: Sequence[int], axis: int = 0) -> torch.Tensor:
+        """Random integers of ``shape`` per replica, the replica axis inserted at ``axis``: int64 in
+        ``[0, 2^63)``, 63 independent fair bits each (``Tensor.random_``: one 64-bit draw of the
+        generator per element, where a uniform float takes one 32-bit draw for one number)."""
+        return self._draws(
+            lambda s, g, out: torch.empty(s, dtype=torch.int64, device=self.device).random_(generator=g)
+            if out is None else out.random_(generator=g),
+            shape, torch.int64, axis,
+        )
+
     def standard_gamma(self, shape: Sequence[int], concentration: float, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
         """Gamma(concentration, rate 1) draws of ``shape`` per replica, the replica axis inserted at ``axis``."""
         alpha = torch.full(tuple(shape), concentration, dtype=dtype, device=self.device)

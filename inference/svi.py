@@ -95,6 +95,31 @@ preset of the benchmark runner uses them all) and work with any model and prior:
     training loop is an epoch), the last partial batch dropped with ``drop_last``;
     the default ``"random"`` draws a fresh random batch every step.
 
+Faster steps (``fast`` and ``compile``; both off by default, and the default stays bit for bit what it
+was, so committed results rerun exactly):
+
+``fast=True``
+    The sign flips come from random bits (:meth:`~inference.common.ReplicaRandom.bits`: 63 fair
+    bits per generator call, where the default takes a uniform per sign) and Adam uses torch's
+    fused update: the same law of the flips, other numbers for the same seed, other rounding
+    (tested: moments, and fits that learn alike). A replica in a batch still equals the replica
+    alone; a checkpoint remembers the setting and refuses the other. Without ``sign_flip`` only
+    the optimizer changes. Predictions draw as by default.
+``compile=True``
+    The objective and its gradient are compiled by ``torch.compile`` (static shapes, a graph per
+    mini-batch shape), checked at their first call against eager code, with a warning and eager
+    steps after a failure or a disagreement (:class:`inference.compiled.CheckedCompile`). The
+    per-replica generators cannot be traced, so the objective's draws are recorded once per
+    mini-batch shape (:mod:`inference.replayed_draws`), made on the same streams before each
+    compiled call and replayed inside it: the random numbers are the eager objective's. The
+    compiled objective uses forms that inductor compiles well, the same values up to rounding:
+    one ``bmm`` per product over the replicas (:func:`replica_matmul`), sign flips by ``floor``
+    instead of a comparison, and relu as ``(x + |x|) / 2`` (inductor's CPU code stores boolean
+    masks a byte at a time; on the released code's network they took most of a compiled step).
+    On the ``nalisnick2019-released`` preset's network, ``fast=True, compile=True`` runs a
+    step in about half the default's time (``benchmarks/replica_throughput.py``, ``released``
+    rows); compiling takes some seconds per fit, so it pays for long fits.
+
 The backend asks each layer's prior what it is (its ``noise``, whether it is
 ``proper``, its ``weight_std`` given the scales) and never tests its type; a prior
 that is not Gaussian given its scales brings its KL to a Gaussian ``q(w)`` through
@@ -120,10 +145,13 @@ from inference.common import (
     InferenceBackend,
     Posterior,
     ReplicaRandom,
+    check_bool,
     check_positive_float,
     check_positive_int,
     unsupported,
 )
+from inference.compiled import CheckedCompile
+from inference.replayed_draws import DrawPlan, RecordingRandom, ReplayRandom
 from inference.training import (
     Checkpoint,
     FullBatch,
@@ -148,6 +176,8 @@ BIASES = ("variational", "point")
 INITS = ("normal", "uniform")
 VARIANCE_PARAMS = ("log-std", "softplus")
 BATCHES = ("random", "epochs")
+#: Signs per draw of ``SVI(fast=True)``'s sign flips (:meth:`ReplicaRandom.bits` has 63 random bits).
+_SIGN_BITS = 63
 
 
 def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -197,6 +227,25 @@ def weight_kl_rule(prior: WeightPrior) -> WeightKL | None:
 def _log_uniform_weight_kl(prior, loc, log_var, var):
     """Molchanov et al.'s approximation, with ``alpha = sigma^2 / mu^2`` per weight."""
     return log_uniform_kl(log_var - torch.log(loc**2))
+
+
+def replica_matmul(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``h @ w`` for activations ``h`` of shape ``(R, n, d)`` or ``(S, R, n, d)`` and weights ``w`` of shape
+    ``(R, d, k)``: one ``bmm`` over the replicas of ``(S n, d)`` rows each (``torch.matmul`` broadcasts
+    ``w`` over the particles, copying it to ``S R`` small products; inductor's CPU code for that is
+    several times slower), and for one output unit a product and a sum over the inputs. The values of
+    ``h @ w``, rounded differently; ``w`` with a particle axis goes to ``torch.matmul``."""
+    if w.dim() != 3:
+        return h @ w
+    if w.shape[-1] == 1:
+        return (h * w.transpose(-1, -2)).sum(-1, keepdim=True)
+    if h.dim() == 3:
+        return torch.bmm(h, w)
+    if h.dim() != 4:
+        return h @ w
+    S, R, n, d = h.shape
+    out = torch.bmm(h.transpose(0, 1).reshape(R, S * n, d), w)
+    return out.view(R, S, n, w.shape[-1]).transpose(0, 1)
 
 
 @dataclass(frozen=True)
@@ -385,12 +434,17 @@ class _Variational:
 
     # ------------------------------------------------------------------ the ELBO
     def elbo(self, X, y, data_size: int, S: int, local_reparam: bool, rng: ReplicaRandom,
-             kl_scale: float = 1.0) -> torch.Tensor:
+             kl_scale: float = 1.0, compiled: bool = False, fast: bool = False) -> torch.Tensor:
         """A Monte Carlo estimate of the ELBO per replica, shape ``(R,)`` (mean over particles).
 
         ``kl_scale`` multiplies every KL term (weights, scales, precision, biases):
         1 is the ELBO, another value the KL-weighted objective of ``SVI(kl_weight=...)``.
+        ``compiled``: the forms that compile well (:func:`replica_matmul`, sign flips without a
+        boolean tensor, the activation without a mask): the same draws and the same values up to
+        rounding, for ``SVI(compile=True)``. ``fast``: the sign flips from random bits
+        (:meth:`ReplicaRandom.bits`, 63 signs a draw), for ``SVI(fast=True)``: the same law, other draws.
         """
+        mm = replica_matmul if compiled else torch.matmul
         scales, kl_scales = self.sample_scales(S, rng)
         tau, kl_tau = self.sample_precision(S, rng)
 
@@ -403,16 +457,16 @@ class _Variational:
             loc, _, var = moments[layer.name]
             b_loc, b_var = bias_moments[layer.name]
             if self.settings.sign_flip is not None:
-                return self.sign_flip_linear(h, loc, var, b_loc, b_var, S, rng)
+                return self.sign_flip_linear(h, loc, var, b_loc, b_var, S, rng, compiled, fast)
             if local_reparam:
-                mean = h @ loc + b_loc.unsqueeze(-2)
-                std = ((h * h) @ var + b_var.unsqueeze(-2)).sqrt()
+                mean = mm(h, loc) + b_loc.unsqueeze(-2)
+                std = (mm(h * h, var) + b_var.unsqueeze(-2)).sqrt()
                 return mean + std * rng.randn((S, *mean.shape[-2:]), mean.dtype, axis=1)
             w = loc + var.sqrt() * rng.randn((S, *loc.shape[1:]), loc.dtype, axis=1)
             b = b_loc + b_var.sqrt() * rng.randn((S, *b_loc.shape[1:]), loc.dtype, axis=1)
             return h @ w + b.unsqueeze(-2)
 
-        f = self.model.forward_with(X, linear)
+        f = self.model.forward_with(X, linear, mask_free=compiled)
         loglik = self.model.likelihood.log_prob(f, y, tau) * (data_size / X.shape[-2])
         kl_w = sum(self.weight_kl(layer, scales, moments[layer.name]) for layer in self.model.layers)
         if kl_scale != 1.0:
@@ -421,19 +475,30 @@ class _Variational:
         elbo = loglik - kl_w - kl_scales - kl_tau
         return elbo.mean(0) - self.bias_kl(bias_moments)
 
-    def sign_flip_linear(self, h, loc, var, b_loc, b_var, S: int, rng: ReplicaRandom) -> torch.Tensor:
+    def sign_flip_linear(self, h, loc, var, b_loc, b_var, S: int, rng: ReplicaRandom,
+                         compiled: bool = False, fast: bool = False) -> torch.Tensor:
         """The pre-activation under the sign-flip sampler of ``SVI(sign_flip=(a, b))``:
         ``h mu + b + ((h * s) @ sigma) * r`` with ``s`` (per particle, point and input unit) and ``r``
         (per particle, point and output unit) each ``a`` or ``b`` with probability 1/2; a bias with
-        spread gets a Gaussian draw per particle."""
+        spread gets a Gaussian draw per particle. ``compiled``, ``fast``: as :meth:`elbo`'s."""
         low, high = self.settings.sign_flip
         n, d_in, d_out = h.shape[-2], loc.shape[-2], loc.shape[-1]
-        # one uniform per sign, s and r in one draw: high where u < 1/2, else low
-        u = rng.rand((S, n, d_in + d_out), loc.dtype, axis=1)
-        flips = (u < 0.5).to(u.dtype).mul_(high - low).add_(low)
+        mm = replica_matmul if compiled else torch.matmul
+        if fast:  # 63 signs per draw: bit j of a row's words is sign j of that (particle, point); high where 0
+            d = d_in + d_out
+            words = rng.bits((S, n, -(-d // _SIGN_BITS)), axis=1)
+            shifts = torch.arange(_SIGN_BITS, device=words.device)
+            bit = ((words.unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., :d]
+            flips = bit.to(loc.dtype) * (low - high) + high
+        else:  # one uniform per sign, s and r in one draw: high where u < 1/2, else low
+            u = rng.rand((S, n, d_in + d_out), loc.dtype, axis=1)
+            if compiled:  # floor(2u) is 0 where u < 1/2, else 1: the same flips, no boolean tensor
+                flips = torch.floor(u * 2.0) * (low - high) + high
+            else:
+                flips = (u < 0.5).to(u.dtype).mul_(high - low).add_(low)
         s, r = flips[..., :d_in], flips[..., d_in:]
-        mean = h @ loc + b_loc.unsqueeze(-2)
-        out = mean + ((h * s) @ var.sqrt()) * r
+        mean = mm(h, loc) + b_loc.unsqueeze(-2)
+        out = mean + mm(h * s, var.sqrt()) * r
         if self.settings.bias == "variational" and self.guide != "map":
             out = out + (b_var.sqrt() * rng.randn((S, *b_loc.shape[1:]), loc.dtype, axis=1)).unsqueeze(-2)
         return out
@@ -750,7 +815,8 @@ class SVI(InferenceBackend):
     ``ard_add_update`` (``"sweep"`` or ``"nalisnick2019"``), ``bias`` (``"variational"``
     or ``"point"``), ``init`` (``"normal"`` or ``"uniform"``), ``variance_param``
     (``"log-std"`` or ``"softplus"``), ``sign_flip`` (``None`` or a pair of numbers),
-    ``batches`` (``"random"`` or ``"epochs"``) and ``drop_last``.
+    ``batches`` (``"random"`` or ``"epochs"``) and ``drop_last``. Faster steps (the module
+    docstring's "Faster steps"): ``fast`` and ``compile``.
 
     Supports every prior whose scales are continuous (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise; the normal and log-uniform priors) on every model.
@@ -769,7 +835,7 @@ class SVI(InferenceBackend):
         "lr": 0.01, "batch_size": None, "scale_updates": None, "init_std": 0.01, "clip_norm": None,
         "report_every": 100, "kl_weight": 1.0, "scale_mode": "log-variance", "ard_add_update": "sweep",
         "bias": "variational", "init": "normal", "variance_param": "log-std", "sign_flip": None,
-        "batches": "random", "drop_last": False,
+        "batches": "random", "drop_last": False, "fast": False, "compile": False,
     }
     #: The option that counts the training budget, and its unit.
     budget_option, budget_unit = "steps", "steps"
@@ -798,6 +864,8 @@ class SVI(InferenceBackend):
         sign_flip: Sequence[float] | None = None,
         batches: str = "random",
         drop_last: bool = False,
+        fast: bool = False,
+        compile: bool = False,
         device="cpu",
         seed: int = 0,
         progress: bool = True,
@@ -843,6 +911,8 @@ class SVI(InferenceBackend):
         self.init_std = check_positive_float("init_std", init_std)
         self.clip_norm = None if clip_norm is None else check_positive_float("clip_norm", clip_norm)
         self.report_every = check_positive_int("report_every", report_every)
+        self.fast = check_bool("fast", fast)
+        self.compile = check_bool("compile", compile)
 
     def check_model(self, model: BayesianNetwork) -> None:
         for layer in model.layers:
@@ -897,7 +967,7 @@ class SVI(InferenceBackend):
         settings = _Settings(self.scale_updates, self.scale_mode, self.ard_add_update, self.bias, self.init,
                              self.variance_param, self.sign_flip)
         q = _Variational(model, self.guide, self.alpha, self.scale_updates is not None, self.init_std, rng, settings)
-        opt = adam(list(q.params.values()), lr=self.lr)
+        opt = adam(list(q.params.values()), lr=self.lr, fused=self.fast)
         losses: list[float] = []
         N = X.shape[1]
         B = N if self.batch_size is None or self.batch_size >= N else self.batch_size
@@ -907,15 +977,48 @@ class SVI(InferenceBackend):
             schedule = RandomSubsets(rng, N, B, self.report_every) if B < N else FullBatch(self.report_every)
         kl_scale = N / _weight_count(model) if self.kl_weight == "per-weight" else self.kl_weight
 
+        if self.compile:
+            def objective(Xb, yb, source):
+                """The loss per replica of one mini-batch in the forms that compile well, drawing from ``source``."""
+                if q.guide == "map":
+                    return -q.log_joint(Xb, yb, N) / N
+                return -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, source, kl_scale, True, self.fast) / N
+
+            # The objective's draws are taken before the compiled call (DrawPlan.draw: the same calls on
+            # the same streams, so the same numbers) and replayed inside it; a plan per batch shape.
+            plans: dict[tuple, DrawPlan] = {}
+
+            def replayed(Xb, yb, plan, draws):
+                source = ReplayRandom(rng, plan, draws)
+                loss = objective(Xb, yb, source)
+                source.finish()
+                return (loss,)
+
+            # warnings point at the caller of fit: step, train, fit, the caller
+            run = CheckedCompile(replayed, list(q.params.values()), "SVI", stacklevel=4)
+
         def step(Xb, yb):
             if q.em and not q.in_loss:
                 q.update_scales()
-            if q.guide == "map":
-                loss = -q.log_joint(Xb, yb, N).sum() / N
-            elif kl_scale != 1.0:
-                loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng, kl_scale).sum() / N
-            else:
-                loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng).sum() / N
+            if not self.compile:  # the default's arithmetic, as it always was
+                if q.guide == "map":
+                    loss = -q.log_joint(Xb, yb, N).sum() / N
+                elif kl_scale != 1.0:
+                    loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng, kl_scale,
+                                   fast=self.fast).sum() / N
+                else:
+                    loss = -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, rng, fast=self.fast).sum() / N
+                return loss, loss
+            key = (tuple(Xb.shape), tuple(yb.shape))
+            if key in plans:
+                draws = plans[key].draw(rng)
+            else:  # record this shape's draws once; they go through to rng, so they are this step's
+                recorder = RecordingRandom(rng)
+                with torch.no_grad():
+                    objective(Xb, yb, recorder)
+                plans[key], draws = recorder.plan, recorder.tensors
+            plan = plans[key]
+            loss = run(Xb, yb, plan, draws)[0].sum()
             return loss, loss
 
         def end_round(where) -> float:
@@ -923,6 +1026,12 @@ class SVI(InferenceBackend):
             return losses[-1]
 
         def load_state(saved: dict) -> None:
+            if saved.get("fast", False) != self.fast:  # files of before the option hold none: the default
+                raise InvalidParameterError(
+                    f"the checkpoint was saved by a fit with fast={not self.fast}, and this fit has fast={self.fast}: "
+                    "the two draw other random numbers and step otherwise; continue it with the same setting, "
+                    "or delete it"
+                )
             q.em_log_var.update({k: v.to(model.device) for k, v in saved["em_log_var"].items()})
             losses[:] = saved["losses"]
 
@@ -937,7 +1046,7 @@ class SVI(InferenceBackend):
                 end_round=end_round,
                 clip_norm=self.clip_norm,
                 generators=rng.generators,
-                state=lambda: {"em_log_var": dict(q.em_log_var), "losses": list(losses)},
+                state=lambda: {"em_log_var": dict(q.em_log_var), "losses": list(losses), "fast": self.fast},
                 load_state=load_state,
                 checkpoint=checkpoint,
                 progress=self.progress,
@@ -950,6 +1059,8 @@ class SVI(InferenceBackend):
             "seconds": done.seconds,
             "steps_per_second": done.steps_per_second,
             "guide": self.guide,
+            "fast": self.fast,
+            "compile": bool(self.compile and run.compiled),  # False after a fallback to eager code
         }
         info.update(done.resume_info())
         return SVIPosterior(model, q, seeds, info)

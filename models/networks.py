@@ -40,6 +40,16 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _relu_without_mask(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x)`` as ``(x + |x|) / 2``: the same values exactly (``x + x`` and the halving are exact),
+    and a gradient (``(1 + sign x) / 2``, ``1/2`` at 0 where relu's is 0) computed from ``x`` itself."""
+    return 0.5 * (x + x.abs())
+
+
+#: Activations written so that their gradient needs no boolean mask (see :meth:`BayesianNetwork.forward_with`).
+MASK_FREE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": _relu_without_mask}
+
+
 @dataclass(frozen=True)
 class Layer:
     """One weight matrix of a network and its prior."""
@@ -188,9 +198,14 @@ class BayesianNetwork(PyroModule):
         return y.expand(R, N, out)
 
     # -------------------------------------------------------------------- forward
-    def forward_with(self, X: torch.Tensor, linear: LinearFn) -> torch.Tensor:
-        """The architecture: run ``linear(layer, h)`` for every layer, with activations and skips."""
-        act = ACTIVATIONS[self.activation]
+    def forward_with(self, X: torch.Tensor, linear: LinearFn, mask_free: bool = False) -> torch.Tensor:
+        """The architecture: run ``linear(layer, h)`` for every layer, with activations and skips.
+
+        ``mask_free``: the activation's form in :data:`MASK_FREE_ACTIVATIONS` where it has one, for
+        code that ``torch.compile`` compiles: the CPU code inductor generates stores a boolean mask
+        (relu's, for its gradient) a byte at a time, which on resnet-2x50 took most of a compiled
+        SVI step (``benchmarks/replica_throughput.py``)."""
+        act = (MASK_FREE_ACTIVATIONS.get(self.activation) if mask_free else None) or ACTIVATIONS[self.activation]
         h = X
         for layer in self.layers:
             a = linear(layer, h)

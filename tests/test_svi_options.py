@@ -167,12 +167,14 @@ def test_uniform_start_softplus_variance_and_point_biases():
 
 
 @pytest.mark.parametrize("values", [(-1.0, 1.0), (-1.0, 3.0)])
-def test_sign_flip_sampler_moments(values):
+@pytest.mark.parametrize("fast, compiled", [(False, False), (True, False), (False, True), (True, True)])
+def test_sign_flip_sampler_moments(values, fast, compiled):
     """Per point, the pre-activation is ``h mu + b + r_j sum_i h_i s_i sigma_ij`` with ``s``, ``r`` iid on
     the two values (mean ``m``, second moment ``e``): its mean is ``h mu + b + m^2 (h @ sigma)`` and its
     variance ``e ((e - m^2) A + m^2 c^2) - m^4 c^2`` with ``A = (h^2) @ sigma^2`` and ``c = h @ sigma``.
     Signs +-1 give q's local-reparameterization moments; the released {-1, 3} (m = 1, e = 5) move the
-    mean by ``h @ sigma`` and give the variance ``20 A + 4 c^2``."""
+    mean by ``h @ sigma`` and give the variance ``20 A + 4 c^2``. The same with the signs from random
+    bits (``fast``, 63 a draw) and in the forms of compiled steps (``compiled``: floor, not a comparison)."""
     model = _model(replicas=1)
     q, rng = _q(model, sign_flip=values)
     layer = model.layers[1]
@@ -180,7 +182,7 @@ def test_sign_flip_sampler_moments(values):
     b_loc, b_var = q.bias_moments(layer)
     h = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(0)) + 0.5
     with torch.no_grad():
-        out = q.sign_flip_linear(h, loc, var, b_loc, torch.zeros_like(b_var), 40000, rng)
+        out = q.sign_flip_linear(h, loc, var, b_loc, torch.zeros_like(b_var), 40000, rng, compiled, fast)
         assert out.shape == (40000, 1, 4, 5)
         m, e = sum(values) / 2, sum(v * v for v in values) / 2
         c, A = h @ var.sqrt(), (h * h) @ var
