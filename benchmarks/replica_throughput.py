@@ -15,9 +15,18 @@ the values):
     Mean-field SVI on a 13-50-50-1 residual net (resnet-2x50) with the ARD
     half-Cauchy prior and a learned precision, random mini-batches of 32 rows, 10
     particles (vectorized), local reparameterization, Adam lr 0.01, ``R = 20``,
-    through ``inference.SVI``.
+    through ``inference.SVI``; by default, with ``compile=True`` and with ``fast=True,
+    compile=True`` (``fast`` is only fused Adam here: this sampler has no sign flips).
+``released``
+    ``inference.SVI`` with the ``nalisnick2019-released`` preset's options and model
+    (:func:`released_project`: sign flips (-1, 3) instead of Gaussian draws, ARD-ADD scales in
+    the loss, precision 20) on the same resnet-2x50, batch 32, 10 particles, ``R = 20``: by
+    default, with ``fast=True`` (the flips from random bits, 63 per generator call, and fused
+    Adam), ``compile=True`` and both; no floor. Each compiled fit's time includes dynamo's
+    tracing and the loading of its graphs from inductor's cache (a few seconds per fit), so
+    short measurements understate the compiled rows.
 
-For each, the *floor*: the same arithmetic on hand-written batched tensors in eager
+For the ``mcd`` and ``svi`` rows, the *floor*: the same arithmetic on hand-written batched tensors in eager
 PyTorch, no framework (:func:`mcd_floor`, :func:`svi_floor`): the same shapes, noise,
 objective and ``torch.optim.Adam``, with every random number of a step drawn for
 all replicas in one call. And the machine's matmul GFLOP/s (a 2048 x 2048 float32
@@ -35,7 +44,9 @@ the CPU with one torch thread (the training loop's default), with the allocator 
 the training loop (:func:`inference.training.keep_freed_memory`; ``BNN_PRIORS_KEEP_FREED_MEMORY=0``
 times glibc's defaults, floors included), and again on a GPU when
 ``torch.cuda.is_available()``. Repeats are interleaved (every implementation once per
-round) and the table gives medians; the machine is shared, so the figures are noisy
+round) and the table gives medians: of the time per step of a whole fit of ``steps`` steps
+(fixed costs included), and of the marginal time per step, from a second fit of twice
+the steps (what a long fit runs at; the replica-steps/s are of this one); the machine is shared, so the figures are noisy
 and only figures of one run compare.
 
     python benchmarks/replica_throughput.py [--seconds 2] [--repeats 3] [--profile mcd-240]
@@ -72,12 +83,14 @@ import torch  # noqa: E402
 import bnn_priors  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
+from bnn_priors.suite.presets import NALISNICK_RELEASED_OPTIONS, NALISNICK_RELEASED_PRIOR  # noqa: E402
 from inference.training import keep_freed_memory  # noqa: E402
+from models.likelihoods import GaussianLikelihood  # noqa: E402
 
 N_TRAIN, D_IN, HIDDEN = 455, 13, 50
 MCD_BATCH, MCD_P, MCD_LR = 128, 0.05, 1e-3
 SVI_BATCH, SVI_PARTICLES, SVI_LR = 32, 10, 0.01
-CONFIGS = ("mcd-20", "mcd-240", "svi-20")
+CONFIGS = ("mcd-20", "mcd-240", "svi-20", "released-20")
 #: Dropout rates of the grid row: a third of the replicas each (as a Gal grid batched as one model).
 GRID_P = (0.01, 0.05, 0.1)
 
@@ -120,6 +133,25 @@ def svi_project(R: int, steps: int, device, **options) -> float:
         warnings.simplefilter("ignore")
         post = inference.SVI(steps=steps, batch_size=SVI_BATCH, num_particles=SVI_PARTICLES, lr=SVI_LR,
                              seed=list(range(R)), device=device, progress=False, **options).fit(net, X, y)
+    return post.info["seconds"] / post.info["steps"]
+
+
+def released_project(R: int, steps: int, device, **options) -> float:
+    """``inference.SVI`` with the ``nalisnick2019-released`` preset's options (sign flips (-1, 3),
+    softplus variances, point biases, ARD-ADD scales in the loss, per-weight KL, precision 20) on its
+    resnet-2x50 (inverse-gamma(3, 3) ARD-ADD, ARD on the outer layers), batch 32, 10 particles."""
+    X, y = data(device)
+    inner = bnn_priors.prior("inverse-nakagami", structure="ard-add", **NALISNICK_RELEASED_PRIOR)
+    outer = bnn_priors.prior("inverse-nakagami", structure=NALISNICK_RELEASED_OPTIONS["outer_structure"],
+                             **NALISNICK_RELEASED_PRIOR)
+    lik = GaussianLikelihood(precision=NALISNICK_RELEASED_OPTIONS["likelihood_precision"])
+    net = models.BayesianResNet(D_IN, 1, hidden=(HIDDEN, HIDDEN), prior=[outer, inner, outer], likelihood=lik,
+                                replicas=R)
+    svi_options = {k: v for k, v in NALISNICK_RELEASED_OPTIONS.items() if k not in ("outer_structure", "likelihood_precision")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = inference.SVI(steps=steps, seed=list(range(R)), device=device, progress=False,
+                             **{**svi_options, **options}).fit(net, X, y)
     return post.info["seconds"] / post.info["steps"]
 
 
@@ -268,35 +300,51 @@ def configurations():
                      lambda n, d, R=R: mcd_project(R, n, d, fast=True, compile=True, noise_params=grid_p(R))))
     rows.append(("svi R=20: plain-PyTorch floor", 20, lambda n, d: svi_floor(20, n, d)))
     rows.append(("svi R=20: inference.SVI", 20, lambda n, d: svi_project(20, n, d)))
+    rows.append(("svi R=20: inference.SVI(compile=True)", 20, lambda n, d: svi_project(20, n, d, compile=True)))
+    rows.append(("svi R=20: inference.SVI(fast=True, compile=True)", 20,
+                 lambda n, d: svi_project(20, n, d, fast=True, compile=True)))
+    rows.append(("released R=20: inference.SVI", 20, lambda n, d: released_project(20, n, d)))
+    rows.append(("released R=20: inference.SVI(fast=True)", 20, lambda n, d: released_project(20, n, d, fast=True)))
+    rows.append(("released R=20: inference.SVI(compile=True)", 20, lambda n, d: released_project(20, n, d, compile=True)))
+    rows.append(("released R=20: inference.SVI(fast=True, compile=True)", 20,
+                 lambda n, d: released_project(20, n, d, fast=True, compile=True)))
     return rows
 
 
 def _key(label: str) -> str:
-    """``mcd-20``, ``mcd-240`` or ``svi-20`` from a row's label."""
+    """``mcd-20``, ``mcd-240``, ``svi-20`` or ``released-20`` from a row's label."""
     kind, R = label.split(":")[0].split(" R=")
     return f"{kind}-{R}"
 
 
 def run_device(device: str, seconds: float, repeats: int, only: list[str] | None = None) -> None:
     rows = [row for row in configurations() if only is None or _key(row[0]) in only]
-    print(f"\ndevice {device}: {seconds:g} s per measurement, {repeats} interleaved repeats, medians")
-    # Calibrate: a short run of each gives the number of steps that takes about `seconds`.
+    print(f"\ndevice {device}: about {seconds:g} s per measurement, {repeats} interleaved repeats, medians")
+    # Calibrate: two short runs of each give the cost of a step beyond the fit's fixed cost (compiled
+    # fits trace and load their graphs), and so the number of steps that takes about `seconds`.
     budgets = []
     for _label, _, fn in rows:
         fn(8, device)  # warm-up (and, with compile=True, the compilation)
-        per_step = fn(32, device)
-        budgets.append(max(8, int(seconds / max(per_step, 1e-9))))
-    times: list[list[float]] = [[] for _ in rows]
+        short, longer = 32 * fn(32, device), 96 * fn(96, device)
+        # a multiple of MC dropout's four batches an epoch, so that every fit runs exactly b or 2 b steps
+        budgets.append(4 * max(2, math.ceil(seconds / max((longer - short) / 64, 1e-9) / 4)))
+    whole: list[list[float]] = [[] for _ in rows]
+    marginal: list[list[float]] = [[] for _ in rows]
     flops = []
     for _ in range(repeats):
         flops.append(matmul_gflops(device))
         for i, (_, _, fn) in enumerate(rows):
-            times[i].append(fn(budgets[i], device))
+            b = budgets[i]
+            one, two = fn(b, device), fn(2 * b, device)
+            whole[i].append(one)
+            marginal[i].append(max(2 * two - one, 1e-12))  # (2b two - b one) / b: the steps beyond the fixed cost
     print(f"matmul (2048 x 2048, float32): {statistics.median(flops):.1f} GFLOP/s (median of {repeats})")
-    print(f"{'configuration':58s} {'steps':>6s} {'ms/step':>8s} {'replica-steps/s':>16s}")
+    print("whole fit: a fit of `steps` steps, its fixed cost included; marginal: the steps of a fit of 2 x `steps` "
+          "beyond those of the first (what a long fit runs at)")
+    print(f"{'configuration':58s} {'steps':>6s} {'whole ms/step':>14s} {'marginal ms/step':>17s} {'replica-steps/s':>16s}")
     floor = {}
-    for (label, R, _), b, ts in zip(rows, budgets, times):
-        t = statistics.median(ts)
+    for (label, R, _), b, ws, ms in zip(rows, budgets, whole, marginal):
+        w, t = statistics.median(ws), statistics.median(ms)
         key = label.split(":")[0]
         rate = R / t
         ratio = ""
@@ -304,13 +352,13 @@ def run_device(device: str, seconds: float, repeats: int, only: list[str] | None
             floor[key] = rate
         elif key in floor:
             ratio = f"  ({rate / floor[key]:.2f}x the floor)"
-        print(f"{label:58s} {b:6d} {1e3 * t:8.2f} {rate:16.0f}{ratio}")
+        print(f"{label:58s} {b:6d} {1e3 * w:14.2f} {1e3 * t:17.2f} {rate:16.0f}{ratio}")
 
 
 def profile(which: str, steps: int) -> None:
-    """cProfile one project run (``mcd-20``, ``mcd-240`` or ``svi-20``) and print the top functions."""
-    kind, R = which.split("-")
-    fn = mcd_project if kind == "mcd" else svi_project
+    """cProfile one project run (one of :data:`CONFIGS`) and print the top functions."""
+    kind, R = which.rsplit("-", 1)
+    fn = {"mcd": mcd_project, "svi": svi_project, "released": released_project}[kind]
     fn(int(R), 8, "cpu")
     prof = cProfile.Profile()
     prof.enable()
@@ -325,7 +373,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="target seconds of each measurement")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", help="comma-separated configurations to time (mcd-20, mcd-240, svi-20; default all)")
+    parser.add_argument("--only", help="comma-separated configurations to time (mcd-20, mcd-240, svi-20, released-20; default all)")
     parser.add_argument("--profile", choices=CONFIGS, help="cProfile one project run instead")
     parser.add_argument("--profile-steps", type=int, default=200)
     args = parser.parse_args(argv)
