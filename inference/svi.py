@@ -102,23 +102,30 @@ was, so committed results rerun exactly):
     The sign flips come from random bits (:meth:`~inference.common.ReplicaRandom.bits`: 63 fair
     bits per generator call, where the default takes a uniform per sign) and Adam uses torch's
     fused update: the same law of the flips, other numbers for the same seed, other rounding
-    (tested: moments, and fits that learn alike). A replica in a batch still equals the replica
-    alone; a checkpoint remembers the setting and refuses the other. Without ``sign_flip`` only
+    (tested: moments, and fits that learn alike). A replica in a batch still draws the numbers
+    it draws alone (the batch's arithmetic rounds as by default); a checkpoint remembers the
+    setting and refuses the other. Without ``sign_flip`` only
     the optimizer changes. Predictions draw as by default.
 ``compile=True``
     The objective and its gradient are compiled by ``torch.compile`` (static shapes, a graph per
-    mini-batch shape), checked at their first call against eager code, with a warning and eager
-    steps after a failure or a disagreement (:class:`inference.compiled.CheckedCompile`). The
+    mini-batch shape), checked at their first call against an eager run of the same code, with a
+    warning and eager steps after a failure or a disagreement
+    (:class:`inference.compiled.CheckedCompile`; that check catches the compiler's errors, and the
+    tests compare whole compiled fits with default ones). The objective has no side effects: in-loss
+    scales take the last step's values as inputs and return the new ones. The
     per-replica generators cannot be traced, so the objective's draws are recorded once per
     mini-batch shape (:mod:`inference.replayed_draws`), made on the same streams before each
     compiled call and replayed inside it: the random numbers are the eager objective's. The
     compiled objective uses forms that inductor compiles well, the same values up to rounding:
     one ``bmm`` per product over the replicas (:func:`replica_matmul`), sign flips by ``floor``
     instead of a comparison, and relu as ``(x + |x|) / 2`` (inductor's CPU code stores boolean
-    masks a byte at a time; on the released code's network they took most of a compiled step).
+    masks a byte at a time; on the released code's network they took most of a compiled step;
+    its gradient at exactly 0 is 1/2, and an activation of -inf, a fit that has diverged, gives
+    NaN). A checkpoint continues across ``compile`` settings (the numbers move by rounding).
     On the ``nalisnick2019-released`` preset's network, ``fast=True, compile=True`` runs a
     step in about half the default's time (``benchmarks/replica_throughput.py``, ``released``
-    rows); compiling takes some seconds per fit, so it pays for long fits.
+    rows, the marginal rate of long fits); compiling takes seconds per fit (tracing, and inductor's
+    first compilation of a shape, which its cache keeps for later fits), so it pays for long fits.
 
 The backend asks each layer's prior what it is (its ``noise``, whether it is
 ``proper``, its ``weight_std`` given the scales) and never tests its type; a prior
@@ -434,7 +441,8 @@ class _Variational:
 
     # ------------------------------------------------------------------ the ELBO
     def elbo(self, X, y, data_size: int, S: int, local_reparam: bool, rng: ReplicaRandom,
-             kl_scale: float = 1.0, compiled: bool = False, fast: bool = False) -> torch.Tensor:
+             kl_scale: float = 1.0, compiled: bool = False, fast: bool = False,
+             em_state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """A Monte Carlo estimate of the ELBO per replica, shape ``(R,)`` (mean over particles).
 
         ``kl_scale`` multiplies every KL term (weights, scales, precision, biases):
@@ -443,6 +451,7 @@ class _Variational:
         boolean tensor, the activation without a mask): the same draws and the same values up to
         rounding, for ``SVI(compile=True)``. ``fast``: the sign flips from random bits
         (:meth:`ReplicaRandom.bits`, 63 signs a draw), for ``SVI(fast=True)``: the same law, other draws.
+        ``em_state``: where in-loss scales keep their values (:meth:`scales_in_loss`'s ``state``).
         """
         mm = replica_matmul if compiled else torch.matmul
         scales, kl_scales = self.sample_scales(S, rng)
@@ -451,7 +460,7 @@ class _Variational:
         moments = {layer.name: self.weight_moments_log(layer) for layer in self.model.layers}
         bias_moments = {layer.name: self.bias_moments(layer) for layer in self.model.layers}
         if self.in_loss:
-            scales = self.scales_in_loss(moments)
+            scales = self.scales_in_loss(moments, em_state)
 
         def linear(layer: Layer, h: torch.Tensor) -> torch.Tensor:
             loc, _, var = moments[layer.name]
@@ -586,17 +595,19 @@ class _Variational:
             loc, var = self.weight_moments(layer)
             self._sweep(layer, loc**2 + var, self.em_log_var)  # E_q[w^2], (R, in, out)
 
-    def scales_in_loss(self, moments) -> dict[str, torch.Tensor]:
+    def scales_in_loss(self, moments, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``scale_updates="in-loss"``: the closed-form scales as functions of q's current moments, with
         their gradients, shape ``(R, *site shape)``. A sweep over two scales of a layer (ARD-ADD) takes the
         other one's value of the previous step where it has no new one yet; the values are kept (detached)
-        for that and for :meth:`SVIPosterior.scales`."""
-        log_var = dict(self.em_log_var)
+        for that and for :meth:`SVIPosterior.scales`, in ``state`` (default: ``em_log_var``; a compiled
+        objective passes a dict of its own and returns the values, so that it has no side effects)."""
+        state = self.em_log_var if state is None else state
+        log_var = dict(state)
         for layer in self.model.layers:
             if self.sites[layer.name]:
                 loc, _, var = moments[layer.name]
                 self._sweep(layer, loc**2 + var, log_var)
-        self.em_log_var.update({k: v.detach() for k, v in log_var.items()})
+        state.update({k: v.detach() for k, v in log_var.items()})
         return {k: torch.exp(0.5 * v) for k, v in log_var.items()}
 
     def _sweep(self, layer: Layer, second: torch.Tensor, log_var: dict[str, torch.Tensor]) -> None:
@@ -978,21 +989,28 @@ class SVI(InferenceBackend):
         kl_scale = N / _weight_count(model) if self.kl_weight == "per-weight" else self.kl_weight
 
         if self.compile:
-            def objective(Xb, yb, source):
+            # In-loss scales keep the last step's values for the next one: the compiled objective takes them
+            # and returns the new ones (a function of its inputs alone, so that CheckedCompile's repeated
+            # calls, and the recording pass, leave q as they found it); the step stores them.
+            em_keys = sorted(q.em_log_var) if q.in_loss else []
+
+            def objective(Xb, yb, source, em_state):
                 """The loss per replica of one mini-batch in the forms that compile well, drawing from ``source``."""
                 if q.guide == "map":
                     return -q.log_joint(Xb, yb, N) / N
-                return -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, source, kl_scale, True, self.fast) / N
+                return -q.elbo(Xb, yb, N, self.num_particles, self.local_reparam, source, kl_scale, True, self.fast,
+                               em_state) / N
 
             # The objective's draws are taken before the compiled call (DrawPlan.draw: the same calls on
             # the same streams, so the same numbers) and replayed inside it; a plan per batch shape.
             plans: dict[tuple, DrawPlan] = {}
 
-            def replayed(Xb, yb, plan, draws):
+            def replayed(Xb, yb, plan, draws, em_before):
                 source = ReplayRandom(rng, plan, draws)
-                loss = objective(Xb, yb, source)
+                em_state = dict(zip(em_keys, em_before))
+                loss = objective(Xb, yb, source, em_state)
                 source.finish()
-                return (loss,)
+                return (loss, *(em_state[k] for k in em_keys))
 
             # warnings point at the caller of fit: step, train, fit, the caller
             run = CheckedCompile(replayed, list(q.params.values()), "SVI", stacklevel=4)
@@ -1015,10 +1033,11 @@ class SVI(InferenceBackend):
             else:  # record this shape's draws once; they go through to rng, so they are this step's
                 recorder = RecordingRandom(rng)
                 with torch.no_grad():
-                    objective(Xb, yb, recorder)
+                    objective(Xb, yb, recorder, dict(q.em_log_var))
                 plans[key], draws = recorder.plan, recorder.tensors
-            plan = plans[key]
-            loss = run(Xb, yb, plan, draws)[0].sum()
+            out = run(Xb, yb, plans[key], draws, [q.em_log_var[k] for k in em_keys])
+            q.em_log_var.update(zip(em_keys, out[1:]))
+            loss = out[0].sum()
             return loss, loss
 
         def end_round(where) -> float:

@@ -117,15 +117,21 @@ def test_the_mask_free_relu_is_relu():
 
 
 # ------------------------------------------------------------------ SVI(compile=True)
-@pytest.mark.parametrize("case", ["mean-field", "released", "released-fast"])
+@pytest.mark.parametrize("case", ["mean-field", "released", "released-fast", "in-loss-sweep", "map-em"])
 def test_compiled_steps_give_the_eager_fit_to_rounding(case):
     """The compiled objective draws the eager objective's numbers and computes its values rounded
     otherwise: over a short fit (variational scales and precision with local reparameterization; the
-    released code's sign flips, in-loss scales and point biases; those with ``fast``) the loss history
+    released code's sign flips, in-loss scales and point biases; those with ``fast``; in-loss ARD-ADD
+    scales by a coordinate sweep, which reads the last step's values; MAP-EM) the loss history
     stays within rounding's drift of the eager fit's, and the same seed repeats exactly."""
     X, y = _data()
     if case == "mean-field":
         model, options = _mean_field_model, {"steps": 30, "batch_size": 16, "num_particles": 3, "lr": 1e-2}
+    elif case == "in-loss-sweep":
+        model, options = _released_model, {**RELEASED, "steps": 30, "ard_add_update": "sweep"}
+    elif case == "map-em":
+        model = _released_model
+        options = {"guide": "map", "scale_updates": "em", "steps": 30, "batch_size": 16, "lr": 1e-2}
     else:
         model, options = _released_model, {**RELEASED, "steps": 30, "fast": case == "released-fast"}
 
@@ -138,6 +144,25 @@ def test_compiled_steps_give_the_eager_fit_to_rounding(case):
     assert compiled.info["loss_history"] == again.info["loss_history"]
     for k, v in eager.weight_means().items():
         np.testing.assert_allclose(compiled.weight_means()[k], v, rtol=1e-3, atol=1e-5)
+
+
+def test_a_compiled_fit_continued_from_its_checkpoint_is_the_uninterrupted_one(tmp_path, killed_after):
+    """The plans are recorded again in the continued process; the draws, and the in-loss scales the
+    checkpoint keeps, give the uninterrupted compiled fit's numbers exactly."""
+    X, y = _data()
+    options = {**RELEASED, "steps": 24, "report_every": 2, "batches": "random", "ard_add_update": "sweep",
+               "fast": True, "compile": True}
+    whole = SVI(**options, seed=[3, 4], progress=False).fit(_released_model(), X, y)
+    path = tmp_path / "job.pt"
+    with pytest.raises(KeyboardInterrupt):
+        SVI(**options, seed=[3, 4], progress=False).fit(_released_model(), X, y,
+                                                          checkpoint=killed_after(path, "job", n=3))
+    resumed = SVI(**options, seed=[3, 4], progress=False).fit(_released_model(), X, y,
+                                                              checkpoint=Checkpoint(path, "job", every=0.0))
+    assert resumed.info["resumed_from_step"] > 0 and resumed.info["compile"]
+    assert resumed.info["loss_history"] == whole.info["loss_history"]
+    for k, v in whole.weight_means().items():
+        np.testing.assert_array_equal(resumed.weight_means()[k], v)
 
 
 def test_a_compiler_failure_gives_a_warning_and_an_eager_fit(monkeypatch):
