@@ -70,6 +70,7 @@ def main() -> None:
     for cfg in own:
         jobs[(cfg.dataset, cfg.noise, cfg.structure, cfg.arch, cfg.inference)].append(cfg)
     total = 0.0
+    unreliable = []
     print("| job | runs | budget | fixed s | s per unit | estimate (CPU-h) |\n| --- | --- | --- | --- | --- | --- |")
     for key, cfgs in jobs.items():
         unit, budget = cfgs[0].budget_unit, cfgs[0].budget
@@ -85,8 +86,19 @@ def main() -> None:
         fixed = max(times[0] - per_unit * args.short, 0.0)
         estimate = fixed + per_unit * budget
         total += estimate
-        print(f"| {'/'.join(key)} | {len(cfgs)} | {budget} {unit} | {fixed:.1f} | {per_unit:.3f} | {estimate / 3600:.2f} |")
+        # The longer run must take clearly longer than the shorter one, or the difference is the noise of
+        # the fixed cost (compiling, evaluation, a neighbour's load) and the estimate means nothing.
+        flag = ""
+        if times[1] - times[0] < 0.2 * times[0]:
+            flag = " (unreliable)"
+            unreliable.append("/".join(key))
+        print(f"| {'/'.join(key)} | {len(cfgs)} | {budget} {unit} | {fixed:.1f} | {per_unit:.4f} | "
+              f"{estimate / 3600:.2f}{flag} |")
     print(f"\ntotal: {total / 3600:.2f} CPU-hours for {len(own)} runs in {len(jobs)} jobs of {args.preset}")
+    if unreliable:
+        print(f"unreliable: {', '.join(unreliable)}: the run of {2 * args.short} {unit} took less than 1.2x the run "
+              f"of {args.short}, so the fixed cost (compiling, evaluation) swamps the training; rerun with a larger "
+              "--short (e.g. 3000 steps for a compiled SVI preset)")
 
 
 if __name__ == "__main__":
