@@ -104,8 +104,8 @@ was, so committed results rerun exactly):
     fused update: the same law of the flips, other numbers for the same seed, other rounding
     (tested: moments, and fits that learn alike). A replica in a batch still draws the numbers
     it draws alone (the batch's arithmetic rounds as by default); a checkpoint remembers the
-    setting and refuses the other. Without ``sign_flip`` only
-    the optimizer changes. Predictions draw as by default.
+    setting and refuses the other. Without ``sign_flip`` only the optimizer changes. Predictions
+    draw as by default.
 ``compile=True``
     The objective and its gradient are compiled by ``torch.compile`` (static shapes, a graph per
     mini-batch shape), checked at their first call against an eager run of the same code, with a
@@ -123,7 +123,7 @@ was, so committed results rerun exactly):
     its gradient at exactly 0 is 1/2, and an activation of -inf, a fit that has diverged, gives
     NaN). A checkpoint continues across ``compile`` settings (the numbers move by rounding).
     On the ``nalisnick2019-released`` preset's network, ``fast=True, compile=True`` runs a
-    step in about half the default's time (``benchmarks/replica_throughput.py``, ``released``
+    step in about 0.4 of the default's time (``benchmarks/replica_throughput.py``, ``released``
     rows, the marginal rate of long fits); compiling takes seconds per fit (tracing, and inductor's
     first compilation of a shape, which its cache keeps for later fits), so it pays for long fits.
 
