@@ -40,7 +40,8 @@ the calibration run compiles, the timed fits find the graphs in inductor's cache
 time includes loading them, about 0.2 s per fit), and the last once more with a dropout rate per
 replica (``noise_params``: 0.01, 0.05 and 0.1 for a third of the replicas each, as when the runner
 batches a Gal grid of several rates as one model). Runs on
-the CPU with one torch thread (the training loop's default), with the allocator setting of
+the CPU with one torch thread (the training loop's default; ``--threads 2`` gives every fit,
+floor and matmul two threads, both cores of the project's machine), with the allocator setting of
 the training loop (:func:`inference.training.keep_freed_memory`; ``BNN_PRIORS_KEEP_FREED_MEMORY=0``
 times glibc's defaults, floors included), and again on a GPU when
 ``torch.cuda.is_available()``. Repeats are interleaved (every implementation once per
@@ -49,7 +50,7 @@ round) and the table gives medians: of the time per step of a whole fit of ``ste
 the steps (what a long fit runs at; the replica-steps/s are of this one); the machine is shared, so the figures are noisy
 and only figures of one run compare.
 
-    python benchmarks/replica_throughput.py [--seconds 2] [--repeats 3] [--profile mcd-240]
+    python benchmarks/replica_throughput.py [--seconds 2] [--repeats 3] [--threads 2] [--profile mcd-240]
 
 ``torch.compile`` (measured once while writing this, by hand, not by the script): compiling
 the MC dropout floor's forward and loss with inductor, the masks drawn outside the graph,
@@ -91,6 +92,8 @@ N_TRAIN, D_IN, HIDDEN = 455, 13, 50
 MCD_BATCH, MCD_P, MCD_LR = 128, 0.05, 1e-3
 SVI_BATCH, SVI_PARTICLES, SVI_LR = 32, 10, 0.01
 CONFIGS = ("mcd-20", "mcd-240", "svi-20", "released-20")
+#: torch threads of every timed fit, floor and matmul (``--threads``; the training loop's default is 1)
+THREADS = 1
 #: Dropout rates of the grid row: a third of the replicas each (as a Gal grid batched as one model).
 GRID_P = (0.01, 0.05, 0.1)
 
@@ -120,7 +123,7 @@ def mcd_project(R: int, steps: int, device, **options) -> float:
                              replicas=R)
     epochs = max(1, math.ceil(steps / math.ceil(N_TRAIN / MCD_BATCH)))
     post = inference.MCDropout(epochs=epochs, batch_size=MCD_BATCH, lr=MCD_LR, seed=list(range(R)), device=device,
-                               progress=False, **options).fit(net, X, y)
+                               progress=False, threads=THREADS, **options).fit(net, X, y)
     return post.info["seconds"] / post.info["steps"]
 
 
@@ -132,7 +135,8 @@ def svi_project(R: int, steps: int, device, **options) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = inference.SVI(steps=steps, batch_size=SVI_BATCH, num_particles=SVI_PARTICLES, lr=SVI_LR,
-                             seed=list(range(R)), device=device, progress=False, **options).fit(net, X, y)
+                             seed=list(range(R)), device=device, progress=False, threads=THREADS,
+                             **options).fit(net, X, y)
     return post.info["seconds"] / post.info["steps"]
 
 
@@ -150,7 +154,7 @@ def released_project(R: int, steps: int, device, **options) -> float:
     svi_options = {k: v for k, v in NALISNICK_RELEASED_OPTIONS.items() if k not in ("outer_structure", "likelihood_precision")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        post = inference.SVI(steps=steps, seed=list(range(R)), device=device, progress=False,
+        post = inference.SVI(steps=steps, seed=list(range(R)), device=device, progress=False, threads=THREADS,
                              **{**svi_options, **options}).fit(net, X, y)
     return post.info["seconds"] / post.info["steps"]
 
@@ -376,14 +380,21 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated configurations to time (mcd-20, mcd-240, svi-20, released-20; default all)")
     parser.add_argument("--profile", choices=CONFIGS, help="cProfile one project run instead")
     parser.add_argument("--profile-steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of every fit (the backends' threads=), floor and matmul (default 1, the "
+                             "training loop's default; 2 uses both cores of the project's machine)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.threads < 1:
+        parser.error("--threads takes a positive integer")
+    global THREADS
+    THREADS = args.threads
+    torch.set_num_threads(THREADS)
     if args.profile:
         profile(args.profile, args.profile_steps)
         return 0
     kept = keep_freed_memory()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"1 torch thread; allocator keeps freed memory (inference.training.keep_freed_memory): {kept}")
+          f"{THREADS} torch thread{'s' if THREADS > 1 else ''}; allocator keeps freed memory (inference.training.keep_freed_memory): {kept}")
     print("The machine may be shared: figures are noisy; compare only figures of one run.")
     only = None if args.only is None else [c.strip() for c in args.only.split(",")]
     if only is not None and not set(only) <= set(CONFIGS):
