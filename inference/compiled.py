@@ -12,6 +12,9 @@ an option that makes a fit faster never makes it fail or silently wrong.
 * :func:`own_code`: a function with a code object of its own (torch keeps at most
   ``recompile_limit`` graphs per code object, then runs eager code);
 * :func:`agree`: whether two outputs agree to float rounding;
+* :func:`compile_static`: a function of tensors compiled by inductor for one set of input
+  shapes without ``torch.compile``'s front end (no guards to evaluate per call: a kernel
+  called thousands of times per second, as NUTS's per-leaf kernels are, saves that cost);
 * :class:`CheckedCompile`: a compiled objective of parameters, checked at the first call of
   each graph (values and gradients) against the eager objective (MC dropout's ``compile=True``).
   :mod:`inference.hmc_kernels` checks its NUTS kernels with :func:`agree` likewise.
@@ -44,6 +47,50 @@ def own_code(fn: Callable) -> Callable:
     eager code past that: the kernels of successive fits in one process (the benchmark runner's
     jobs) would share, and after a few fits exhaust, one cache."""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+class StaticKernel:
+    """A function of tensors compiled for the shapes and strides of one set of example inputs
+    (:func:`compile_static`). A call whose inputs have those shapes but other strides (a
+    non-contiguous view) runs on contiguous copies of them: the same numbers, a copy's cost;
+    :attr:`restrided` counts such calls over all kernels (a sampler that meets it on a hot path
+    should pass contiguous tensors)."""
+
+    restrided = 0
+
+    def __init__(self, compiled: Callable, returns_tensor: bool):
+        self._compiled = compiled
+        self._returns_tensor = returns_tensor
+
+    def __call__(self, *args):
+        try:
+            out = self._compiled(*args)
+        except AssertionError:  # inductor checks every input's size and stride before it computes
+            StaticKernel.restrided += 1
+            out = self._compiled(*(a.contiguous() if torch.is_tensor(a) else a for a in args))
+        return out if self._returns_tensor else tuple(out)
+
+
+def compile_static(fn: Callable, example: Sequence[torch.Tensor]) -> StaticKernel:
+    """``fn`` (tensors in; a tensor or a tuple of tensors out, no side effects) compiled by inductor
+    for inputs of ``example``'s shapes, dtypes and strides.
+
+    The function is traced once by ``make_fx`` on fake tensors (so Python control flow that
+    reads a tensor's values raises instead of being frozen at the example's values; tensors it
+    closes over, such as the data, become constants of the graph), and the graph is compiled
+    by ``torch._inductor.standalone_compile``. Unlike ``torch.compile``, no guards are checked
+    at each call: on NUTS's per-leaf kernels (one chain, boston's 13-50-1 network) that was
+    about 0.23 against 0.33 ms per leaf (``benchmarks/nuts_leaf_cost.py``). Raises when tracing
+    or compiling fails (the caller falls back). Inductor caches the compiled code on disk, so a
+    second fit with the same graph loads it.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    example = list(example)
+    returns_tensor = torch.is_tensor(fn(*example))
+    graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
+    return StaticKernel(torch._inductor.standalone_compile(graph, example, dynamic_shapes="from_example_inputs"),
+                        returns_tensor)
 
 
 def agree(fast, slow) -> bool:

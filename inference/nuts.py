@@ -396,10 +396,11 @@ class NUTS(InferenceBackend):
     ``compile`` (``torch.compile`` the log density with its gradient (``torch.func.grad``,
     one graph), the leapfrog step and the tree's per-leaf bookkeeping with inductor, see
     :mod:`inference.hmc_kernels`: on the CPU the potential and gradient of one chain of
-    boston 13-50-1 take 0.16-0.18 ms against 1.19 ms eager, after 10-60 s of compilation
-    (less from inductor's on-disk cache), so it pays for runs of thousands of leapfrog
-    steps; the same random stream, float rounding of the fused kernels; falls back to
-    eager with a warning if compilation fails or disagrees with eager).
+    boston 13-50-1 take 0.16-0.18 ms against 1.19 ms eager, and a whole leaf of a tree about
+    0.22 ms against 1.7 ms, after 10-60 s of compilation (less from inductor's on-disk
+    cache), so it pays for runs of thousands of leapfrog steps; the same random stream,
+    float rounding of the fused kernels; falls back to eager with a warning if compilation
+    fails or disagrees with eager).
     Pyro's engine only: ``jit_compile`` (trace the potential with the PyTorch JIT; if
     that fails for a model, sampling falls back to no JIT with a warning); it starts
     from Pyro's default (``init_to_uniform``: uniform in (-2, 2), unconstrained).
@@ -589,6 +590,8 @@ class NUTS(InferenceBackend):
         rng = ChainRandom(chain_seeds(seeds, K), model.device)
         start = time.perf_counter()
         at_rows = lambda q, rows: density.potential(q, rows // K)  # noqa: E731  (chain rows to replicas)
+        if K * R == 1:  # one chain is never a subset of the batch: nothing to compile the row potential for
+            at_rows = None
         if self.compile:  # checked at prior draws from a copy of the chains' streams, which stay untouched
             q_check = density.prior_draw(ChainRandom(chain_seeds(seeds, K), model.device), bound=_INIT_BOUND)
             kernels = Kernels.compiled_at(q_check, density.potential, at_rows)

@@ -108,3 +108,54 @@ def test_each_new_shape_is_checked_and_a_failure_there_falls_back():
     with pytest.warns(RuntimeWarning, match=r"compiling failed \(AssertionError: \)"):
         out = run(small)
     assert not run.compiled and torch.equal(out[0], ((small @ w) ** 2).sum().reshape(1))
+
+
+def _inductor_or_skip(fn, example):
+    from inference.compiled import compile_static
+
+    try:
+        return compile_static(fn, example)
+    except Exception as err:  # noqa: BLE001 - no C++ compiler on this machine
+        pytest.skip(f"inductor cannot compile here: {type(err).__name__}: {str(err)[:100]}")
+
+
+def test_a_static_kernel_computes_what_the_function_does_for_any_values():
+    """Compiled once at example inputs, it reads the values of later calls (a tensor the function
+    closes over, like the data, is a constant), returns a tuple where the function returns one and
+    a tensor where it returns a tensor, and a call with other strides runs on contiguous copies."""
+    from inference.compiled import StaticKernel
+
+    data = torch.linspace(-1.0, 1.0, 7)
+
+    def pair(a, b):
+        return (a * data).sum(-1) + b, torch.where(a > 0, a, b[:, None])
+
+    def single(a, b):
+        return (a * a).sum(-1) * b
+
+    g = torch.Generator().manual_seed(0)
+    example = [torch.randn(3, 7, generator=g), torch.randn(3, generator=g)]
+    k_pair, k_single = _inductor_or_skip(pair, example), _inductor_or_skip(single, example)
+    for _ in range(3):
+        a, b = torch.randn(3, 7, generator=g), torch.randn(3, generator=g)
+        out = k_pair(a, b)
+        assert isinstance(out, tuple) and len(out) == 2
+        assert agree(out, pair(a, b))
+        assert torch.is_tensor(k_single(a, b)) and agree(k_single(a, b), single(a, b))
+    before = StaticKernel.restrided
+    wide = torch.randn(3, 14, generator=g)
+    view = wide[:, ::2]  # the example's shape, other strides
+    assert agree(k_pair(view, b), pair(view, b))
+    assert StaticKernel.restrided == before + 1
+
+
+def test_a_static_kernel_refuses_control_flow_on_values():
+    """Tracing reads fake tensors, so a branch on a tensor's value raises at compile time (the
+    caller then uses torch.compile) instead of freezing the branch the example took."""
+    from inference.compiled import compile_static
+
+    def branchy(a):
+        return a * 2 if bool((a > 0).all()) else a - 1
+
+    with pytest.raises(RuntimeError, match="(?i)data.dependent"):
+        compile_static(branchy, [torch.ones(4)])

@@ -369,6 +369,7 @@ def test_compiled_kernels_fall_back_when_any_one_disagrees(monkeypatch, target):
     density = NetworkDensity(model, X[None], y[None, :, None], {"layer0", "layer1"})
     q = density.prior_draw(ChainRandom(chain_seeds([0], 3), torch.device("cpu")), bound=2.0)
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr("inference.hmc_kernels.compile_static", lambda fn, example: fake_compile(fn))
     name = {"row_vg": "row_value_and_grad", "leaf": "leaf", "block_turn": "block_turn"}[target]
     with pytest.warns(RuntimeWarning, match=f"compiled {name} disagrees"):
         kernels = Kernels.compiled_at(q, density.potential, lambda x, rows: density.potential(x, 0 * rows))
@@ -376,24 +377,29 @@ def test_compiled_kernels_fall_back_when_any_one_disagrees(monkeypatch, target):
 
 
 def test_compiled_nuts_compiles_each_kernel_once_per_fit():
-    """No recompilation per tree depth (a strided view of the leaves' draws, or two inputs that
-    are one tensor, would trigger one per depth), and each fit in a process compiles graphs of its
-    own: torch.compile keeps at most ``recompile_limit`` (8) graphs per function and runs eager
-    code past that, which kernels shared by the fits of a long benchmark job could reach."""
+    """The full batch's kernels are compiled once for the shapes and strides the sampler passes
+    (a strided view of the leaves' draws would make every such call copy its inputs), the row
+    potential through torch.compile without recompilation per tree depth, and each fit in a process
+    compiles graphs of its own: torch.compile keeps at most ``recompile_limit`` (8) graphs per
+    function and runs eager code past that, which kernels shared by the fits of a long benchmark
+    job could reach."""
     from torch._dynamo.utils import counters
+
+    from inference.compiled import StaticKernel
 
     model, X, y = _compile_problem()
     kw = dict(compile=True, num_samples=15, warmup=25, num_chains=3, max_tree_depth=6, init_steps=10, progress=False)
     graphs = []
+    restrided = StaticKernel.restrided
     for seed in (1, 2):
         counters.clear()
         post = NUTS(seed=seed, **kw).fit(model, X, y)
         assert post.info["compile"] is True
         assert max(post.info["tree_depth"][0]) >= 3  # subtrees of depths 0, 1, 2, ... were built
         graphs.append(counters["stats"]["unique_graphs"])
-    # value_and_grad, leapfrog, leaf, leaf with leapfrog: one each; the U-turn check: two (a block of
-    # two leaves passes tensors twice); the subsets of rows: two (a single row is specialised)
-    assert graphs == [8, 8], graphs
+    assert StaticKernel.restrided == restrided  # every call of a static kernel had the example's strides
+    # through torch.compile: the subsets of rows, two graphs (a single row is specialised)
+    assert graphs == [2, 2], graphs
 
 
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
@@ -405,6 +411,7 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch._inductor, "standalone_compile", broken)
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eager"):
         fallback = NUTS(compile=True, **kw).fit(model, X, y)
     assert fallback.info["compile"] is False and eager.info["compile"] is False  # what ran
