@@ -97,6 +97,12 @@ INITS = ("map", "prior")
 _DIAGNOSTIC_POINTS = 50  # training inputs at which f(x) is diagnosed when no test inputs are given
 _INIT_LR, _INIT_JITTER = 0.02, 0.1  # Adam's step size of the initial MAP fit; the jitter after it
 _INIT_BOUND = 2.0  # the initial MAP fit starts with unconstrained scales and log precision in [-2, 2]
+#: An adapted step size below this is a chain that does not move: in the mass matrix's units a
+#: posterior needs steps near 1, and the stiffest models here adapt to 1e-4..1e-3 (yacht); a chain
+#: started far out (yacht with ``init="prior"``, potential about 2e7) ended at 1.5e-9, its draws
+#: all but equal, its acceptance statistic 0.8 only because float rounding of the potential hid
+#: every change.
+STUCK_STEP_SIZE = 1e-6
 _DRAW_CHUNK = 256  # draws per vectorized replay when recomputing non-centered weights
 
 
@@ -417,7 +423,9 @@ class NUTS(InferenceBackend):
     R-hat, the median and smallest bulk ESS and the smallest tail ESS of ``f(x)`` at
     the diagnostic inputs, and that median bulk ESS per second); the batched engine
     adds ``tree_depth`` and ``n_steps`` (means per replica and chain),
-    ``warmup_divergences``, ``init`` and ``engine``.
+    ``warmup_divergences``, ``init``, ``engine`` and ``stuck_chains`` (``[replica, chain]``
+    pairs whose adapted step size fell below :data:`STUCK_STEP_SIZE`: such a chain barely
+    moves, and the fit warns naming it).
 
     Supports every prior with continuous scales (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise, and the normal prior) on every model.
@@ -619,6 +627,7 @@ class NUTS(InferenceBackend):
         divergences = [[by_chain["diverging"][r, k].nonzero().flatten().tolist() for k in range(K)] for r in range(R)]
         stats = {k: v[:, :, :: self.thin].movedim(0, 2).contiguous() for k, v in by_chain.items()}  # (K, S, R)
         info = self._batched_info(model, chains, by_chain, out, forms, elapsed, seeds)
+        info["stuck_chains"] = [list(rk) for rk in _warn_stuck_chains(out.step_size.reshape(R, K), self.warmup)]
         info["compile"] = kernels.compiled  # False after a fallback to eager
         info["resumed_from_iteration"] = out.resumed_from  # where a checkpoint continued, or None
         if out.resumed_from is not None:
@@ -852,6 +861,22 @@ def _reparametrized(model: BayesianNetwork, noncentered: set[str]):
 def _site_order(model: BayesianNetwork, run: _ReplicaRun) -> list[str]:
     """The sites of a Pyro run in the model's declaration order."""
     return [n for n in _site_names(model) if n in run.chains]
+
+
+def _warn_stuck_chains(step_size: torch.Tensor, warmup: int, stacklevel: int = 4) -> list[tuple[int, int]]:
+    """Warn about the chains whose adapted step size ``(R, K)`` is below :data:`STUCK_STEP_SIZE`
+    (their draws are not posterior samples) and return them as ``(replica, chain)`` pairs."""
+    stuck = [(r, k) for r, k in (step_size < STUCK_STEP_SIZE).nonzero().tolist()]
+    if stuck and warmup:
+        named = ", ".join(f"replica {r} chain {k} ({float(step_size[r, k]):.2g})" for r, k in stuck)
+        warnings.warn(
+            f"NUTS: {len(stuck)} chain(s) ended warm-up with a step size below {STUCK_STEP_SIZE:g}: {named}. "
+            "Such a chain barely moves, so its draws are not posterior samples and its diagnostics mislead; "
+            "it usually started far from the posterior (init='prior', or too few init_steps): use init='map' "
+            "with more init_steps, or drop the chain",
+            RuntimeWarning, stacklevel=stacklevel,
+        )
+    return stuck
 
 
 def _check_finite(run: _ReplicaRun, replica: int, thin: int = 1) -> None:

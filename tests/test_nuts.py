@@ -289,3 +289,33 @@ def test_nan_samples_raise_fit_diverged():
     assert "step 2" in str(err.value) and "replica 0" in str(err.value)
     with pytest.raises(FitDivergedError, match="step 6"):
         _check_finite(run, 0, thin=3)
+
+
+def test_a_chain_whose_step_size_collapsed_is_named_in_a_warning(monkeypatch):
+    """A chain that ends warm-up with a step size below STUCK_STEP_SIZE barely moves (seen on yacht
+    with init="prior": 1.5e-9): the fit warns naming its replica and chain and lists it in info;
+    healthy fits list none."""
+    from inference import hmc
+    from inference.nuts import STUCK_STEP_SIZE
+
+    X, y = _data(n=20)
+    X2, y2 = torch.stack([X, X + 0.1]), torch.stack([y, y * 0.5])
+    kw = dict(num_samples=5, warmup=25, num_chains=2, max_tree_depth=3, init_steps=10, progress=False, seed=[3, 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        healthy = NUTS(**kw).fit(_mlp(replicas=2), X2, y2)
+    assert healthy.info["stuck_chains"] == []
+    assert min(min(s) for s in healthy.info["step_size"]) > STUCK_STEP_SIZE
+
+    final = hmc.DualAveraging.final
+
+    def collapsed(self):  # chain 3 of the four (replica 1, chain 1) ends with a collapsed step size
+        eps = final(self).clone()
+        eps[3] = 1.5e-9
+        return eps
+
+    monkeypatch.setattr(hmc.DualAveraging, "final", collapsed)
+    with pytest.warns(RuntimeWarning, match=r"1 chain\(s\) ended warm-up with a step size below 1e-06: "
+                                            r"replica 1 chain 1 \(1\.5e-09\)"):
+        stuck = NUTS(**kw).fit(_mlp(replicas=2), X2, y2)
+    assert stuck.info["stuck_chains"] == [[1, 1]]
