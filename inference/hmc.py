@@ -496,6 +496,7 @@ class BatchedNUTS:
                 filled = math.ceil(max(0, it + 1 - warmup) / thin)
                 checkpoint.save({
                     "sampler": "BatchedNUTS", "identity": identity, "iteration": it + 1,
+                    "total_iterations": warmup + num_samples,
                     "seconds": seconds_before + time.perf_counter() - started,
                     "q": q, "U": U, "g": g, "inv_mass": inv_mass, "eps": eps,
                     "averaging": dict(vars(averaging)), "welford": None if welford is None else dict(vars(welford)),

@@ -171,12 +171,15 @@ class Checkpoint:
 
     ``key`` names what is being fitted (the runner uses the job's run hashes): a file
     with another key is refused, never silently continued. ``every`` is the least
-    number of seconds between two saves (0: at every round boundary).
+    number of seconds between two saves (0: at every round boundary). ``label``, saved
+    with the state, says in words what is being fitted (the runner's job description;
+    ``bnn-priors jobs`` shows it).
     """
 
     path: str | Path
     key: str
     every: float = 300.0
+    label: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, (int, float)) or isinstance(self.every, bool) or not self.every >= 0:
@@ -205,7 +208,7 @@ class Checkpoint:
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"version": CHECKPOINT_VERSION, "key": self.key, **state}, tmp)
+        torch.save({"version": CHECKPOINT_VERSION, "key": self.key, "label": self.label, **state}, tmp)
         os.replace(tmp, path)
 
     def remove(self) -> None:
@@ -415,7 +418,7 @@ def train(
                 due = checkpoint is not None and time.monotonic() - last_save >= checkpoint.every
                 if due and where.step < steps:
                     _save(checkpoint, where, params, optimizer, gens, state,
-                          where.seconds_before + time.perf_counter() - start)
+                          where.seconds_before + time.perf_counter() - start, steps)
                     last_save = time.monotonic()
     finally:
         bar.close()
@@ -423,10 +426,13 @@ def train(
     return TrainingResult(where.step, where.round, seconds, where.resumed_from, where.seconds_before)
 
 
-def _save(checkpoint: Checkpoint, where: Progress, params, optimizer, generators, state, seconds: float) -> None:
-    """Write the fit's state at a round boundary (see :func:`_restore`), with the training seconds so far."""
+def _save(checkpoint: Checkpoint, where: Progress, params, optimizer, generators, state, seconds: float,
+          steps: int) -> None:
+    """Write the fit's state at a round boundary (see :func:`_restore`), with the training seconds so far
+    and the fit's number of steps (for a reader of its progress)."""
     checkpoint.save({
         "step": where.step,
+        "total_steps": steps,
         "round": where.round,
         "seconds": seconds,
         "params": [p.detach().cpu().clone() for p in params],

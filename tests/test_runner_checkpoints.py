@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bnn_priors.suite import expand_grid, read_results, run_suite
-from bnn_priors.suite.runner import BLOWUP_TRAIN_RMSE, _verdict, checkpoint_dir
+from bnn_priors.suite.runner import BLOWUP_TRAIN_RMSE, _verdict, checkpoint_dir, job_progress
 
 #: A job of two replicas long enough to be killed after its first checkpoint (diabetes, 353 training
 #: points: 3 steps an epoch).
@@ -55,6 +55,14 @@ def test_a_killed_bench_continues_from_its_checkpoint_and_gets_the_uninterrupted
     saved = list(folder.glob("*.pt"))
     assert len(saved) == 1
     assert read_results(killed, status=None).empty  # nothing finished: the job's work is only in its checkpoint
+    # `bnn-priors jobs` reads how far the job got from its checkpoint
+    (progress,) = job_progress(killed)
+    assert progress.label.startswith("diabetes splits 0-1 | ") and progress.path == saved[0]
+    steps = json.loads(read_results(whole)["backend_info"].iloc[0])["steps"]  # of the uninterrupted fit
+    assert progress.unit == "steps" and progress.total == steps and 0 < progress.done < progress.total
+    assert progress.seconds > 0 and progress.seconds_left == progress.seconds * (progress.total / progress.done - 1)
+    shown = subprocess.run([*cli, "jobs", "--results", str(killed)], capture_output=True, text=True, check=True).stdout
+    assert progress.label in shown and f"step {progress.done:,} of {progress.total:,} (" in shown
 
     report = run_suite(configs, killed, progress=False, checkpoint_every=0.0)
     assert report.ok == 2
@@ -137,6 +145,9 @@ def test_a_killed_nuts_job_continues_from_its_checkpoint_and_gets_the_uninterrup
         pass
     monkeypatch.setattr(Checkpoint, "save", save)
     assert read_results(killed, status=None).empty and len(list(checkpoint_dir(killed).glob("*.pt"))) == 1
+    (progress,) = job_progress(killed)
+    assert progress.unit == "iterations" and (progress.done, progress.total) == (12, 30)  # 15 warm-up + 15 draws
+    assert progress.label.startswith("diabetes splits 0-1 | ")
 
     report = run_suite(configs, killed, progress=False, checkpoint_every=0.0)
     assert report.ok == 2

@@ -48,7 +48,7 @@ from bnn_priors.suite.presets import GAL_EVAL_SAMPLES, PRESETS, get_preset, pres
 from bnn_priors.suite.protocols import PROTOCOLS, check_protocol, protocol_table
 from bnn_priors.suite.references import REFERENCES
 from bnn_priors.suite.render import FORMATS
-from bnn_priors.suite.runner import run_suite
+from bnn_priors.suite.runner import job_progress, run_suite
 from bnn_priors.suite.tables import METRICS, SPLITS, check_split, results_table
 
 PROG = "bnn-priors"
@@ -211,6 +211,33 @@ def cmd_table(args) -> int:
     return 0
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m = divmod(seconds // 60, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {seconds % 60:02d} s" if m else f"{seconds} s"
+
+
+def cmd_jobs(args) -> int:
+    """The unfinished jobs of a results file, from their checkpoints: how far each got and, at its pace
+    so far, how much training is left (the pace of a job sharing the machine with others changes)."""
+    import time
+
+    jobs = job_progress(args.results)
+    if not jobs:
+        print(f"no unfinished jobs: {args.results} has no checkpoints (a job's file goes once its runs are stored)")
+        return 0
+    now = time.time()
+    for job in jobs:
+        label = job.label or f"job {job.path.stem} (saved before checkpoints named their job)"
+        if job.total is None:
+            where = f"{job.unit[:-1]} {job.done:,} (its total is not recorded); trained {_duration(job.seconds)}"
+        else:
+            where = (f"{job.unit[:-1]} {job.done:,} of {job.total:,} ({100 * job.done / job.total:.1f}%); trained "
+                     f"{_duration(job.seconds)}, about {_duration(job.seconds_left)} left at that pace")
+        print(f"{label}\n  {where}; saved {_duration(max(0.0, now - job.saved))} ago ({job.path})")
+    return 0
+
+
 def cmd_plot(args) -> int:
     """Each figure asked for, its path checked before any is drawn; prints the files written."""
     if not (args.out or args.heatmaps or args.calibration):
@@ -316,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--decimals", type=int, help="decimals of every number (default: 3 significant digits)")
     table.add_argument("--out", help="write the table to this file instead of printing it")
     table.set_defaults(func=cmd_table)
+
+    jobs = sub.add_parser("jobs", help="the unfinished jobs of a results file: how far each got, from its checkpoint")
+    jobs.add_argument("--results", default="results.sqlite", help="results database (default: %(default)s)")
+    jobs.set_defaults(func=cmd_jobs)
 
     plot = sub.add_parser("plot", help="plot a results file: metric per data set, calibration, weight heat maps")
     plot.add_argument("--results", default="results.sqlite", help="results database (default: %(default)s)")

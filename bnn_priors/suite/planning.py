@@ -98,7 +98,7 @@ class Job:
         if self.checkpoint_dir is None:
             return None
         key = hashlib.sha256(",".join(c.hash for c in self.configs).encode("ascii")).hexdigest()
-        return Checkpoint(Path(self.checkpoint_dir) / f"{key[:24]}.pt", key, self.checkpoint_every)
+        return Checkpoint(Path(self.checkpoint_dir) / f"{key[:24]}.pt", key, self.checkpoint_every, self.describe())
 
     def describe(self) -> str:
         c = self.configs[0]

@@ -231,6 +231,52 @@ def checkpoint_dir(results: str | Path) -> Path:
     return results.with_name(results.name + ".checkpoints")
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """How far an unfinished job got, from its checkpoint file (:func:`job_progress`)."""
+
+    path: Path
+    #: the job's description (:meth:`Job.describe`); empty for a file saved before labels were
+    label: str
+    #: steps (gradient backends) or iterations (NUTS) done and in all (``None``: not recorded)
+    done: int
+    total: int | None
+    unit: str
+    #: training seconds of the job so far, over all the processes that worked on it
+    seconds: float
+    #: when the file was written (seconds since the epoch)
+    saved: float
+
+    @property
+    def seconds_left(self) -> float | None:
+        """The rest at the job's average pace so far (``None`` without a total or progress)."""
+        if self.total is None or self.done <= 0:
+            return None
+        return self.seconds * (self.total - self.done) / self.done
+
+
+def job_progress(results: str | Path) -> list[JobProgress]:
+    """The unfinished jobs of a results file: one :class:`JobProgress` per checkpoint in
+    ``<results>.checkpoints/`` (a job removes its file once its runs are stored), oldest first.
+    A file that cannot be read is an error naming it."""
+    import torch  # only here: reading a checkpoint
+
+    folder = checkpoint_dir(results)
+    out = []
+    for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            nuts = "iteration" in state
+            done = int(state["iteration"] if nuts else state["step"])
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+            raise InvalidParameterError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+        total = state.get("total_iterations" if nuts else "total_steps")
+        out.append(JobProgress(path, str(state.get("label", "")), done, None if total is None else int(total),
+                               "iterations" if nuts else "steps", float(state.get("seconds", 0.0)),
+                               path.stat().st_mtime))
+    return sorted(out, key=lambda p: p.saved)
+
+
 # ---------------------------------------------------------------------- driver
 @dataclass
 class SuiteReport:
