@@ -30,7 +30,7 @@ nothing unless ``--out FILE.json`` is given (the figures, and R-hat and ESS per 
 
     python benchmarks/nuts_convergence.py [--dataset yacht] [--split 0] [--samples 200] [--warmup 200]
                                           [--chains 4] [--target-accept 0.8] [--max-tree-depth 10]
-                                          [--init map] [--init-steps 200] [--parametrization auto]
+                                          [--init map] [--init-steps 200] [--init-jitter 0.1] [--parametrization auto]
                                           [--seed 0] [--prefixes 100,200,500,1000,2000,5000]
                                           [--data-dir DIR] [--out FILE.json]
 """
@@ -66,7 +66,7 @@ RHAT_BAR = 1.05
 #: command-line option -> NUTS option, each left to the runner's default unless given
 SAMPLER_OPTIONS = {
     "warmup": "warmup", "chains": "num_chains", "target_accept": "target_accept", "max_tree_depth": "max_tree_depth",
-    "init": "init", "init_steps": "init_steps", "parametrization": "parametrization",
+    "init": "init", "init_steps": "init_steps", "init_jitter": "init_jitter", "parametrization": "parametrization",
 }
 
 
@@ -184,6 +184,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-tree-depth", type=int, help=f"default {defaults['max_tree_depth']}")
     parser.add_argument("--init", help=f"map or prior (default {defaults['init']})")
     parser.add_argument("--init-steps", type=int, help=f"Adam steps of init='map' (default {defaults['init_steps']})")
+    parser.add_argument("--init-jitter", type=float,
+                        help=f"sd of the jitter after the MAP start (default {defaults['init_jitter']})")
     parser.add_argument("--parametrization", help=f"auto, centered or non-centered (default {defaults['parametrization']})")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (default 0, the runner's)")
     parser.add_argument("--prefixes", type=lambda s: [int(n) for n in s.split(",")],

@@ -95,7 +95,7 @@ PARAMETRIZATIONS = ("auto", "centered", "non-centered")
 ENGINES = ("batched", "pyro")
 INITS = ("map", "prior")
 _DIAGNOSTIC_POINTS = 50  # training inputs at which f(x) is diagnosed when no test inputs are given
-_INIT_LR, _INIT_JITTER = 0.02, 0.1  # Adam's step size of the initial MAP fit; the jitter after it
+_INIT_LR = 0.02  # Adam's step size of the initial MAP fit
 _INIT_BOUND = 2.0  # the initial MAP fit starts with unconstrained scales and log precision in [-2, 2]
 #: An adapted step size below this is a chain that does not move: in the mass matrix's units a
 #: posterior needs steps near 1, and the stiffest models here adapt to 1e-4..1e-3 (yacht); a chain
@@ -398,7 +398,9 @@ class NUTS(InferenceBackend):
     Batched engine only: ``init`` (``"map"``: each chain starts from ``init_steps``
     Adam steps on its log density from its own prior draw, its unconstrained scales
     and log precision clipped to [-2, 2], plus a jitter of
-    N(0, 0.1^2) in the unconstrained coordinates; ``"prior"``: from the prior draw).
+    N(0, ``init_jitter``^2), 0.1 by default, in the unconstrained coordinates (the chains
+    already start from prior draws of their own; on yacht, 0 instead of 0.1 gave no better
+    R-hat, ``benchmarks/nuts_convergence.py``); ``"prior"``: from the prior draw).
     ``compile`` (``torch.compile`` the log density with its gradient (``torch.func.grad``,
     one graph), the leapfrog step and the tree's per-leaf bookkeeping with inductor, see
     :mod:`inference.hmc_kernels`: on the CPU the potential and gradient of one chain of
@@ -444,7 +446,7 @@ class NUTS(InferenceBackend):
     options = {
         "num_samples": 200, "warmup": 200, "num_chains": 4, "thin": 1, "target_accept": 0.8,
         "max_tree_depth": 10, "jit_compile": True, "parametrization": "auto", "engine": "batched",
-        "init": "map", "init_steps": 200, "compile": False,
+        "init": "map", "init_steps": 200, "init_jitter": 0.1, "compile": False,
     }
     #: The option that counts the training budget, and its unit.
     budget_option, budget_unit = "num_samples", "samples"
@@ -464,6 +466,7 @@ class NUTS(InferenceBackend):
         engine: str = "batched",
         init: str = "map",
         init_steps: int = 200,
+        init_jitter: float = 0.1,
         compile: bool = False,
         device="cpu",
         seed: int | Sequence[int] = 0,
@@ -491,6 +494,10 @@ class NUTS(InferenceBackend):
         self.engine = _check_choice("engine", engine, ENGINES)
         self.init = _check_choice("init", init, INITS)
         self.init_steps = check_nonnegative_int("init_steps", init_steps)
+        if (isinstance(init_jitter, bool) or not isinstance(init_jitter, (int, float, np.floating))
+                or not 0.0 <= init_jitter < math.inf):
+            raise InvalidParameterError(f"init_jitter must be a non-negative number, got {init_jitter!r}")
+        self.init_jitter = float(init_jitter)
         self.compile = check_bool("compile", compile)
         self.progress = check_bool("progress", progress)
 
@@ -499,7 +506,8 @@ class NUTS(InferenceBackend):
             f"NUTS(num_samples={self.num_samples}, warmup={self.warmup}, num_chains={self.num_chains}, "
             f"thin={self.thin}, target_accept={self.target_accept:g}, max_tree_depth={self.max_tree_depth}, "
             f"jit_compile={self.jit_compile}, parametrization={self.parametrization!r}, engine={self.engine!r}, "
-            f"init={self.init!r}, init_steps={self.init_steps}, compile={self.compile})"
+            f"init={self.init!r}, init_steps={self.init_steps}, init_jitter={self.init_jitter:g}, "
+            f"compile={self.compile})"
         )
 
     # ------------------------------------------------------------------ checks
@@ -655,7 +663,7 @@ class NUTS(InferenceBackend):
             q.grad = torch.where(ok, grad, torch.zeros_like(grad))
             opt.step()
         q = q.detach()
-        return q + _INIT_JITTER * rng.randn(q.shape[1:], q.dtype)
+        return q + self.init_jitter * rng.randn(q.shape[1:], q.dtype)
 
     def _batched_info(self, model, chains, by_chain, out, forms, elapsed, seeds) -> dict:
         R, K = model.replicas, self.num_chains
@@ -788,7 +796,7 @@ def _fit_fingerprint(model: BayesianNetwork, X, y, forms, density: NetworkDensit
     for t in (X, y):
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     return {"data": digest.hexdigest(), "dimension": density.dim, "dtype": str(model.dtype),
-            "parametrization": dict(forms), "init": (backend.init, backend.init_steps), "model": repr(model)}
+            "parametrization": dict(forms), "init": (backend.init, backend.init_steps, backend.init_jitter), "model": repr(model)}
 
 
 def _first_layer_ess(model: BayesianNetwork, chains: dict, r: int) -> float:

@@ -172,7 +172,7 @@ def test_refuses_log_uniform_before_sampling():
         dict(thin=0), dict(target_accept=1.0), dict(target_accept=0), dict(target_accept="high"),
         dict(max_tree_depth=0), dict(max_tree_depth=25), dict(jit_compile="yes"), dict(parametrization="funnel"),
         dict(progress=None), dict(seed=-1), dict(device="tpu"), dict(engine="stan"), dict(init="uniform"),
-        dict(init_steps=-1), dict(compile="yes"),
+        dict(init_steps=-1), dict(init_jitter=-0.1), dict(init_jitter=math.nan), dict(init_jitter=True), dict(compile="yes"),
     ],
 )
 def test_invalid_arguments(kwargs):
@@ -319,3 +319,27 @@ def test_a_chain_whose_step_size_collapsed_is_named_in_a_warning(monkeypatch):
                                             r"replica 1 chain 1 \(1\.5e-09\)"):
         stuck = NUTS(**kw).fit(_mlp(replicas=2), X2, y2)
     assert stuck.info["stuck_chains"] == [[1, 1]]
+
+
+def test_init_jitter_sets_the_spread_added_to_each_map_start():
+    """The start is the MAP fit plus N(0, init_jitter^2) in every unconstrained coordinate, from the
+    chains' own streams: the same MAP fit for every jitter, offsets proportional to the jitter."""
+    from inference.hmc import ChainRandom, chain_seeds
+    from inference.hmc_kernels import Kernels
+    from inference.network_density import NetworkDensity
+
+    X, y = _data(n=20)
+    model = _mlp()
+    density = NetworkDensity(model, X[None], y[None, :, None], {"layer0", "layer1"})
+    value_and_grad = Kernels(density.potential).value_and_grad
+
+    def start(jitter):
+        backend = NUTS(init_steps=30, init_jitter=jitter, num_chains=4)
+        return backend._initial_positions(density, value_and_grad, ChainRandom(chain_seeds([5], 4), torch.device("cpu")))
+
+    at_map, small, large = start(0.0), start(0.1), start(0.5)
+    offsets = (small - at_map) / 0.1
+    torch.testing.assert_close((large - at_map) / 0.5, offsets, rtol=1e-4, atol=1e-4)
+    n = offsets.numel()  # N(0, 1) draws: mean and sd within 4 standard errors
+    assert abs(float(offsets.mean())) < 4 / math.sqrt(n) and abs(float(offsets.std()) - 1.0) < 4 / math.sqrt(2 * n)
+    assert NUTS().init_jitter == 0.1 and "init_jitter=0.1" in repr(NUTS())
