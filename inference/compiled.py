@@ -58,11 +58,17 @@ class StaticKernel:
 
     restrided = 0
 
-    def __init__(self, compiled: Callable, returns_tensor: bool):
+    def __init__(self, compiled: Callable, returns_tensor: bool, example: Sequence[torch.Tensor]):
         self._compiled = compiled
         self._returns_tensor = returns_tensor
+        # inductor checks sizes and strides but not dtypes or devices: another dtype would be read as
+        # the example's bytes
+        self._kinds = [(t.dtype, t.device) if torch.is_tensor(t) else None for t in example]
 
     def __call__(self, *args):
+        kinds = [(a.dtype, a.device) if torch.is_tensor(a) else None for a in args]
+        if kinds != self._kinds:
+            raise TypeError(f"StaticKernel: compiled for inputs {self._kinds}, called with {kinds}")
         try:
             out = self._compiled(*args)
         except AssertionError:  # inductor checks every input's size and stride before it computes
@@ -76,9 +82,12 @@ def compile_static(fn: Callable, example: Sequence[torch.Tensor]) -> StaticKerne
     for inputs of ``example``'s shapes, dtypes and strides.
 
     The function is traced once by ``make_fx`` on fake tensors (so Python control flow that
-    reads a tensor's values raises instead of being frozen at the example's values; tensors it
-    closes over, such as the data, become constants of the graph), and the graph is compiled
-    by ``torch._inductor.standalone_compile``. Unlike ``torch.compile``, no guards are checked
+    reads an input's values raises instead of being frozen at the example's values), and the
+    graph is compiled by ``torch._inductor.standalone_compile``. Tensors the function closes
+    over, such as the data, are copied into the graph as constants when it compiles: a later
+    in-place change of one is not seen, and a branch on a closed-over tensor's value is frozen
+    (so close only over what stays fixed). A call with other dtypes or devices than the
+    example's raises ``TypeError``. Unlike ``torch.compile``, no guards are checked
     at each call: on NUTS's per-leaf kernels (one chain, boston's 13-50-1 network) that was
     about 0.23 against 0.33 ms per leaf (``benchmarks/nuts_leaf_cost.py``). Raises when tracing
     or compiling fails (the caller falls back). Inductor caches the compiled code on disk, so a
@@ -90,7 +99,7 @@ def compile_static(fn: Callable, example: Sequence[torch.Tensor]) -> StaticKerne
     returns_tensor = torch.is_tensor(fn(*example))
     graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
     return StaticKernel(torch._inductor.standalone_compile(graph, example, dynamic_shapes="from_example_inputs"),
-                        returns_tensor)
+                        returns_tensor, example)
 
 
 def agree(fast, slow) -> bool:

@@ -6,7 +6,8 @@ divergence, acceptance statistic, multinomial proposal, momentum sum) and checks
 U-turn criterion of every block the leaf closes. In eager PyTorch each of these is a
 few dozen small tensor operations, and for a few chains on a CPU their dispatch costs
 as much as the arithmetic. :class:`Kernels` holds them as plain functions of tensors;
-:meth:`Kernels.compiled_at` gives the same functions compiled by ``torch.compile``, with
+:meth:`Kernels.compiled_at` gives the same functions compiled by inductor (without
+``torch.compile``'s per-call guards where it can, :func:`inference.compiled.compile_static`), with
 the gradient taken by ``torch.func.grad`` inside the compiled graph (one graph for the
 potential, its gradient and the leapfrog update, instead of a compiled forward, a
 compiled backward and the autograd engine between them).
@@ -149,7 +150,7 @@ class Kernels:
     (a non-finite ``U`` comes back as ``inf`` with a zero gradient); ``leaf(...)``,
     ``step(...)`` (without the ``value_and_grad`` argument) and ``block_turn(...)`` are the
     functions above; ``max_energy_error`` is the divergence threshold ``leaf`` applies.
-    ``compiled`` says whether they are ``torch.compile``'d.
+    ``compiled`` says whether they are compiled (by inductor, see :meth:`compiled_at`).
     """
 
     compiled = False

@@ -398,10 +398,11 @@ class NUTS(InferenceBackend):
     Batched engine only: ``init`` (``"map"``: each chain starts from ``init_steps``
     Adam steps on its log density from its own prior draw, its unconstrained scales
     and log precision clipped to [-2, 2], plus a jitter of
-    N(0, ``init_jitter``^2), 0.1 by default, in the unconstrained coordinates (the chains
+    N(0, ``init_jitter``^2), 0.1 by default (none with ``init_steps=0``, which starts at the
+    prior draw), in the unconstrained coordinates (the chains
     already start from prior draws of their own; on yacht, 0 instead of 0.1 gave no better
     R-hat, ``benchmarks/nuts_convergence.py``); ``"prior"``: from the prior draw).
-    ``compile`` (``torch.compile`` the log density with its gradient (``torch.func.grad``,
+    ``compile`` (compile the log density with its gradient (``torch.func.grad``,
     one graph), the leapfrog step and the tree's per-leaf bookkeeping with inductor, see
     :mod:`inference.hmc_kernels`: on the CPU the potential and gradient of one chain of
     boston 13-50-1 take 0.16-0.18 ms against 1.19 ms eager, and a whole leaf of a tree about
@@ -425,9 +426,9 @@ class NUTS(InferenceBackend):
     R-hat, the median and smallest bulk ESS and the smallest tail ESS of ``f(x)`` at
     the diagnostic inputs, and that median bulk ESS per second); the batched engine
     adds ``tree_depth`` and ``n_steps`` (means per replica and chain),
-    ``warmup_divergences``, ``init``, ``engine`` and ``stuck_chains`` (``[replica, chain]``
-    pairs whose adapted step size fell below :data:`STUCK_STEP_SIZE`: such a chain barely
-    moves, and the fit warns naming it).
+    ``warmup_divergences``, ``init``, ``engine`` and ``stuck_chains`` (per replica, the chains
+    whose adapted step size fell below :data:`STUCK_STEP_SIZE`: such a chain barely moves, and
+    the fit warns naming it).
 
     Supports every prior with continuous scales (Gaussian, Rayleigh, inverse
     Nakagami, half-Cauchy noise, and the normal prior) on every model.
@@ -635,7 +636,8 @@ class NUTS(InferenceBackend):
         divergences = [[by_chain["diverging"][r, k].nonzero().flatten().tolist() for k in range(K)] for r in range(R)]
         stats = {k: v[:, :, :: self.thin].movedim(0, 2).contiguous() for k, v in by_chain.items()}  # (K, S, R)
         info = self._batched_info(model, chains, by_chain, out, forms, elapsed, seeds)
-        info["stuck_chains"] = [list(rk) for rk in _warn_stuck_chains(out.step_size.reshape(R, K), self.warmup)]
+        stuck = _warn_stuck_chains(out.step_size.reshape(R, K), self.warmup)
+        info["stuck_chains"] = [[k for rr, k in stuck if rr == r] for r in range(R)]  # per replica
         info["compile"] = kernels.compiled  # False after a fallback to eager
         info["resumed_from_iteration"] = out.resumed_from  # where a checkpoint continued, or None
         if out.resumed_from is not None:
@@ -796,7 +798,16 @@ def _fit_fingerprint(model: BayesianNetwork, X, y, forms, density: NetworkDensit
     for t in (X, y):
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     return {"data": digest.hexdigest(), "dimension": density.dim, "dtype": str(model.dtype),
-            "parametrization": dict(forms), "init": (backend.init, backend.init_steps, backend.init_jitter), "model": repr(model)}
+            "parametrization": dict(forms), "init": _init_identity(backend), "model": repr(model)}
+
+
+def _init_identity(backend: NUTS) -> tuple:
+    """How the chains start, as a checkpoint records it: ``(init, init_steps)`` with the default jitter
+    (the form of the files saved before ``init_jitter`` was an option, which stay continuable),
+    ``(init, init_steps, init_jitter)`` otherwise."""
+    if backend.init_jitter == NUTS.options["init_jitter"]:
+        return (backend.init, backend.init_steps)
+    return (backend.init, backend.init_steps, backend.init_jitter)
 
 
 def _first_layer_ess(model: BayesianNetwork, chains: dict, r: int) -> float:

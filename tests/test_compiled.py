@@ -147,6 +147,8 @@ def test_a_static_kernel_computes_what_the_function_does_for_any_values():
     view = wide[:, ::2]  # the example's shape, other strides
     assert agree(k_pair(view, b), pair(view, b))
     assert StaticKernel.restrided == before + 1
+    with pytest.raises(TypeError, match="compiled for inputs"):  # inductor would read the bytes as float32
+        k_pair(a.double(), b)
 
 
 def test_a_static_kernel_refuses_control_flow_on_values():

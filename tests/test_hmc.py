@@ -402,6 +402,30 @@ def test_compiled_nuts_compiles_each_kernel_once_per_fit():
     assert graphs == [2, 2], graphs
 
 
+def test_a_kernel_that_compile_static_cannot_trace_goes_through_torch_compile(monkeypatch):
+    """compile_static failing (say, on control flow that reads values) leaves that kernel to
+    torch.compile: still compiled, still checked against eager, no warning."""
+    from inference.compiled import StaticKernel
+    from inference.hmc_kernels import Kernels
+
+    def refuse(fn, example):
+        raise RuntimeError("data-dependent control flow")
+
+    model, X, y = _compile_problem()
+    density = NetworkDensity(model, X[None], y[None, :, None], {"layer0", "layer1"})
+    q = density.prior_draw(ChainRandom(chain_seeds([0], 2), torch.device("cpu")), bound=2.0)
+    monkeypatch.setattr("inference.hmc_kernels.compile_static", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
+        try:
+            kernels = Kernels.compiled_at(q, density.potential)
+        except RuntimeWarning as err:
+            pytest.skip(f"torch.compile is not available here: {err}")
+    assert kernels.compiled is True
+    assert not any(isinstance(getattr(kernels, name), StaticKernel)
+                   for name in ("value_and_grad", "leapfrog", "leaf", "step", "block_turn"))
+
+
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     model, X, y = _compile_problem()
     kw = dict(num_samples=10, warmup=10, num_chains=2, max_tree_depth=3, init_steps=10, progress=False, seed=4)

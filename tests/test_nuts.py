@@ -304,7 +304,7 @@ def test_a_chain_whose_step_size_collapsed_is_named_in_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         healthy = NUTS(**kw).fit(_mlp(replicas=2), X2, y2)
-    assert healthy.info["stuck_chains"] == []
+    assert healthy.info["stuck_chains"] == [[], []]
     assert min(min(s) for s in healthy.info["step_size"]) > STUCK_STEP_SIZE
 
     final = hmc.DualAveraging.final
@@ -318,7 +318,7 @@ def test_a_chain_whose_step_size_collapsed_is_named_in_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"1 chain\(s\) ended warm-up with a step size below 1e-06: "
                                             r"replica 1 chain 1 \(1\.5e-09\)"):
         stuck = NUTS(**kw).fit(_mlp(replicas=2), X2, y2)
-    assert stuck.info["stuck_chains"] == [[1, 1]]
+    assert stuck.info["stuck_chains"] == [[], [1]]  # per replica: its stuck chains
 
 
 def test_init_jitter_sets_the_spread_added_to_each_map_start():
@@ -343,3 +343,8 @@ def test_init_jitter_sets_the_spread_added_to_each_map_start():
     n = offsets.numel()  # N(0, 1) draws: mean and sd within 4 standard errors
     assert abs(float(offsets.mean())) < 4 / math.sqrt(n) and abs(float(offsets.std()) - 1.0) < 4 / math.sqrt(2 * n)
     assert NUTS().init_jitter == 0.1 and "init_jitter=0.1" in repr(NUTS())
+    # checkpoints saved before the option record (init, init_steps): the default keeps that form
+    from inference.nuts import _init_identity
+
+    assert _init_identity(NUTS(init_steps=7)) == ("map", 7)
+    assert _init_identity(NUTS(init_steps=7, init_jitter=0.0)) == ("map", 7, 0.0)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bnn_priors.suite import expand_grid, read_results, run_suite
 from bnn_priors.suite.runner import BLOWUP_TRAIN_RMSE, _verdict, checkpoint_dir, job_progress
@@ -60,7 +61,8 @@ def test_a_killed_bench_continues_from_its_checkpoint_and_gets_the_uninterrupted
     assert progress.label.startswith("diabetes splits 0-1 | ") and progress.path == saved[0]
     steps = json.loads(read_results(whole)["backend_info"].iloc[0])["steps"]  # of the uninterrupted fit
     assert progress.unit == "steps" and progress.total == steps and 0 < progress.done < progress.total
-    assert progress.seconds > 0 and progress.seconds_left == progress.seconds * (progress.total / progress.done - 1)
+    assert progress.seconds > 0
+    assert progress.seconds_left == pytest.approx(progress.seconds * (progress.total / progress.done - 1), rel=1e-12)
     shown = subprocess.run([*cli, "jobs", "--results", str(killed)], capture_output=True, text=True, check=True).stdout
     assert progress.label in shown and f"step {progress.done:,} of {progress.total:,} (" in shown
 
@@ -208,3 +210,34 @@ def test_a_batch_whose_backend_names_the_diverged_replica_trains_the_others_agai
     monkeypatch.setattr(runner, "fit_job", all_named)
     assert len(run_suite(configs, tmp_path / "t.sqlite", progress=False).failed) == 3
     assert seen == [[0, 1, 2]]
+
+
+def test_jobs_reports_old_foreign_and_fresh_checkpoint_files(tmp_path, cli):
+    """`bnn-priors jobs` on files it must cope with: one saved before checkpoints named their job and
+    total (the step only), one just started (step 0: no pace yet), and a file that is no checkpoint
+    (named, with the rest still shown); no folder at all is "no unfinished jobs"."""
+    import torch
+
+    from inference.training import Checkpoint
+
+    results = tmp_path / "r.sqlite"
+    shown = subprocess.run([*cli, "jobs", "--results", str(results)], capture_output=True, text=True, check=True).stdout
+    assert shown.startswith("no unfinished jobs") and "nor does the file exist" in shown
+    folder = checkpoint_dir(results)
+    folder.mkdir()
+    torch.save({"version": 1, "key": "k" * 64, "step": 1234, "round": 5, "seconds": 60.0}, folder / "old.pt")
+    Checkpoint(folder / "new.pt", "n" * 64, label="yacht splits 0-19 | MC dropout | 40 epochs").save(
+        {"step": 0, "total_steps": 800, "seconds": 0.5})
+    (folder / "junk.pt").write_bytes(b"not a checkpoint")
+    (folder / ".new.pt.123.tmp").write_bytes(b"half")  # a save cut short: not a job
+    by_name = {p.path.name: p for p in job_progress(results)}
+    assert set(by_name) == {"old.pt", "new.pt", "junk.pt"}
+    old, new, junk = by_name["old.pt"], by_name["new.pt"], by_name["junk.pt"]
+    assert (old.label, old.done, old.total, old.seconds, old.seconds_left) == ("", 1234, None, 60.0, None)
+    assert (new.label, new.done, new.total, new.seconds_left) == ("yacht splits 0-19 | MC dropout | 40 epochs", 0, 800, None)
+    assert junk.error and not old.error and not new.error
+    shown = subprocess.run([*cli, "jobs", "--results", str(results)], capture_output=True, text=True, check=True).stdout
+    assert "step 1,234 (its total is not recorded); trained 1 min 00 s;" in shown
+    assert "saved before checkpoints named their job" in shown
+    assert "yacht splits 0-19 | MC dropout | 40 epochs\n  step 0 of 800 (0.0%); trained 0 s;" in shown
+    assert "junk.pt: not readable as a checkpoint" in shown

@@ -224,16 +224,24 @@ def cmd_jobs(args) -> int:
 
     jobs = job_progress(args.results)
     if not jobs:
-        print(f"no unfinished jobs: {args.results} has no checkpoints (a job's file goes once its runs are stored)")
+        missing = "" if Path(args.results).exists() else " (nor does the file exist)"
+        print(f"no unfinished jobs: {args.results} has no checkpoints{missing}; a job's file goes once its runs "
+              "are stored")
         return 0
     now = time.time()
     for job in jobs:
+        if job.error:
+            print(f"{job.path}: not readable as a checkpoint ({job.error}); delete it if it is not a job's")
+            continue
         label = job.label or f"job {job.path.stem} (saved before checkpoints named their job)"
-        if job.total is None:
-            where = f"{job.unit[:-1]} {job.done:,} (its total is not recorded); trained {_duration(job.seconds)}"
+        where = f"{job.unit[:-1]} {job.done:,}"
+        if job.total:
+            where += f" of {job.total:,} ({100 * job.done / job.total:.1f}%)"
         else:
-            where = (f"{job.unit[:-1]} {job.done:,} of {job.total:,} ({100 * job.done / job.total:.1f}%); trained "
-                     f"{_duration(job.seconds)}, about {_duration(job.seconds_left)} left at that pace")
+            where += " (its total is not recorded)"
+        where += f"; trained {_duration(job.seconds)}"
+        if job.seconds_left is not None:
+            where += f", about {_duration(job.seconds_left)} left at that pace"
         print(f"{label}\n  {where}; saved {_duration(max(0.0, now - job.saved))} ago ({job.path})")
     return 0
 

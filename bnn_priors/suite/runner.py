@@ -246,30 +246,39 @@ class JobProgress:
     seconds: float
     #: when the file was written (seconds since the epoch)
     saved: float
+    #: why the file could not be read (then the other fields say nothing), else empty
+    error: str = ""
 
     @property
     def seconds_left(self) -> float | None:
         """The rest at the job's average pace so far (``None`` without a total or progress)."""
-        if self.total is None or self.done <= 0:
+        if self.total is None or self.done <= 0 or self.error:
             return None
-        return self.seconds * (self.total - self.done) / self.done
+        return self.seconds * max(self.total - self.done, 0) / self.done
 
 
 def job_progress(results: str | Path) -> list[JobProgress]:
     """The unfinished jobs of a results file: one :class:`JobProgress` per checkpoint in
     ``<results>.checkpoints/`` (a job removes its file once its runs are stored), oldest first.
-    A file that cannot be read is an error naming it."""
+    A file that cannot be read as a checkpoint gets an entry whose ``error`` says why; one that
+    a finishing job removed meanwhile is left out."""
     import torch  # only here: reading a checkpoint
 
     folder = checkpoint_dir(results)
     out = []
     for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            saved = path.stat().st_mtime
+            # memory-mapped: a NUTS checkpoint holds its draws so far, and only a few numbers are read
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
             nuts = "iteration" in state
             done = int(state["iteration"] if nuts else state["step"])
+        except FileNotFoundError:
+            continue
         except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
-            raise InvalidParameterError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            out.append(JobProgress(path, "", 0, None, "steps", 0.0, saved, why))
+            continue
         total = state.get("total_iterations" if nuts else "total_steps")
         out.append(JobProgress(path, str(state.get("label", "")), done, None if total is None else int(total),
                                "iterations" if nuts else "steps", float(state.get("seconds", 0.0)),
