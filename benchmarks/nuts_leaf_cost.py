@@ -14,7 +14,10 @@ up to rounding. Arms, interleaved over ``--repeats`` rounds (medians printed):
 * ``compiled-2``: the same compiled functions, the leapfrog step and the bookkeeping in
   two calls (what the fused call saves).
 
-Compilation is done before timing and is not counted. One torch thread.
+Beside each arm's seconds per leaf (a chain's leaves, with the lockstep steps that chains
+whose trees have ended still take), the time of one potential and gradient of all the chains,
+and per chain: on a CPU that is the arithmetic, which grows with the chains. Compilation is done
+before timing and is not counted. One torch thread.
 
     python benchmarks/nuts_leaf_cost.py [--chains 1] [--iterations 15] [--step-size 0.005] [--repeats 2]
 """
@@ -76,6 +79,15 @@ def seconds_per_leaf(density, kernels, q, iterations: int, step_size: float, war
     return (time.perf_counter() - start) / leaves, leaves
 
 
+def seconds_per_gradient(kernels, q, repeats: int = 100) -> float:
+    """Seconds of one evaluation of the potential and its gradient for all the chains of ``q``."""
+    kernels.value_and_grad(q)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        kernels.value_and_grad(q)
+    return (time.perf_counter() - start) / repeats
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chains", type=int, default=1)
@@ -93,16 +105,23 @@ def main(argv=None) -> None:
     compiled = Kernels.compiled_at(q, density.potential)
     arms = {"eager": Kernels(density.potential), "compiled": compiled, "compiled-2": two_calls(compiled)}
     times = {name: [] for name in arms}
+    gradient = {name: [] for name in arms}
     leaves = {}
     for _ in range(args.repeats):
         for name, kernels in arms.items():
             t, leaves[name] = seconds_per_leaf(density, kernels, q, args.iterations, args.step_size)
             times[name].append(t)
+            gradient[name].append(seconds_per_gradient(kernels, q))
     print(f"boston split 0, 13-50-1 tanh, {args.chains} chain(s), step size {args.step_size}, "
           f"{args.iterations} iterations x {args.repeats} rounds; torch {torch.__version__}, 1 thread")
-    print(f"{'arm':<11} {'leaves':>7} {'ms/leaf':>8}")
+    print("leaves: the chains' leaves (a chain's leapfrog steps while its tree grows); ms/leaf: seconds per such "
+          "leaf, the lockstep steps of finished chains included; gradient: one potential and gradient of all the "
+          "chains, and per chain")
+    print(f"{'arm':<11} {'leaves':>7} {'ms/leaf':>8} {'gradient ms':>12} {'per chain':>10}")
     for name in arms:
-        print(f"{name:<11} {leaves[name]:>7d} {1e3 * statistics.median(times[name]):>8.3f}")
+        grad = 1e3 * statistics.median(gradient[name])
+        print(f"{name:<11} {leaves[name]:>7d} {1e3 * statistics.median(times[name]):>8.3f} {grad:>12.3f} "
+              f"{grad / args.chains:>10.3f}")
 
 
 if __name__ == "__main__":
