@@ -42,3 +42,12 @@ def check_positive_float(label: str, value) -> float:
     ):
         raise InvalidParameterError(f"{label} must be a positive number, got {value!r}")
     return float(value)
+
+
+def check_nonnegative_float(label: str, value) -> float:
+    """``value`` as a finite float >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise InvalidParameterError(f"{label} must be a non-negative number, got {value!r}")
+    return float(value)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from bnn_priors.checks import (  # noqa: F401 - re-exported
     check_bool,
+    check_nonnegative_float,
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,

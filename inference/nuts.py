@@ -80,6 +80,7 @@ from inference.common import (
     Posterior,
     ReplicaRandom,
     check_bool,
+    check_nonnegative_float,
     check_nonnegative_int,
     check_positive_int,
     raise_diverged,
@@ -495,10 +496,7 @@ class NUTS(InferenceBackend):
         self.engine = _check_choice("engine", engine, ENGINES)
         self.init = _check_choice("init", init, INITS)
         self.init_steps = check_nonnegative_int("init_steps", init_steps)
-        if (isinstance(init_jitter, bool) or not isinstance(init_jitter, (int, float, np.floating))
-                or not 0.0 <= init_jitter < math.inf):
-            raise InvalidParameterError(f"init_jitter must be a non-negative number, got {init_jitter!r}")
-        self.init_jitter = float(init_jitter)
+        self.init_jitter = check_nonnegative_float("init_jitter", init_jitter)
         self.compile = check_bool("compile", compile)
         self.progress = check_bool("progress", progress)
 

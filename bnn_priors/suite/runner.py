@@ -281,8 +281,7 @@ def job_progress(results: str | Path) -> list[JobProgress]:
             continue
         total = state.get("total_iterations" if nuts else "total_steps")
         out.append(JobProgress(path, str(state.get("label", "")), done, None if total is None else int(total),
-                               "iterations" if nuts else "steps", float(state.get("seconds", 0.0)),
-                               path.stat().st_mtime))
+                               "iterations" if nuts else "steps", float(state.get("seconds", 0.0)), saved))
     return sorted(out, key=lambda p: p.saved)
 
 
