@@ -3,6 +3,7 @@
     python benchmarks/preset_cost.py --preset gal2016-2layer --datasets yacht,boston --data-dir ../shared/data/uci
     python benchmarks/preset_cost.py --preset nalisnick2019-released --datasets yacht --structure ard-add
     python benchmarks/preset_cost.py --preset gal2016 --datasets kin8nm --short 5 --option fast=true --option compile=true
+    python benchmarks/preset_cost.py --preset nalisnick2019 --datasets kin8nm,power --inference map-em --short 300
 
 Each job of the preset (a data set and configuration, all its splits batched as the runner
 batches them) runs twice through ``run_suite`` with the preset's settings but a budget of
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--datasets")
     ap.add_argument("--splits")
     ap.add_argument("--structure")
+    ap.add_argument("--inference", help="only the preset's runs of these methods (as bench's --inference)")
     ap.add_argument("--data-dir")
     ap.add_argument("--short", type=int, default=100, help="steps or epochs of the shorter timed run (default 100)")
     ap.add_argument("--max-replicas", type=int, help="runs batched into one job at most (as bench's; default: the "
@@ -63,7 +65,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the options' change is said once, below
         own = preset_configs(args.preset, datasets=args.datasets, splits=args.splits, structure=args.structure,
-                             options=options or None, data_dir=args.data_dir)
+                             inference=args.inference, options=options or None, data_dir=args.data_dir)
     if options:
         print(f"options changed for every run: {options}")
     jobs = defaultdict(list)
