@@ -17,7 +17,8 @@ First table, split 0, one chain each by default (``--chains``), the same budget
   and its gradient compiled by ``torch.compile`` (compilation in the wall time);
 * ``pyro``: ``inference.NUTS(engine="pyro")`` (Pyro's NUTS and MCMC, JIT on);
 * ``numpyro``: NumPyro's NUTS on the same model, written below in NumPyro (JAX, XLA
-  compiled; float32 as the others).
+  compiled; float32 as the others); ``--numpyro-mass diag,dense`` adds a row
+  ``numpyro-d`` with NumPyro's dense mass matrix (``dense_mass=True``).
 
 For each: wall time (adaptation and sampling; compilation included), the median and
 minimum bulk ESS and the median ESS per second of the predictions ``f(x)`` at the 51
@@ -37,7 +38,8 @@ Torch runs on one thread (``OMP_NUM_THREADS=1``); wall times depend on the load.
 
     python benchmarks/nuts_ess.py [--samples 200] [--warmup 200] [--max-tree-depth 8] [--seed 0]
                                   [--chains 1] [--replicas 20] [--replica-chains 4]
-                                  [--parametrization auto] [--skip pyro,numpyro] [--data-dir DIR]
+                                  [--parametrization auto] [--skip pyro,numpyro] [--numpyro-mass diag,dense]
+                                  [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def run_torch(arm: str, X, y, X_test, args, chains: int) -> dict:
     return out
 
 
-def run_numpyro(X, y, X_test, args, chains: int) -> dict:
+def run_numpyro(X, y, X_test, args, chains: int, dense: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -124,7 +126,7 @@ def run_numpyro(X, y, X_test, args, chains: int) -> dict:
         f = jnp.tanh(X @ (lam0 * z0) + b0) @ (lam1 * z1) + b1
         numpyro.sample("obs", nd.Normal(f[:, 0], tau**-0.5).to_event(1), obs=y)
 
-    kernel = NumPyroNUTS(model, target_accept_prob=0.8, max_tree_depth=args.max_tree_depth)
+    kernel = NumPyroNUTS(model, target_accept_prob=0.8, max_tree_depth=args.max_tree_depth, dense_mass=dense)
     mcmc = MCMC(kernel, num_warmup=args.warmup, num_samples=args.samples, num_chains=chains,
                 chain_method="sequential", progress_bar=False)
     start = time.perf_counter()
@@ -136,7 +138,7 @@ def run_numpyro(X, y, X_test, args, chains: int) -> dict:
     h = np.tanh(np.einsum("nd,csdh->csnh", np.asarray(X_test, dtype=np.float64), w0) + s["b0"][:, :, None])
     f = np.einsum("csnh,csho->csno", h, w1)[..., 0] + s["b1"]
     divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
-    out = summarize("numpyro", seconds, f, w0, divergences)
+    out = summarize("numpyro-d" if dense else "numpyro", seconds, f, w0, divergences)
     out["step_size"] = float(np.asarray(mcmc.last_state.adapt_state.step_size).mean())
     return out
 
@@ -174,6 +176,9 @@ def main(argv=None) -> None:
                         help="of the batched and Pyro arms: auto (non-centred here), centered or non-centered; "
                              "NumPyro's model is non-centred")
     parser.add_argument("--skip", default="", help="comma-separated arms to leave out: batched, compiled, pyro, numpyro")
+    parser.add_argument("--numpyro-mass", default="diag",
+                        help="NumPyro's mass matrix, one row each: diag, dense or diag,dense (row numpyro-d: "
+                             "dense_mass=True, a full covariance adapted in warm-up)")
     parser.add_argument("--replica-arms", default="batched,compiled",
                         help="arms of the second table: batched, compiled (comma-separated)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -199,9 +204,13 @@ def main(argv=None) -> None:
             except ImportError:
                 print("  numpyro not installed (pip install -e .[bench]): arm skipped")
                 continue
-            rows.append(run_numpyro(Xn, yn, Xtn, args, args.chains))
-        else:
-            rows.append(run_torch(arm, X, y, X_test, args, args.chains))
+            for mass in [m.strip() for m in args.numpyro_mass.split(",") if m.strip()]:
+                if mass not in ("diag", "dense"):
+                    parser.error(f"--numpyro-mass takes diag and dense, got {mass!r}")
+                rows.append(run_numpyro(Xn, yn, Xtn, args, args.chains, dense=mass == "dense"))
+                print(f"  done numpyro ({mass} mass matrix): {rows[-1]['seconds']:.1f} s", flush=True)
+            continue
+        rows.append(run_torch(arm, X, y, X_test, args, args.chains))
         print(f"  done {arm}: {rows[-1]['seconds']:.1f} s", flush=True)
     header = (f"{'sampler':<9} {'wall s':>7} {'f ESS med':>9} {'f ESS min':>9} {'f ESS/s':>8} {'w ESS med':>9} "
               f"{'w ESS min':>9} {'w ESS/s':>8} {'diverg.':>7} {'f R-hat':>8} {'w R-hat':>8} {'step':>7}")
