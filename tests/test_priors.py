@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,22 @@ def test_table_has_one_row_per_noise_model_with_the_paper_labels():
     assert t.loc["rayleigh", "p(w) distribution"] == "Laplace"
     assert t.loc["inverse-nakagami", "p(λ²) distribution"] == "InverseGamma"
     assert t.loc["inverse-nakagami", "p(w) distribution"] == "StudentT"
+
+
+def test_readme_table_is_the_generated_table():
+    """The README's noise-model table (between its ``table:begin`` and ``table:end`` markers) is
+    ``bnn_priors.table()``'s first four columns, cell for cell, in the table's row order."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- table:begin", 1)[1].split("<!-- table:end", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    t = bnn_priors.table()
+    columns = ["noise p(λ)", "variance prior p(λ²)", "marginal prior p(w)", "parameters (default)"]
+    assert cells[0] == ["name", *columns]
+    assert set(cells[1][0]) <= set("-: ")  # the header's separator row
+    assert [row[0] for row in cells[2:]] == list(t.index)
+    for row in cells[2:]:
+        assert row[1:] == [str(t.loc[row[0], c]) for c in columns], row[0]
     assert t.loc["half-cauchy", "p(λ) distribution"] == "HalfCauchy"
     assert t.loc["half-cauchy", "p(λ²) distribution"] == ""
     assert t.loc["gaussian", "p(w) distribution"] == ""

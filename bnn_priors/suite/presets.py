@@ -19,7 +19,7 @@ its runs (:func:`preset_configs`):
 
 ``quick``
     diabetes (ships with scikit-learn, nothing to download), splits 0-4, four
-    methods with short training: a first look in about a minute on two CPU cores.
+    methods with short training: a first look in about 20 seconds on two CPU cores.
 ``nalisnick2019``
     The UCI experiment of Nalisnick et al. (2019), "Dropout as a Structured
     Shrinkage Prior": MC dropout (Bernoulli noise, ARD structure) on ``mlp-1x50``;
