@@ -7,6 +7,7 @@ registry, the benchmark runner and the command line are subpackages of this one.
 
 from bnn_priors.errors import (
     BNNPriorsError,
+    CheckpointInUseError,
     DataError,
     FitDivergedError,
     InvalidParameterError,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BNNPriorsError",
+    "CheckpointInUseError",
     "DataError",
     "FitDivergedError",
     "InvalidParameterError",

@@ -58,6 +58,15 @@ class UnsupportedCombinationError(BNNPriorsError):
     """An inference backend was given a prior or model it cannot handle."""
 
 
+class CheckpointInUseError(RuntimeError):
+    """A fit whose checkpoint another live process holds (:meth:`inference.training.Checkpoint.claim`):
+    that process is training it now. ``holder`` says which process, as it wrote itself down."""
+
+    def __init__(self, message: str, holder: str = ""):
+        super().__init__(message)
+        self.holder = holder
+
+
 class FitDivergedError(RuntimeError):
     """A fit whose loss or samples became NaN or infinite.
 

@@ -46,6 +46,7 @@ import functools
 import math
 import os
 import platform
+import socket
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -56,7 +57,12 @@ from typing import Any
 
 import torch
 
-from bnn_priors.errors import InvalidParameterError
+from bnn_priors.errors import CheckpointInUseError, InvalidParameterError
+
+try:  # POSIX: a checkpoint's claim is an advisory lock (flock) on a file beside it
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: claims are not enforced
+    fcntl = None
 from inference.common import progress_bar, raise_diverged
 
 #: A training step: ``step(X_batch, y_batch) -> (loss to minimise, loss to monitor)``. The first is
@@ -165,6 +171,11 @@ class Shuffled(BatchSchedule):
 
 
 # --------------------------------------------------------------- checkpoints
+#: Attempts of :meth:`Checkpoint.claim` 50 ms apart before it reports the fit held (a reader's
+#: momentary lock, :meth:`Checkpoint.holder`, is not a holder).
+CLAIM_TRIES = 5
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Where and how often a fit saves its state, and the key that a saved state must carry.
@@ -210,6 +221,77 @@ class Checkpoint:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({"version": CHECKPOINT_VERSION, "key": self.key, "label": self.label, **state}, tmp)
         os.replace(tmp, path)
+
+    @property
+    def lock_path(self) -> Path:
+        """The file whose lock :meth:`claim` holds: ``<path>.lock``, there only while a process holds it."""
+        path = Path(self.path)
+        return path.with_name(f"{path.name}.lock")
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[None]:
+        """Hold this fit for the calling process while the ``with`` block runs: a second process (or a
+        second claim in this one) that asks meanwhile gets :class:`~bnn_priors.CheckpointInUseError`
+        naming the holder, at once, instead of training the same fit beside it from the same file.
+
+        The claim is an advisory ``flock`` on :attr:`lock_path`, which holds the holder's pid and host
+        and is removed on release; the kernel releases it when its process dies, however it dies, so
+        a killed job's checkpoint is free to continue. Not enforced where ``fcntl`` is missing
+        (Windows), nor on file systems without ``flock``.
+        """
+        if fcntl is None:
+            yield
+            return
+        lock = self.lock_path
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        tries = 0
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 256).decode("utf-8", "replace").strip()
+                os.close(fd)
+                tries += 1
+                if tries < CLAIM_TRIES:  # perhaps only a reader (:meth:`holder`) for an instant
+                    time.sleep(0.05)
+                    continue
+                raise CheckpointInUseError(
+                    f"checkpoint {self.path} is held by another process ({holder or 'unknown'}), which is "
+                    "training this fit now; wait for it or stop it", holder) from None
+            try:  # the last holder removes the file on release: a lock on a removed file holds nothing
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still locked: no one can take the file being removed
+            os.close(fd)
+
+    def holder(self) -> str | None:
+        """Who holds this fit now (pid and host, as :meth:`claim` wrote them), or ``None`` when no
+        live process does."""
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return os.read(fd, 256).decode("utf-8", "replace").strip() or "unknown"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         """Delete the file, and the partial files of saves that a kill interrupted (a process killed

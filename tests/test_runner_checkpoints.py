@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -241,3 +244,89 @@ def test_jobs_reports_old_foreign_and_fresh_checkpoint_files(tmp_path, cli):
     assert "saved before checkpoints named their job" in shown
     assert "yacht splits 0-19 | MC dropout | 40 epochs\n  step 0 of 800 (0.0%); trained 0 s;" in shown
     assert "junk.pt: not readable as a checkpoint" in shown
+    assert shown.count("; not running (the same bench command continues it)") == 2
+    with Checkpoint(folder / "new.pt", "n" * 64).claim():  # a live process training the job
+        shown = subprocess.run([*cli, "jobs", "--results", str(results)], capture_output=True, text=True,
+                               check=True).stdout
+    assert "(0.0%); trained 0 s; saved" in shown and f"; running now (pid {os.getpid()} on " in shown
+    assert shown.count("; not running") == 1
+
+
+def test_a_claimed_checkpoint_refuses_a_second_claim_until_released(tmp_path):
+    from bnn_priors import CheckpointInUseError
+    from inference.training import Checkpoint
+
+    checkpoint = Checkpoint(tmp_path / "c" / "job.pt", "k")
+    assert checkpoint.holder() is None
+    with checkpoint.claim():
+        assert checkpoint.lock_path.exists()
+        assert checkpoint.holder() == f"pid {os.getpid()} on {socket.gethostname()}"
+        with pytest.raises(CheckpointInUseError, match=f"held by another process \\(pid {os.getpid()} ") as caught:
+            with Checkpoint(tmp_path / "c" / "job.pt", "other key").claim():
+                pass  # pragma: no cover - never entered
+        assert caught.value.holder.startswith(f"pid {os.getpid()} ")
+        assert checkpoint.holder() is not None  # the refused claim left the holder's lock alone
+    assert not checkpoint.lock_path.exists() and checkpoint.holder() is None
+    with checkpoint.claim():  # free again
+        pass
+
+
+def test_a_claim_dies_with_its_process(tmp_path):
+    """A job killed with SIGKILL cannot release its claim itself: the kernel does, so the next
+    bench continues its checkpoint (the lock file it left behind is taken over)."""
+    from bnn_priors import CheckpointInUseError
+    from inference.training import Checkpoint
+
+    path = tmp_path / "job.pt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom inference.training import Checkpoint\n"
+         f"with Checkpoint({str(path)!r}, 'k').claim():\n    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert Checkpoint(path, "k").holder().startswith(f"pid {holder.pid} ")
+        with pytest.raises(CheckpointInUseError):
+            with Checkpoint(path, "k").claim():
+                pass  # pragma: no cover - never entered
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert Checkpoint(path, "k").lock_path.exists()  # left behind, but no one holds it
+    assert Checkpoint(path, "k").holder() is None
+    with Checkpoint(path, "k").claim():
+        assert Checkpoint(path, "k").holder().startswith(f"pid {os.getpid()} ")
+    assert not Checkpoint(path, "k").lock_path.exists()
+
+
+def test_a_job_that_another_process_holds_is_left_to_it_and_nothing_is_stored(tmp_path, cli):
+    """Two bench processes on one grid (a rerun while the first still runs): the second leaves the
+    first's job alone (no rows, no removed checkpoint) and says so; a job the other finished
+    meanwhile is not trained again."""
+    from bnn_priors.suite.planning import plan_jobs
+    from bnn_priors.suite.runner import JobSkipped, run_job
+
+    results = tmp_path / "r.sqlite"
+    configs = expand_grid(**GRID, budget={"epochs": 5})
+    (job,) = plan_jobs(configs)
+    job = dataclasses.replace(job, checkpoint_dir=str(checkpoint_dir(results)), results=str(results))
+    with job.checkpoint().claim():
+        report = run_suite(configs, results, progress=False, checkpoint_every=0.0)
+        assert (report.ok, report.failed, len(report.held)) == (0, [], 1)
+        assert report.held[0][0] == job.describe() and report.held[0][1].startswith(f"pid {os.getpid()} ")
+        assert report.held[0][2] == 2 and "2 being trained by another process" in report.summary()
+        assert read_results(results, status=None).empty
+        shown = subprocess.run([*cli, "bench", *_grid_args(), "--epochs", "5", "--checkpoint-every", "0",
+                                "--results", str(results)], capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert "left to another process: " + job.describe() in shown.stderr
+        assert read_results(results, status=None).empty
+    report = run_suite(configs, results, progress=False, checkpoint_every=0.0)
+    assert report.ok == 2 and not report.held
+    # The same job planned before the other process stored it: skipped once claimed, nothing retrained.
+    assert run_job(job) == JobSkipped("done")
+
+
+def _grid_args() -> list[str]:
+    return ["--datasets", GRID["datasets"], "--splits", GRID["splits"], "--noise", GRID["noise"], "--structure",
+            GRID["structure"], "--arch", GRID["arch"], "--inference", GRID["inference"], "--eval-samples",
+            str(GRID["eval_samples"])]

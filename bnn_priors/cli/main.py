@@ -187,6 +187,9 @@ def cmd_bench(args) -> int:
         print(f"{PROG}: {report.summary()}", file=sys.stderr)
     for line in report.warning_lines():
         print(f"{PROG}: warning: {line}", file=sys.stderr)
+    for described, holder, _ in report.held:
+        print(f"{PROG}: left to another process: {described} ({holder or 'unknown'} is training it; run the same "
+              "command again once it has finished to see its runs in the table)", file=sys.stderr)
     for cfg, message in report.failed[:MAX_FAILURES_SHOWN]:
         print(f"{PROG}: failed: {cfg.describe()} (seed {cfg.seed}): {' '.join(str(message).split())}", file=sys.stderr)
     if len(report.failed) > MAX_FAILURES_SHOWN:
@@ -242,7 +245,8 @@ def cmd_jobs(args) -> int:
         where += f"; trained {_duration(job.seconds)}"
         if job.seconds_left is not None:
             where += f", about {_duration(job.seconds_left)} left at that pace"
-        print(f"{label}\n  {where}; saved {_duration(max(0.0, now - job.saved))} ago ({job.path})")
+        state = f"running now ({job.holder})" if job.holder else "not running (the same bench command continues it)"
+        print(f"{label}\n  {where}; saved {_duration(max(0.0, now - job.saved))} ago ({job.path}); {state}")
     return 0
 
 

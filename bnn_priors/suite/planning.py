@@ -91,6 +91,9 @@ class Job:
     #: Where the job's training checkpoints go (``None``: no checkpoints), and how often.
     checkpoint_dir: str | None = None
     checkpoint_every: float = CHECKPOINT_EVERY
+    #: The results file the job's rows go to, read before training to skip a job that another
+    #: process finished meanwhile (``None``: not read).
+    results: str | None = None
 
     def checkpoint(self) -> Checkpoint | None:
         """The job's checkpoint: a file named by the hash of its runs' hashes, keyed by all of them,

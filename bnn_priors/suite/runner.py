@@ -58,7 +58,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bnn_priors.data import stack_splits
-from bnn_priors.errors import FitDivergedError, InvalidParameterError, UnsupportedCombinationError
+from bnn_priors.errors import (
+    CheckpointInUseError,
+    DataError,
+    FitDivergedError,
+    InvalidParameterError,
+    UnsupportedCombinationError,
+)
 from bnn_priors.suite.build import build_model, heatmap_layer
 from bnn_priors.suite.config import RunConfig
 from bnn_priors.suite.data_options import resolve_job_options
@@ -84,7 +90,7 @@ from bnn_priors.suite.provenance import (
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
 from inference.common import resolve_device
-from inference.training import check_threads, torch_threads
+from inference.training import Checkpoint, check_threads, torch_threads
 
 #: A fit has blown up when its predictive mean misses the standardized training targets by more
 #: than this many of their standard deviations (root mean square; predicting their mean scores 1).
@@ -184,8 +190,51 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
     return rows
 
 
-def run_job(job: Job) -> list[dict[str, Any]]:
-    """Run a job and return its rows; every failure becomes ``failed`` rows, never an exception.
+@dataclass(frozen=True)
+class JobSkipped:
+    """What :func:`run_job` returns for a job it did not train: another process holds the job's
+    checkpoint (``reason="held"``, ``holder`` names it) or stored all its runs meanwhile
+    (``reason="done"``). Nothing of such a job is stored or removed."""
+
+    reason: str
+    holder: str = ""
+
+
+def _stored_meanwhile(job: Job) -> bool:
+    """Whether every run of ``job`` is ok in its results file (another process ran the same grid)."""
+    if job.results is None or not Path(job.results).is_file():
+        return False
+    try:
+        with ResultsStore(job.results, create=False) as store:
+            return len(store.ok_hashes(c.hash for c in job.configs)) == len(job.configs)
+    except DataError:
+        return False
+
+
+def run_job(job: Job) -> list[dict[str, Any]] | JobSkipped:
+    """Run a job and return its rows, or :class:`JobSkipped` when another process holds the job
+    (:meth:`~inference.training.Checkpoint.claim` of its checkpoint: two processes never train one
+    job side by side) or has stored its runs meanwhile. Every failure becomes ``failed`` rows,
+    never an exception.
+
+    Two processes running the same grid (a rerun while the first still runs, or one per machine
+    on a shared folder) so share its jobs; a job that one finishes while the other has it
+    planned trains again only if it was already claimed.
+    """
+    checkpoint = job.checkpoint()
+    if checkpoint is None:
+        return _run_job(job)
+    try:
+        with checkpoint.claim():
+            if _stored_meanwhile(job):
+                return JobSkipped("done")
+            return _run_job(job)
+    except CheckpointInUseError as exc:
+        return JobSkipped("held", exc.holder)
+
+
+def _run_job(job: Job) -> list[dict[str, Any]]:
+    """Train and evaluate ``job`` (no claim): its rows, every failure as ``failed`` rows.
 
     When a batched fit diverges and the backend names the replicas that did
     (``FitDivergedError.replicas``, as MC dropout does), those runs fail and the others
@@ -206,13 +255,13 @@ def run_job(job: Job) -> list[dict[str, Any]]:
                     return failed_rows(job, exc)
                 bad = tuple(job.configs[r] for r in named)
                 rest = replace(job, configs=tuple(c for r, c in enumerate(job.configs) if r not in named))
-                rows = failed_rows(replace(job, configs=bad), exc) + run_job(rest)
+                rows = failed_rows(replace(job, configs=bad), exc) + _run_job(rest)
                 _drop_checkpoint(rest)
                 return rows
             rows = []
             for cfg in job.configs:
                 single = replace(job, configs=(cfg,))
-                rows.extend(run_job(single))
+                rows.extend(_run_job(single))
                 _drop_checkpoint(single)
             return rows
         except Exception as exc:  # noqa: BLE001 - recorded as the runs' failure
@@ -248,6 +297,8 @@ class JobProgress:
     saved: float
     #: why the file could not be read (then the other fields say nothing), else empty
     error: str = ""
+    #: the live process training the job now (pid and host), or ``None`` (a stopped job)
+    holder: str | None = None
 
     @property
     def seconds_left(self) -> float | None:
@@ -281,7 +332,8 @@ def job_progress(results: str | Path) -> list[JobProgress]:
             continue
         total = state.get("total_iterations" if nuts else "total_steps")
         out.append(JobProgress(path, str(state.get("label", "")), done, None if total is None else int(total),
-                               "iterations" if nuts else "steps", float(state.get("seconds", 0.0)), saved))
+                               "iterations" if nuts else "steps", float(state.get("seconds", 0.0)), saved,
+                               holder=Checkpoint(path, "").holder()))
     return sorted(out, key=lambda p: p.saved)
 
 
@@ -299,6 +351,8 @@ class SuiteReport:
     jobs: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    #: Jobs left to another process that held them: ``(job description, holder, runs)``.
+    held: list[tuple[str, str, int]] = field(default_factory=list)
     #: The distinct warnings of the backends, ``(run label, message) -> data sets`` in the order met.
     #: They come back in the rows (``backend_info``), also from worker processes.
     warnings: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -324,6 +378,8 @@ class SuiteReport:
                  f"{len(self.skipped)} already done"]
         if self.unsupported:
             parts.append(f"{len(self.unsupported)} unsupported (skipped)")
+        if self.held:
+            parts.append(f"{sum(n for *_, n in self.held)} being trained by another process (left to it)")
         return f"{', '.join(parts)} in {self.jobs} jobs, {self.seconds:.1f} s; results in {self.results}"
 
 
@@ -389,7 +445,8 @@ def run_suite(
         jobs = plan_jobs(todo, infos, max_replicas, device, data_dir, threads)
         if checkpoint_every is not None:
             folder = str(checkpoint_dir(results))
-            jobs = [replace(job, checkpoint_dir=folder, checkpoint_every=float(checkpoint_every)) for job in jobs]
+            jobs = [replace(job, checkpoint_dir=folder, checkpoint_every=float(checkpoint_every), results=str(results))
+                    for job in jobs]
         report.jobs = len(jobs)
         if not jobs:
             report.seconds = time.perf_counter() - start
@@ -399,6 +456,13 @@ def run_suite(
         try:
             with make_executor(executor, workers, ray_address, threads, on_start=lambda job: bar.set_description(job.describe())) as ex:
                 for job, result in ex.imap_unordered(run_job, jobs):
+                    if isinstance(result, JobSkipped):  # another process's: nothing stored, nothing removed
+                        if result.reason == "held":
+                            report.held.append((job.describe(), result.holder, len(job.configs)))
+                        else:
+                            report.skipped.extend(job.configs)
+                        bar.update(len(job.configs))
+                        continue
                     rows = failed_rows(job, result) if isinstance(result, BaseException) else result
                     store.insert(rows)
                     _drop_checkpoint(job)  # its rows are saved: nothing to continue
