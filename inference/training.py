@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import math
 import os
@@ -49,6 +50,7 @@ import platform
 import socket
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +176,9 @@ class Shuffled(BatchSchedule):
 #: Attempts of :meth:`Checkpoint.claim` 50 ms apart before it reports the fit held (a reader's
 #: momentary lock, :meth:`Checkpoint.holder`, is not a holder).
 CLAIM_TRIES = 5
+#: The errors of a non-blocking ``flock`` that mean "another holds it"; any other (``ENOSYS``,
+#: ``ENOLCK``, ``EOPNOTSUPP``: a file system without locks) means the claim cannot be enforced.
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
 @dataclass(frozen=True)
@@ -237,21 +242,29 @@ class Checkpoint:
         The claim is an advisory ``flock`` on :attr:`lock_path`, which holds the holder's pid and host
         and is removed on release; the kernel releases it when its process dies, however it dies, so
         a killed job's checkpoint is free to continue. Not enforced where ``fcntl`` is missing
-        (Windows), nor on file systems without ``flock``.
+        (Windows), nor on a file system without ``flock`` (it warns there and goes on unclaimed).
         """
         if fcntl is None:
             yield
             return
         lock = self.lock_path
-        lock.parent.mkdir(parents=True, exist_ok=True)
         tries = 0
         while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder went meanwhile (a finishing suite removes it when empty)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
                 holder = os.read(fd, 256).decode("utf-8", "replace").strip()
                 os.close(fd)
+                if exc.errno not in _HELD:  # no flock on this file system: go on unclaimed, and say so
+                    warnings.warn(f"cannot claim checkpoint {self.path} ({exc.strerror}): nothing stops another "
+                                  "process from training the same fit beside this one", RuntimeWarning, stacklevel=3)
+                    yield
+                    return
                 tries += 1
                 if tries < CLAIM_TRIES:  # perhaps only a reader (:meth:`holder`) for an instant
                     time.sleep(0.05)
@@ -276,7 +289,7 @@ class Checkpoint:
 
     def holder(self) -> str | None:
         """Who holds this fit now (pid and host, as :meth:`claim` wrote them), or ``None`` when no
-        live process does."""
+        live process does (or the file system cannot tell)."""
         if fcntl is None:
             return None
         try:
@@ -286,12 +299,24 @@ class Checkpoint:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in _HELD:
+                    return None
                 return os.read(fd, 256).decode("utf-8", "replace").strip() or "unknown"
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
         finally:
             os.close(fd)
+
+    def remove_unless_held(self) -> bool:
+        """:meth:`remove` under a claim, so that a file another process continues is left to it;
+        whether it was removed. (Not for a process that holds the claim itself.)"""
+        try:
+            with self.claim():
+                self.remove()
+            return True
+        except CheckpointInUseError:
+            return False
 
     def remove(self) -> None:
         """Delete the file, and the partial files of saves that a kill interrupted (a process killed

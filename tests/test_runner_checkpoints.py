@@ -309,6 +309,7 @@ def test_a_job_that_another_process_holds_is_left_to_it_and_nothing_is_stored(tm
     configs = expand_grid(**GRID, budget={"epochs": 5})
     (job,) = plan_jobs(configs)
     job = dataclasses.replace(job, checkpoint_dir=str(checkpoint_dir(results)), results=str(results))
+    job.checkpoint().save({"step": 3, "total_steps": 15, "seconds": 1.0})  # the holder's progress so far
     with job.checkpoint().claim():
         report = run_suite(configs, results, progress=False, checkpoint_every=0.0)
         assert (report.ok, report.failed, len(report.held)) == (0, [], 1)
@@ -320,6 +321,9 @@ def test_a_job_that_another_process_holds_is_left_to_it_and_nothing_is_stored(tm
         assert shown.returncode == 0, shown.stderr
         assert "left to another process: " + job.describe() in shown.stderr
         assert read_results(results, status=None).empty
+        assert job.checkpoint().load()["step"] == 3  # neither run touched the holder's file
+        assert not job.checkpoint().remove_unless_held() and Path(job.checkpoint().path).exists()
+    Path(job.checkpoint().path).unlink()  # (this test's stand-in holder never trained)
     report = run_suite(configs, results, progress=False, checkpoint_every=0.0)
     assert report.ok == 2 and not report.held
     # The same job planned before the other process stored it: skipped once claimed, nothing retrained.
@@ -330,3 +334,42 @@ def _grid_args() -> list[str]:
     return ["--datasets", GRID["datasets"], "--splits", GRID["splits"], "--noise", GRID["noise"], "--structure",
             GRID["structure"], "--arch", GRID["arch"], "--inference", GRID["inference"], "--eval-samples",
             str(GRID["eval_samples"])]
+
+
+def test_a_claim_waits_out_a_reader(tmp_path):
+    """`bnn-priors jobs` locks a job's lock file shared for an instant to see whether it is held; a
+    claim made in that instant tries again (:data:`~inference.training.CLAIM_TRIES`) instead of
+    reporting the job held."""
+    import fcntl
+    import threading
+
+    from inference.training import CLAIM_TRIES, Checkpoint
+
+    checkpoint = Checkpoint(tmp_path / "job.pt", "k")
+    checkpoint.lock_path.write_text("")
+    fd = os.open(checkpoint.lock_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    timer = threading.Timer(0.08, lambda: os.close(fd))  # the reader lets go 80 ms later
+    timer.start()
+    assert CLAIM_TRIES * 0.05 > 0.08
+    start = time.perf_counter()
+    with checkpoint.claim():
+        waited = time.perf_counter() - start
+    timer.join()
+    assert waited >= 0.05  # it did meet the reader's lock
+
+
+def test_a_file_system_without_flock_runs_unclaimed_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    import inference.training as training
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(training.fcntl, "flock", no_flock)
+    checkpoint = training.Checkpoint(tmp_path / "job.pt", "k")
+    with pytest.warns(RuntimeWarning, match="cannot claim checkpoint .*Function not implemented"):
+        with checkpoint.claim():
+            entered = True
+    assert entered and checkpoint.holder() is None  # not "held by unknown"

@@ -259,6 +259,18 @@ def test_store_round_trip(tmp_path):
     np.testing.assert_array_equal(npy_to_array(weights[0]), w)
 
 
+def test_a_failed_row_never_replaces_an_ok_one(tmp_path):
+    """Two processes on one grid: the one whose try failed (a broken worker pool, a held part of a
+    retried job) must not undo the other's stored result; an ok row still replaces an ok one."""
+    a = _config(split=0)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.insert([_row(a, rmse=1.25)])
+        store.insert([_row(a, status="failed", error="BrokenProcessPool", rmse=None, log_likelihood=None)])
+        assert store.status() == {a.hash: "ok"} and store.frame()["rmse"].tolist() == [1.25]
+        store.insert([_row(a, rmse=1.5)])
+        assert store.frame()["rmse"].tolist() == [1.5]
+
+
 def test_a_copy_of_the_database_file_alone_holds_every_inserted_run(tmp_path):
     """What git commits while a grid still runs is the .sqlite file, not its -wal: every insert
     moves its rows into the file itself, with the writer's connection still open."""

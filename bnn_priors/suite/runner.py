@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -207,7 +208,7 @@ def _stored_meanwhile(job: Job) -> bool:
     try:
         with ResultsStore(job.results, create=False) as store:
             return len(store.ok_hashes(c.hash for c in job.configs)) == len(job.configs)
-    except DataError:
+    except (DataError, sqlite3.Error):  # unreadable now: train, as without the check
         return False
 
 
@@ -255,20 +256,32 @@ def _run_job(job: Job) -> list[dict[str, Any]]:
                     return failed_rows(job, exc)
                 bad = tuple(job.configs[r] for r in named)
                 rest = replace(job, configs=tuple(c for r, c in enumerate(job.configs) if r not in named))
-                rows = failed_rows(replace(job, configs=bad), exc) + _run_job(rest)
-                _drop_checkpoint(rest)
-                return rows
+                return failed_rows(replace(job, configs=bad), exc) + _run_claimed(rest)
             rows = []
             for cfg in job.configs:
-                single = replace(job, configs=(cfg,))
-                rows.extend(_run_job(single))
-                _drop_checkpoint(single)
+                rows.extend(_run_claimed(replace(job, configs=(cfg,))))
             return rows
         except Exception as exc:  # noqa: BLE001 - recorded as the runs' failure
             return failed_rows(job, exc)
 
 
+def _run_claimed(job: Job) -> list[dict[str, Any]]:
+    """A retried part of a job, claimed as a job is and its checkpoint removed once it is done
+    (a part another process holds fails here, and a rerun trains it)."""
+    checkpoint = job.checkpoint()
+    if checkpoint is None:
+        return _run_job(job)
+    try:
+        with checkpoint.claim():
+            rows = _run_job(job)
+            checkpoint.remove()
+            return rows
+    except CheckpointInUseError as exc:
+        return failed_rows(job, exc)
+
+
 def _drop_checkpoint(job: Job) -> None:
+    """Remove ``job``'s checkpoint in a process that holds the job (its retry paths)."""
     checkpoint = job.checkpoint()
     if checkpoint is not None:
         checkpoint.remove()
@@ -444,9 +457,10 @@ def run_suite(
         todo = [c for c in supported if c.hash not in done]
         jobs = plan_jobs(todo, infos, max_replicas, device, data_dir, threads)
         if checkpoint_every is not None:
-            folder = str(checkpoint_dir(results))
-            jobs = [replace(job, checkpoint_dir=folder, checkpoint_every=float(checkpoint_every), results=str(results))
-                    for job in jobs]
+            # absolute: a worker in another folder (Ray) finds them
+            folder = str(checkpoint_dir(Path(results).resolve()))
+            jobs = [replace(job, checkpoint_dir=folder, checkpoint_every=float(checkpoint_every),
+                            results=str(Path(results).resolve())) for job in jobs]
         report.jobs = len(jobs)
         if not jobs:
             report.seconds = time.perf_counter() - start
@@ -465,7 +479,11 @@ def run_suite(
                         continue
                     rows = failed_rows(job, result) if isinstance(result, BaseException) else result
                     store.insert(rows)
-                    _drop_checkpoint(job)  # its rows are saved: nothing to continue
+                    # Its rows are saved: nothing to continue, unless another process took the job up
+                    # between this one's release and now (then the file is that process's).
+                    checkpoint = job.checkpoint()
+                    if checkpoint is not None:
+                        checkpoint.remove_unless_held()
                     for row in rows:
                         report.add_warnings(row)
                         if row["status"] == "ok":

@@ -175,7 +175,9 @@ class ResultsStore:
 
     # ---------------------------------------------------------------- writing
     def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Write ``rows`` (dicts by column name) in one transaction; a row whose hash exists replaces it.
+        """Write ``rows`` (dicts by column name) in one transaction; a row whose hash exists replaces it,
+        except that a failed row never replaces an ok one (two processes on one grid: the one whose
+        try failed must not undo the other's result).
 
         The replaced row keeps its ``id``.
         """
@@ -188,7 +190,8 @@ class ResultsStore:
         names = ", ".join(COLUMN_NAMES)
         marks = ", ".join("?" for _ in COLUMN_NAMES)
         updates = ", ".join(f"{n} = excluded.{n}" for n in COLUMN_NAMES if n != "config_hash")
-        sql = f"INSERT INTO runs ({names}) VALUES ({marks}) ON CONFLICT(config_hash) DO UPDATE SET {updates}"
+        sql = (f"INSERT INTO runs ({names}) VALUES ({marks}) ON CONFLICT(config_hash) DO UPDATE SET {updates} "
+               "WHERE excluded.status = 'ok' OR runs.status <> 'ok'")
         values = [tuple(_sql_value(row.get(n)) for n in COLUMN_NAMES) for row in rows]
         with self.conn:
             self.conn.executemany(sql, values)
