@@ -218,8 +218,8 @@ def run_job(job: Job) -> list[dict[str, Any]] | JobSkipped:
     job side by side) or has stored its runs meanwhile. Every failure becomes ``failed`` rows,
     never an exception.
 
-    Two processes running the same grid (a rerun while the first still runs, or one per machine
-    on a shared folder) so share its jobs; a job that one finishes while the other has it
+    Two processes on one machine running the same grid (a rerun while the first still runs) so
+    share its jobs; a job that one finishes while the other has it
     planned trains again only if it was already claimed.
     """
     checkpoint = job.checkpoint()
