@@ -181,6 +181,11 @@ CLAIM_TRIES = 5
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
+def _holder_text(fd: int) -> str:
+    """What :meth:`Checkpoint.claim` wrote into an open lock file ("pid N on host"), or ``""``."""
+    return os.read(fd, 256).decode("utf-8", "replace").strip()
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Where and how often a fit saves its state, and the key that a saved state must carry.
@@ -258,7 +263,7 @@ class Checkpoint:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = os.read(fd, 256).decode("utf-8", "replace").strip()
+                holder = _holder_text(fd)
                 os.close(fd)
                 if exc.errno not in _HELD:  # no flock on this file system: go on unclaimed, and say so
                     warnings.warn(f"cannot claim checkpoint {self.path} ({exc.strerror}): nothing stops another "
@@ -302,7 +307,7 @@ class Checkpoint:
             except OSError as exc:
                 if exc.errno not in _HELD:
                     return None
-                return os.read(fd, 256).decode("utf-8", "replace").strip() or "unknown"
+                return _holder_text(fd) or "unknown"
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
         finally:
