@@ -211,14 +211,17 @@ def released_sections(runs) -> list[str]:
         (mm, ms), (rm, rs), (lm, ls) = (_mean_se(r[c]) for c in ("sample_mae", "rmse", "log_likelihood"))
         sd0 = ms * math.sqrt(len(r) - 1)  # ddof 0, as np.std prints it
         pub, pub_sd = ref.column(RELEASED_STRUCTURES[structure], "sample-mae").figures[ds]
-        d = 3 if pub < 1 else 2
+        d = 4 if pub < 0.1 else 3 if pub < 1 else 2
         gap = mm - pub
         z = gap / math.sqrt(ms**2 + (pub_sd / math.sqrt(RELEASED_SPLITS)) ** 2)
         side = "worse" if gap > 0 else "better"
-        within = f"within 1 SD ({side})" if abs(gap) <= pub_sd else f"{side} by more than 1 SD"
+        if pub_sd == 0:  # printed as 0.00: the SD is under half a unit of the last printed place
+            within = f"published SD printed as 0.00 ({side})"
+        else:
+            within = f"within 1 SD ({side})" if abs(gap) <= pub_sd else f"{side} by more than 1 SD"
         lines.append(
             f"| {ds} | {RELEASED_STRUCTURES[structure]} | {mm:.{d}f} ± {ms:.{d}f} ({sd0:.{d}f}) | "
-            f"{pub:.{d}f} ± {pub_sd:.{d}f} | {within}; {side} by {abs(gap):.{d}f} "
+            f"{pub:.3f} ± {pub_sd:.2f} | {within}; {side} by {abs(gap):.{d}f} "
             f"({100 * abs(gap) / pub:.0f}%), z = {z:+.1f} | {rm:.{d}f} ± {rs:.{d}f} | {lm:.3f} ± {ls:.3f} |"
         )
     return _section(
