@@ -46,7 +46,9 @@ log-likelihood per point, Adam 1e-3, batch 32 (last partial batch dropped), 4500
 step (the settings and quirks are listed in `bnn_priors/suite/presets.py`), on the standard 20 splits.
 The published ARD / ADD / ARD-ADD figures are a sample-MAE on the authors' own random splits, ± a
 standard deviation over splits (ddof 0). So the verdict is drawn in sample-MAE only, and two ways:
-against the published ± as printed (an SD: "within 1 SD" says little), and as the gap between the
+against the published ± as printed (an SD: "within 1 SD" says little; "equal as printed" where our
+mean rounds to the published one at its printed places, so any gap is the rounding's; an SD printed
+as 0.00 is under 0.005, not zero), and as the gap between the
 means in units of its standard error, `(ours - published) / sqrt(SE_ours^2 + (SD_pub / sqrt(20))^2)`
 (|z| < 2: no detectable difference; the splits differ, so a gap may be the splits'). Ours: mean ± SE
 over the 20 standard splits (ddof 1) and, for the sample-MAE, the SD (ddof 0) as they print it. Only
@@ -94,11 +96,14 @@ released code below measures it, per cell, with a verdict in that metric.
 
 
 def verdict(ours: float, published: float, se: float, higher_is_better: bool, decimals: int,
-            relative: bool = True) -> str:
+            relative: bool = True, places: int | None = None) -> str:
     """Where ours stands against a published mean ± SE: 'better by X' / 'worse by X' beyond one
-    published SE, else 'within 1 SE' (with the side it falls on)."""
+    published SE, else 'within 1 SE' (with the side it falls on); 'equal as printed' where ours
+    rounds to the published mean at the ``places`` the source prints (a smaller gap is the rounding's)."""
     if not (math.isfinite(published) and math.isfinite(se)):
         return "no published figure"
+    if places is not None and round(ours, places) == round(published, places):
+        return f"equal as printed (ours rounds to {published:.{places}f})"
     gap = (published - ours) if higher_is_better else (ours - published)  # > 0: ours is worse
     if abs(gap) <= se:
         return f"within 1 SE ({'worse' if gap > 0 else 'better'})"
@@ -110,14 +115,16 @@ def gal_rows(summary) -> str:
     """The markdown rows of the Gal comparison in README.tail.md (GAL_ROWS) from :func:`gal_summary`."""
     if summary is None or summary.empty:
         return "  | (no complete 20000-epoch grid yet) | | | | | |"
+    ref = get_reference("gal2016")
+    (rm, rs), (lm, ls) = (ref.column("MC dropout", m).places for m in ("rmse", "ll"))  # as the paper prints them
     lines = []
     for r in summary.itertuples():
-        d = 3 if r.published_rmse_mean < 1 else 2
+        d = 4 if r.published_rmse_mean < 0.1 else 3 if r.published_rmse_mean < 1 else 2
         lines.append(
-            f"  | {r.dataset} | {r.rmse_mean:.{d}f} ± {r.rmse_se:.{d}f} | {r.published_rmse_mean:.{d}f} ± "
-            f"{r.published_rmse_se:.{d}f} | {r.ll_mean:.3f} ± {r.ll_se:.3f} | {r.published_ll_mean:.2f} ± "
-            f"{r.published_ll_se:.2f} | RMSE {verdict(r.rmse_mean, r.published_rmse_mean, r.published_rmse_se, False, d)}; "
-            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 3, relative=False)} |"
+            f"  | {r.dataset} | {r.rmse_mean:.{d}f} ± {r.rmse_se:.{d}f} | {r.published_rmse_mean:.{rm}f} ± "
+            f"{r.published_rmse_se:.{rs}f} | {r.ll_mean:.3f} ± {r.ll_se:.3f} | {r.published_ll_mean:.{lm}f} ± "
+            f"{r.published_ll_se:.{ls}f} | RMSE {verdict(r.rmse_mean, r.published_rmse_mean, r.published_rmse_se, False, d, places=rm)}; "
+            f"LL {verdict(r.ll_mean, r.published_ll_mean, r.published_ll_se, True, 3, relative=False, places=lm)} |"
         )
     return "\n".join(lines).lstrip()
 
@@ -180,9 +187,9 @@ def gal2_sections(runs) -> list[str]:
         (pr, prs), (pl, pls) = rmse_pub.figures[ds], ll_pub.figures[ds]
         d = 3 if pr < 1 else 2
         lines.append(
-            f"| {ds} | {rm:.{d}f} ± {rs:.{d}f} | {pr:.{d}f} ± {prs:.{d}f} | {mm:.{d}f} ± {ms:.{d}f} | "
-            f"{lm:.3f} ± {ls:.3f} | {pl:.2f} ± {pls:.2f} | RMSE {verdict(rm, pr, prs, False, d)}; "
-            f"LL {verdict(lm, pl, pls, True, 3, relative=False)} |"
+            f"| {ds} | {rm:.{d}f} ± {rs:.{d}f} | {rmse_pub.printed(ds)} | {mm:.{d}f} ± {ms:.{d}f} | "
+            f"{lm:.3f} ± {ls:.3f} | {ll_pub.printed(ds)} | RMSE {verdict(rm, pr, prs, False, d, places=rmse_pub.places[0])}; "
+            f"LL {verdict(lm, pl, pls, True, 3, relative=False, places=ll_pub.places[0])} |"
         )
     return _section(
         "Gal's two-layer MC dropout (`gal2016-2layer`)",
@@ -210,18 +217,21 @@ def released_sections(runs) -> list[str]:
         r = runs[(runs["dataset"] == ds) & (runs["structure"] == structure)]
         (mm, ms), (rm, rs), (lm, ls) = (_mean_se(r[c]) for c in ("sample_mae", "rmse", "log_likelihood"))
         sd0 = ms * math.sqrt(len(r) - 1)  # ddof 0, as np.std prints it
-        pub, pub_sd = ref.column(RELEASED_STRUCTURES[structure], "sample-mae").figures[ds]
+        column = ref.column(RELEASED_STRUCTURES[structure], "sample-mae")
+        pub, pub_sd = column.figures[ds]
         d = 4 if pub < 0.1 else 3 if pub < 1 else 2
         gap = mm - pub
         z = gap / math.sqrt(ms**2 + (pub_sd / math.sqrt(RELEASED_SPLITS)) ** 2)
         side = "worse" if gap > 0 else "better"
-        if pub_sd == 0:  # printed as 0.00: the SD is under half a unit of the last printed place
+        if round(mm, column.places[0]) == round(pub, column.places[0]):
+            within = f"equal as printed ({side})"  # a smaller gap is the published figure's rounding
+        elif pub_sd == 0:  # printed as 0.00: the SD is under half a unit of the last printed place
             within = f"published SD printed as 0.00 ({side})"
         else:
             within = f"within 1 SD ({side})" if abs(gap) <= pub_sd else f"{side} by more than 1 SD"
         lines.append(
             f"| {ds} | {RELEASED_STRUCTURES[structure]} | {mm:.{d}f} ± {ms:.{d}f} ({sd0:.{d}f}) | "
-            f"{pub:.3f} ± {pub_sd:.2f} | {within}; {side} by {abs(gap):.{d}f} "
+            f"{column.printed(ds)} | {within}; {side} by {abs(gap):.{d}f} "
             f"({100 * abs(gap) / pub:.0f}%), z = {z:+.1f} | {rm:.{d}f} ± {rs:.{d}f} | {lm:.3f} ± {ls:.3f} |"
         )
     return _section(

@@ -162,7 +162,7 @@ def test_bench_then_table(cli, offline_env, uci_dir, tmp_path, capsys):
     assert main(["table", "--results", str(db), "--metric", "sample_MAE", "--reference", "nalisnick2019"]) == 0
     mae = capsys.readouterr().out  # fresh runs have a sample-MAE: measured, ranked and bolded beside theirs
     assert 'ARD-ADD [Nalisnick et al. 2019] (published; sample-MAE, printed as "RMSE", own splits, ±SD)' in mae
-    assert "0.604 ± 0.160" in mae and "Test sample-MAE" in mae and "**" in mae and "not measured" not in mae
+    assert "0.604 ± 0.16" in mae and "Test sample-MAE" in mae and "**" in mae and "not measured" not in mae
     assert main(["table", "--results", str(db), "--metric", "ll", "--format", "latex"]) == 0
     assert "\\begin{tabular}" in capsys.readouterr().out
     assert main(["table", "--results", str(db), "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0

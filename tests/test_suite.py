@@ -398,6 +398,22 @@ def test_reference_columns(handmade):
         assert all(c.metric in METRICS for c in ref.columns)
 
 
+def test_published_figures_are_shown_as_printed_never_with_more_places():
+    """kin8nm's figures are small: ours get four places, the published ones keep the paper's, so a
+    printed ±0.00 (a spread under 0.005) never reads as ±0.0000."""
+    runs = pd.DataFrame([{"dataset": "kin8nm", "split": i, "seed": 0, "label": "A", "status": "ok",
+                          "rmse": 0.0714 + 0.001 * i, "log_likelihood": 1.1, "sample_mae": 0.0555 + 0.001 * i}
+                         for i in range(3)])
+    md = format_table(comparison_table(runs, "rmse", references=["nalisnick2019", "gal2016"]), "markdown")
+    row = [c.strip().strip("*") for c in next(x for x in md.splitlines() if x.startswith("| kin8nm")).split("|")[1:-1]]
+    assert row == ["kin8nm", "0.0724 ± 0.0006", "0.08 ± 0.00", "0.071 ± 0.00", "0.05 ± 0.00", "0.08 ± 0.00"]
+    mae = format_table(comparison_table(runs, "sample-mae", references=["nalisnick2019"]), "markdown")
+    assert "0.066 ± 0.01" in mae and "0.064 ± 0.00" in mae and "0.0640" not in mae and "0.0000" not in mae
+    column = REFERENCES["nalisnick2019"].column("ARD", "sample-mae")
+    assert column.places == (3, 2) and column.printed("boston") == "2.158 ± 0.20"
+    assert REFERENCES["gal2016"].column("MC dropout", "rmse").printed("naval") == "0.00 ± 0.00"
+
+
 def test_sample_mae_table_sets_only_sample_mae_beside_ours_and_shows_unmeasured_runs(handmade):
     """Runs recorded before the sample-MAE existed keep their columns with missing cells; the published
     sample-MAE columns say how they differ (own splits, a standard deviation for the ±)."""
@@ -412,8 +428,8 @@ def test_sample_mae_table_sets_only_sample_mae_beside_ours_and_shows_unmeasured_
     assert t.left_out["MC dropout [Gal & Ghahramani 2016]"] == "RMSE and test LL"
     md = format_table(t, "markdown")
     boston = next(line for line in md.splitlines() if line.startswith("| boston"))
-    assert [c.strip() for c in boston.split("|")[1:-1]] == ["boston", "–", "–", "–", "2.16 ± 0.20", "2.34 ± 0.31",
-                                                            "2.37 ± 0.18"]
+    assert [c.strip() for c in boston.split("|")[1:-1]] == ["boston", "–", "–", "–", "2.158 ± 0.20", "2.343 ± 0.31",
+                                                            "2.367 ± 0.18"]
     assert "not measured" in md and "±SD the ± is a standard deviation" in md
     csv = pd.read_csv(__import__("io").StringIO(format_table(t, "csv")))
     assert set(csv["spread"]) == {"sd"} and set(csv["source"]) == {"published"}

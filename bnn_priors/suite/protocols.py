@@ -202,14 +202,18 @@ def format_gal_table(summary: pd.DataFrame, fmt: str = "markdown", decimals: int
         raise InvalidParameterError(
             "there are no hold-out runs of the gal2016 grid to select from (run bnn-priors bench --preset gal2016)"
         )
+    ref = get_reference("gal2016")
+    rmse_places, ll_places = (ref.column("MC dropout", m).places for m in ("rmse", "ll"))
     rows = []
     for row in summary.itertuples(index=False):
         dr = decimals_for([row.rmse_mean, row.published_rmse_mean]) if decimals is None else decimals
         dl = decimals_for([row.ll_mean, row.published_ll_mean]) if decimals is None else decimals
-        rows.append(Row([
+        rows.append(Row([  # the published figures as printed, never with more places than the paper
             row.dataset, str(row.n),
-            Estimate(row.rmse_mean, row.rmse_se, dr), Estimate(row.published_rmse_mean, row.published_rmse_se, dr),
-            Estimate(row.ll_mean, row.ll_se, dl), Estimate(row.published_ll_mean, row.published_ll_se, dl),
+            Estimate(row.rmse_mean, row.rmse_se, dr),
+            Estimate(row.published_rmse_mean, row.published_rmse_se, rmse_places[0], se_decimals=rmse_places[1]),
+            Estimate(row.ll_mean, row.ll_se, dl),
+            Estimate(row.published_ll_mean, row.published_ll_se, ll_places[0], se_decimals=ll_places[1]),
             row.choices,
         ]))
     columns = [Column(title, kind) for title, kind in zip(HEADER, _KINDS)]

@@ -14,8 +14,10 @@ A published column (:class:`PublishedColumn`) carries, as data, what its figures
 Tables and plots set a published column only beside our figures of the same metric, and
 say in its header where its splits or spread differ (:meth:`PublishedColumn.header`).
 Figures are ``(mean, spread)`` in the target's original units, copied as printed (the
-sources round them; a printed ``±.00`` is stored as 0.0); only the data sets each source
-reports are present.
+sources round them; a printed ``±.00`` is stored as 0.0), with the decimal places they are
+printed to (``places``), so that tables show them as printed and never with more places than the
+source gave (``0.064 ± 0.00``, a spread under 0.005, not ``0.0640 ± 0.0000``); only the data sets
+each source reports are present.
 
 ``nalisnick2019``
     Nalisnick, Hernández-Lobato & Smyth (2019), "Dropout as a Structured Shrinkage
@@ -80,6 +82,7 @@ class PublishedColumn:
     spread: str
     figures: Figures
     printed_as: str | None = None  # the source's name for the metric, where it differs
+    places: tuple[int, int] = (2, 2)  # decimal places of the mean and of the ``±`` as the source prints them
 
     def __post_init__(self):
         for value, allowed in ((self.metric, METRIC_NAMES), (self.splits, SPLIT_PROTOCOLS), (self.spread, SPREADS)):
@@ -98,6 +101,12 @@ class PublishedColumn:
         if self.spread != "se":
             out.append(f"±{self.spread.upper()}")
         return out
+
+    def printed(self, dataset: str) -> str:
+        """``dataset``'s figure as the source prints it (a printed ``±0.00`` is a spread under 0.005,
+        not zero)."""
+        mean, spread = self.figures[dataset]
+        return f"{mean:.{self.places[0]}f} ± {spread:.{self.places[1]}f}"
 
     def header(self, citation: str) -> str:
         """``method [citation] (published)``, with the qualifiers where there are any."""
@@ -151,13 +160,13 @@ _NALISNICK = {
     "yacht": ((0.66, 0.06), (0.691, 0.12), (0.657, 0.14), (0.604, 0.16), (0.848, 0.05), (0.98, 0.09)),
 }
 _NALISNICK_COLUMNS = (
-    # method, metric, splits, spread, printed as
-    ("Dropout", "rmse", "standard", "se", None),
-    ("ARD", "sample-mae", "own", "sd", "RMSE"),
-    ("ADD", "sample-mae", "own", "sd", "RMSE"),
-    ("ARD-ADD", "sample-mae", "own", "sd", "RMSE"),
-    ("Prob. Backprop", "rmse", "standard", "se", None),
-    ("Deep GP", "rmse", "standard", "se", None),
+    # method, metric, splits, spread, printed as, places of the mean and the ± as printed
+    ("Dropout", "rmse", "standard", "se", None, (2, 2)),
+    ("ARD", "sample-mae", "own", "sd", "RMSE", (3, 2)),
+    ("ADD", "sample-mae", "own", "sd", "RMSE", (3, 2)),
+    ("ARD-ADD", "sample-mae", "own", "sd", "RMSE", (3, 2)),
+    ("Prob. Backprop", "rmse", "standard", "se", None, (3, 2)),
+    ("Deep GP", "rmse", "standard", "se", None, (2, 2)),
 )
 
 _GAL = {
@@ -190,8 +199,9 @@ REFERENCES: dict[str, Reference] = {
     "nalisnick2019": Reference(
         "nalisnick2019",
         "Nalisnick et al. 2019",
-        tuple(PublishedColumn(method, metric, splits, spread, figures, printed)
-              for (method, metric, splits, spread, printed), figures in zip(_NALISNICK_COLUMNS, _figures(_NALISNICK))),
+        tuple(PublishedColumn(method, metric, splits, spread, figures, printed, places)
+              for (method, metric, splits, spread, printed, places), figures
+              in zip(_NALISNICK_COLUMNS, _figures(_NALISNICK))),
     ),
     "gal2016": Reference(
         "gal2016",

@@ -34,19 +34,21 @@ MISSING = "–"
 
 @dataclass(frozen=True)
 class Estimate:
-    """``mean ± se`` to ``decimals`` places (no ``± se`` when ``se`` is NaN; a NaN mean is missing)."""
+    """``mean ± se`` to ``decimals`` places, the ``se`` to ``se_decimals`` where given (no ``± se``
+    when ``se`` is NaN; a NaN mean is missing)."""
 
     mean: float
     se: float
     decimals: int
     bold: bool = False
+    se_decimals: int | None = None
 
     def text(self, pm: str) -> str:
         if not math.isfinite(self.mean):
             return MISSING
         text = f"{self.mean:.{self.decimals}f}"
         if math.isfinite(self.se):
-            text += f"{pm}{self.se:.{self.decimals}f}"
+            text += f"{pm}{self.se:.{self.decimals if self.se_decimals is None else self.se_decimals}f}"
         return text
 
 

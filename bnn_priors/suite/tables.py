@@ -192,6 +192,7 @@ class ComparisonTable:
     average_rank: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     split: str = "test"  # or "validation": the hold-out parts
     spreads: dict[str, str] = field(default_factory=dict)  # published column -> "se" or "sd"
+    places: dict[str, tuple[int, int]] = field(default_factory=dict)  # published column -> places as printed
     unmeasured: set[tuple[str, str]] = field(default_factory=set)
     left_out: dict[str, str] = field(default_factory=dict)  # "method [citation]" -> the metrics it measured
 
@@ -234,6 +235,7 @@ def comparison_table(
     for column, published in published_columns(references, key).items():
         table.published.append(column)
         table.spreads[column] = published.spread
+        table.places[column] = published.places
         for dataset in table.datasets:
             if dataset in published.figures:
                 mean, spread = published.figures[dataset]
@@ -305,7 +307,11 @@ def _rows(table: ComparisonTable, decimals: int | None) -> list[Row]:
         cells: list = [dataset]
         for c in table.columns:
             mean, se, _ = table.cells.get((dataset, c), (math.nan, math.nan, 0))
-            cells.append(Estimate(mean, se, dec, (dataset, c) in table.best))
+            if c in table.places:  # a published figure: as printed, never with more places than the source
+                mean_places, spread_places = table.places[c]
+                cells.append(Estimate(mean, se, mean_places, se_decimals=spread_places))
+            else:
+                cells.append(Estimate(mean, se, dec, (dataset, c) in table.best))
         rows.append(Row(cells))
     if table.average_rank:
         best = min(v[0] for v in table.average_rank.values())
