@@ -154,7 +154,9 @@ def test_loo_on_every_backend(name, idatas):
     ll = idatas[name].log_likelihood["y"].values.reshape(-1, N)
     assert loo.elpd_loo <= np.sum(logsumexp(ll, 0) - np.log(ll.shape[0])) + 1e-6  # LOO costs, never gains
     if name == "map":  # a point mass: nothing to reweight, the plug-in log-likelihood
-        assert loo.p_loo == pytest.approx(0.0, abs=1e-6) and loo.elpd_loo == pytest.approx(ll[0].sum(), rel=1e-6)
+        # zero but for float32 rounding, which differs between CPUs: a few units in the last place of elpd
+        rounding = 64 * float(np.finfo(np.float32).eps) * max(1.0, abs(float(ll[0].sum())))
+        assert loo.p_loo == pytest.approx(0.0, abs=rounding) and loo.elpd_loo == pytest.approx(ll[0].sum(), rel=1e-6)
 
 
 def test_compare_ranks_svi_against_mc_dropout(idatas):
