@@ -800,4 +800,5 @@ class MCDropout(InferenceBackend):
             "compile": bool(self.compile and run.compiled),  # False after a fallback to eager code
         }
         info.update(done.resume_info())
+        info.update(done.arithmetic_info())
         return MCDropoutPosterior(model, net, tau, seeds, info)

@@ -89,7 +89,7 @@ from inference.common import (
 from inference.hmc import BatchedNUTS, ChainRandom, chain_seeds
 from inference.hmc_kernels import Kernels
 from inference.network_density import NetworkDensity
-from inference.training import Checkpoint
+from inference.training import Checkpoint, denormals_flushed, flush_denormals
 from models.networks import BayesianNetwork
 
 PARAMETRIZATIONS = ("auto", "centered", "non-centered")
@@ -558,10 +558,12 @@ class NUTS(InferenceBackend):
         X_diag = _diagnostic_inputs(model, X, X_test)
         if checkpoint is not None and self.engine != "batched":
             raise InvalidParameterError("NUTS: checkpoints are saved by the batched engine only, not by engine='pyro'")
-        if self.engine == "batched":
-            post = self._fit_batched(model, X, y, seeds, X_diag, checkpoint)
-        else:
-            post = self._fit_pyro(model, X, y, seeds, X_diag)
+        with flush_denormals():  # as the training loop: subnormal floats read and written as zero
+            if self.engine == "batched":
+                post = self._fit_batched(model, X, y, seeds, X_diag, checkpoint)
+            else:
+                post = self._fit_pyro(model, X, y, seeds, X_diag)
+            post.info["denormals_flushed"] = denormals_flushed()
         post.info["predictive"] = _predictive_info(post)
         return post
 

@@ -1082,6 +1082,7 @@ class SVI(InferenceBackend):
             "compile": bool(self.compile and run.compiled),  # False after a fallback to eager code
         }
         info.update(done.resume_info())
+        info.update(done.arithmetic_info())
         return SVIPosterior(model, q, seeds, info)
 
     @staticmethod

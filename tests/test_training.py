@@ -17,7 +17,17 @@ import models
 from bnn_priors.errors import FitDivergedError, InvalidParameterError
 from inference import SVI, MCDropout
 from inference.common import ReplicaRandom
-from inference.training import Checkpoint, FullBatch, RandomSubsets, Shuffled, adam, train
+from inference.training import (
+    FLUSH_DENORMALS_ENV,
+    Checkpoint,
+    FullBatch,
+    RandomSubsets,
+    Shuffled,
+    adam,
+    denormals_flushed,
+    flush_denormals,
+    train,
+)
 
 
 def _data(R=2, N=50, seed=0):
@@ -200,6 +210,58 @@ def test_the_loop_runs_the_steps_in_rounds_and_stops_on_a_non_finite_loss():
         train(bad_step, X, y, [w], opt, FullBatch(4), 10, backend="toy", hint="try this", progress=False)
     with pytest.raises(InvalidParameterError, match="steps"):
         train(step, X, y, [w], opt, FullBatch(4), 0, backend="toy", hint="", progress=False)
+
+
+needs_ftz = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                               reason="subnormal flushing is tested on x86-64 (FTZ/DAZ)")
+
+
+@needs_ftz
+def test_flush_denormals_reads_and_writes_subnormals_as_zero_and_restores_the_thread(monkeypatch):
+    tiny = torch.tensor([1e-39, 3e-38, -2e-40], dtype=torch.float32)  # subnormal, normal, subnormal
+    assert not denormals_flushed()
+    assert (tiny * 1.0).tolist() == tiny.tolist()
+    with flush_denormals():
+        assert denormals_flushed()
+        assert (tiny * 1.0).tolist() == [0.0, tiny[1].item(), 0.0]  # read as zero
+        assert (torch.tensor([1e-30]) * 1e-10).item() == 0.0  # a subnormal result is written as zero
+        with flush_denormals(False):
+            assert not denormals_flushed()
+        assert denormals_flushed()
+    assert not denormals_flushed()
+    monkeypatch.setenv(FLUSH_DENORMALS_ENV, "0")
+    with flush_denormals():
+        assert not denormals_flushed()
+
+
+@needs_ftz
+def test_the_loop_steps_with_subnormals_flushed_and_says_so(monkeypatch):
+    X, y = _data(R=1)
+    w = torch.tensor([1e-39, 0.5, -2e-40], requires_grad=True)  # two weights shrunk to subnormals
+    seen = []
+
+    def step(Xb, yb):
+        seen.append(denormals_flushed())
+        loss = ((Xb @ (w * 1.0) - yb) ** 2).mean()
+        return loss, loss
+
+    done = train(step, X, y, [w], torch.optim.SGD([w], lr=0.0), FullBatch(4), 3, backend="toy", hint="",
+                 progress=False)
+    assert seen == [True] * 3 and done.denormals_flushed and done.arithmetic_info() == {"denormals_flushed": True}
+    assert not denormals_flushed()  # restored after the fit
+    monkeypatch.setenv(FLUSH_DENORMALS_ENV, "0")
+    seen.clear()
+    done = train(step, X, y, [w], torch.optim.SGD([w], lr=0.0), FullBatch(4), 2, backend="toy", hint="",
+                 progress=False)
+    assert seen == [False] * 2 and not done.denormals_flushed
+
+
+def test_backends_record_how_their_steps_treated_subnormals():
+    X, y = _data(R=1)
+    net = models.BayesianMLP(3, 1, hidden=(8,), prior=bnn_priors.prior("half-cauchy", structure="ard"))
+    post = SVI(steps=5, progress=False, seed=0).fit(net, X[0], y[0])
+    expected = platform.machine() in ("x86_64", "AMD64") and os.environ.get(FLUSH_DENORMALS_ENV, "1") != "0"
+    assert post.info["denormals_flushed"] is expected
 
 
 # ------------------------------------------------- faster steps, the same numbers

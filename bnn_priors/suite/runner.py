@@ -91,7 +91,7 @@ from bnn_priors.suite.provenance import (
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
 from inference.common import resolve_device
-from inference.training import Checkpoint, check_threads, torch_threads
+from inference.training import Checkpoint, check_threads, flush_denormals, torch_threads
 
 #: A fit has blown up when its predictive mean misses the standardized training targets by more
 #: than this many of their standard deviations (root mean square; predicting their mean scores 1).
@@ -243,7 +243,7 @@ def _run_job(job: Job) -> list[dict[str, Any]]:
     time, so only the diverging runs fail (the batch's checkpoint is dropped; each retried
     job checkpoints on its own). (``KeyboardInterrupt`` is not caught.)
     """
-    with torch_threads(job.threads):
+    with flush_denormals(), torch_threads(job.threads):
         try:
             return fit_job(job)
         except FitDivergedError as exc:
