@@ -16,26 +16,15 @@ normal weights. The CPU model is printed first: the cost depends on it.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
+from bnn_priors.suite.provenance import cpu_model
 from inference.training import flush_denormals
 
 PARTICLES, BATCH, D_IN, HIDDEN = 10, 32, 4, 50
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def weights(shape, share: float, gen: torch.Generator) -> torch.Tensor:
