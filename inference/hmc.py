@@ -74,6 +74,7 @@ from inference.hmc_kernels import (
     RowPotential,
     criterion,
     finite,
+    log_add_exp,
 )
 
 INIT_BUFFER, BASE_WINDOW, TERM_BUFFER = 75, 25, 50
@@ -367,7 +368,7 @@ class BatchedNUTS:
             prop_g = torch.where(take[:, None], sub["g"], prop_g)
             prop_U = torch.where(take, sub["U"], prop_U)
             prop_H = torch.where(take, sub["H"], prop_H)
-            log_w = torch.where(valid, torch.logaddexp(log_w, sub["log_w"]), log_w)
+            log_w = torch.where(valid, log_add_exp(log_w, sub["log_w"]), log_w)
             # the merged tree: new ends in the direction of travel, and its U-turn checks
             new_end = list(sub["last"])
             plus = _pick(forward & valid, new_end, plus)
