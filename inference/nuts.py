@@ -89,7 +89,13 @@ from inference.common import (
 from inference.hmc import BatchedNUTS, ChainRandom, chain_seeds
 from inference.hmc_kernels import Kernels
 from inference.network_density import NetworkDensity
-from inference.training import Checkpoint, denormals_flushed, flush_denormals
+from inference.training import (
+    Checkpoint,
+    check_threads,
+    denormals_flushed,
+    flush_denormals,
+    torch_threads,
+)
 from models.networks import BayesianNetwork
 
 PARAMETRIZATIONS = ("auto", "centered", "non-centered")
@@ -394,7 +400,12 @@ class NUTS(InferenceBackend):
     ``parametrization`` (``"auto"``, ``"centered"`` or ``"non-centered"``, see
     :mod:`inference.nuts`), ``engine`` (``"batched"``, the project's own sampler, or
     ``"pyro"``), and ``device``, ``seed`` (one int, replica ``r`` gets ``seed + r``, or
-    one per replica) and ``progress`` (a progress bar).
+    one per replica), ``progress`` (a progress bar) and ``threads`` (torch threads of the fit, 1 by
+    default as for the training loop, :mod:`inference.training`: a chain's tensors are far too
+    small for intra-op parallelism, and a second thread that spins while another process holds
+    the other core slows every operation; the backend matrix's NUTS fits took 40-100 s each
+    with two threads in each of two pytest workers on two cores, 14-15 s alone, where one
+    thread was as fast as two; ``None`` leaves torch's setting alone).
 
     Batched engine only: ``init`` (``"map"``: each chain starts from ``init_steps``
     Adam steps on its log density from its own prior draw, its unconstrained scales
@@ -437,6 +448,7 @@ class NUTS(InferenceBackend):
 
     name = "nuts"
     diagnoses_test_inputs = True
+    takes_threads = True
 
     @property
     def checkpoints(self) -> bool:
@@ -473,6 +485,7 @@ class NUTS(InferenceBackend):
         device="cpu",
         seed: int | Sequence[int] = 0,
         progress: bool = True,
+        threads: int | None = 1,
     ):
         super().__init__(device, seed, progress)
         self.num_samples = check_positive_int("num_samples", num_samples)
@@ -499,6 +512,7 @@ class NUTS(InferenceBackend):
         self.init_jitter = check_nonnegative_float("init_jitter", init_jitter)
         self.compile = check_bool("compile", compile)
         self.progress = check_bool("progress", progress)
+        self.threads = check_threads(threads)
 
     def __repr__(self) -> str:
         return (
@@ -506,7 +520,7 @@ class NUTS(InferenceBackend):
             f"thin={self.thin}, target_accept={self.target_accept:g}, max_tree_depth={self.max_tree_depth}, "
             f"jit_compile={self.jit_compile}, parametrization={self.parametrization!r}, engine={self.engine!r}, "
             f"init={self.init!r}, init_steps={self.init_steps}, init_jitter={self.init_jitter:g}, "
-            f"compile={self.compile})"
+            f"compile={self.compile}, threads={self.threads})"
         )
 
     # ------------------------------------------------------------------ checks
@@ -558,7 +572,8 @@ class NUTS(InferenceBackend):
         X_diag = _diagnostic_inputs(model, X, X_test)
         if checkpoint is not None and self.engine != "batched":
             raise InvalidParameterError("NUTS: checkpoints are saved by the batched engine only, not by engine='pyro'")
-        with flush_denormals():  # as the training loop: subnormal floats read and written as zero
+        # as the training loop: subnormal floats read and written as zero, one torch thread
+        with flush_denormals(), torch_threads(self.threads):
             if self.engine == "batched":
                 post = self._fit_batched(model, X, y, seeds, X_diag, checkpoint)
             else:

@@ -173,11 +173,43 @@ def test_refuses_log_uniform_before_sampling():
         dict(max_tree_depth=0), dict(max_tree_depth=25), dict(jit_compile="yes"), dict(parametrization="funnel"),
         dict(progress=None), dict(seed=-1), dict(device="tpu"), dict(engine="stan"), dict(init="uniform"),
         dict(init_steps=-1), dict(init_jitter=-0.1), dict(init_jitter=math.nan), dict(init_jitter=True), dict(compile="yes"),
+        dict(threads=0), dict(threads=1.5),
     ],
 )
 def test_invalid_arguments(kwargs):
     with pytest.raises(InvalidParameterError):
         NUTS(**kwargs)
+
+
+@pytest.mark.parametrize("engine", ["batched", "pyro"])
+def test_fit_runs_with_its_threads_and_restores_torchs(monkeypatch, engine):
+    """NUTS fits with one torch thread by default (as the training loop), ``threads=None`` leaves
+    torch's setting alone, torch's setting is back after the fit, and the runner passes its
+    ``--threads`` to NUTS as to the other backends."""
+    from bnn_priors.suite.methods import METHODS
+    from inference.network_density import NetworkDensity
+
+    seen = []
+    potential = NetworkDensity.potential
+    monkeypatch.setattr(NetworkDensity, "potential",
+                        lambda self, *a, **k: seen.append(torch.get_num_threads()) or potential(self, *a, **k))
+    if engine == "pyro":
+        seen_pyro = pyro.infer.mcmc.api.MCMC.run
+        monkeypatch.setattr(pyro.infer.mcmc.api.MCMC, "run",
+                            lambda self, *a, **k: seen.append(torch.get_num_threads()) or seen_pyro(self, *a, **k))
+    X, y = _data(20)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, expected in ((None, 2), (1, 1), (2, 2)):
+            seen.clear()
+            NUTS(threads=threads, **dict(TINY, engine=engine, num_samples=4, warmup=3)).fit(_mlp(), X, y)
+            assert seen and set(seen) == {expected}, (threads, seen)
+            assert torch.get_num_threads() == 2
+        assert NUTS().threads == 1
+    finally:
+        torch.set_num_threads(before)
+    assert METHODS["nuts"].make_backend(10, {}, seed=0, threads=3).threads == 3
 
 
 # ------------------------------------------------------------------- diagnostics

@@ -92,9 +92,9 @@ class Method:
 
     def make_backend(self, budget: int, options: Mapping[str, Any], seed, device: str = "cpu", progress: bool = False,
                      threads: int | None = 1):
-        """An instance of the backend, ready to ``fit`` (``threads``: torch threads of its training loop)."""
+        """An instance of the backend, ready to ``fit`` (``threads``: torch threads of its fit)."""
         kwargs = self.backend_kwargs(budget, options)
-        if self.backend_class.training_loop:
+        if self.backend_class.takes_threads:
             kwargs["threads"] = threads
         try:
             return self.backend_class(**kwargs, seed=seed, device=device, progress=progress)
