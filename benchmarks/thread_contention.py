@@ -8,7 +8,12 @@ process runs a loop of 300x300 matrix products with two torch threads (a second
 user of the machine, or a second benchmark). On a 2-core machine the second thread
 spins waiting for a core the neighbour holds, and each step waits for it.
 
-    python benchmarks/thread_contention.py [--steps 300] [--neighbour-threads 2]
+``--backend nuts`` times NUTS's fit of the backend matrix's problem instead
+(``tests/test_backends.py``: a 1-8-1 network, ARD Gaussian prior above a normal input layer,
+60 points, four chains in lockstep, 60 warm-up and 60 draws, tree depth 5, its MAP start),
+with the ``threads`` option of :class:`inference.NUTS`.
+
+    python benchmarks/thread_contention.py [--steps 300] [--neighbour-threads 2] [--backend svi|nuts]
 """
 
 from __future__ import annotations
@@ -46,12 +51,31 @@ def fit_seconds(steps: int, threads: int) -> float:
     return post.info["seconds"]
 
 
+def nuts_fit_seconds(threads: int) -> float:
+    import bnn_priors
+    import models
+    from inference import NUTS
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(30, generator=g) * 1.5 - 2.0, torch.rand(30, generator=g) * 1.5 + 0.5])
+    y = torch.sin(2 * x) + 0.1 * torch.randn(60, generator=g)
+    net = models.BayesianMLP(1, 1, hidden=(8,), prior=[bnn_priors.prior("normal"), bnn_priors.prior("gaussian", "ard")],
+                             likelihood=models.GaussianLikelihood(precision=100.0))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        NUTS(num_samples=60, warmup=60, max_tree_depth=5, progress=False, seed=1, threads=threads).fit(net, x[:, None], y)
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--neighbour-threads", type=int, default=2)
+    parser.add_argument("--backend", choices=("svi", "nuts"), default="svi")
     args = parser.parse_args(argv)
-    print(f"cores: {os.cpu_count()}, torch {torch.__version__}, {args.steps} SVI steps per fit")
+    what = f"{args.steps} SVI steps per fit" if args.backend == "svi" else "NUTS, 4 chains, 60 + 60 iterations per fit"
+    print(f"cores: {os.cpu_count()}, torch {torch.__version__}, {what}")
     rows = []
     for label in ("alone", f"beside a neighbour with {args.neighbour_threads} torch threads"):
         neighbour = None
@@ -60,7 +84,8 @@ def main(argv=None) -> int:
             time.sleep(2.0)
         try:
             for threads in (1, 2):
-                rows.append((label, threads, fit_seconds(args.steps, threads)))
+                seconds = fit_seconds(args.steps, threads) if args.backend == "svi" else nuts_fit_seconds(threads)
+                rows.append((label, threads, seconds))
                 print(f"{label:45s} threads={threads}: {rows[-1][2]:7.2f} s", flush=True)
         finally:
             if neighbour is not None:

@@ -401,11 +401,12 @@ class NUTS(InferenceBackend):
     :mod:`inference.nuts`), ``engine`` (``"batched"``, the project's own sampler, or
     ``"pyro"``), and ``device``, ``seed`` (one int, replica ``r`` gets ``seed + r``, or
     one per replica), ``progress`` (a progress bar) and ``threads`` (torch threads of the fit, 1 by
-    default as for the training loop, :mod:`inference.training`: a chain's tensors are far too
-    small for intra-op parallelism, and a second thread that spins while another process holds
-    the other core slows every operation; the backend matrix's NUTS fits took 40-100 s each
-    with two threads in each of two pytest workers on two cores, 14-15 s alone, where one
-    thread was as fast as two; ``None`` leaves torch's setting alone).
+    default as for the training loop, :mod:`inference.training`: a second thread that spins
+    while another process holds the other core slows every operation. The backend matrix's
+    NUTS fit on 2 cores (``benchmarks/thread_contention.py --backend nuts``): alone 11.0 s with
+    one thread, 8.1 s with two; beside a process running two torch threads 10.6 s with one,
+    32.9 s with two; in the test suite, two threads in each of two pytest workers took 40-100 s
+    per fit; ``None`` leaves torch's setting alone).
 
     Batched engine only: ``init`` (``"map"``: each chain starts from ``init_steps``
     Adam steps on its log density from its own prior draw, its unconstrained scales
