@@ -33,7 +33,9 @@ with the earlier compiled path (2292 s and 2836 s per job), splits 10-19 with th
 the kernels round differently in the last bit, so the draws are other, equally valid, ones.
 Boston's four jobs all ran with the compiled kernels beside two or three other processes; the job
 of splits 10-14 continued from its checkpoint in a second process, and its seconds include the
-first process's 702 s up to that checkpoint.
+first process's 702 s up to that checkpoint. All these rows predate commit c6d93b0 (2026-12-02), which
+changed the multinomial weights' log-sum to one that rounds alike in a batch and alone
+(`inference.hmc_kernels.log_add_exp`): the same seed now gives other, equally valid, draws.
 """
 RELEASED_SPLITS = 20
 RELEASED_STRUCTURES = {"ard": "ARD", "add": "ADD", "ard-add": "ARD-ADD"}
