@@ -412,8 +412,6 @@ class InferenceBackend(ABC):
     #: Whether the backend trains in :func:`inference.training.train`: then it takes
     #: ``fit(model, X, y, checkpoint=...)``.
     training_loop: bool = False
-    #: Whether the backend takes ``threads`` (torch threads of its fit, 1 by default).
-    takes_threads: bool = False
     #: Whether ``fit(model, X, y, checkpoint=...)`` saves its state as it goes and continues from a
     #: saved one (:class:`inference.training.Checkpoint`): a killed job of the runner then resumes.
     checkpoints: bool = False

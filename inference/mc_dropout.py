@@ -499,7 +499,6 @@ class MCDropout(InferenceBackend):
 
     name = "mc-dropout"
     training_loop = True
-    takes_threads = True
     checkpoints = True
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).

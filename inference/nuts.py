@@ -449,7 +449,6 @@ class NUTS(InferenceBackend):
 
     name = "nuts"
     diagnoses_test_inputs = True
-    takes_threads = True
 
     @property
     def checkpoints(self) -> bool:

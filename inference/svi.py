@@ -838,7 +838,6 @@ class SVI(InferenceBackend):
 
     name = "svi"
     training_loop = True
-    takes_threads = True
     checkpoints = True
     #: Keyword options and their defaults (``device``, ``seed`` and ``progress`` aside): what a caller
     #: such as the benchmark runner may set. Equal to ``__init__``'s defaults (tested).

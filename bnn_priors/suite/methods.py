@@ -94,10 +94,8 @@ class Method:
                      threads: int | None = 1):
         """An instance of the backend, ready to ``fit`` (``threads``: torch threads of its fit)."""
         kwargs = self.backend_kwargs(budget, options)
-        if self.backend_class.takes_threads:
-            kwargs["threads"] = threads
         try:
-            return self.backend_class(**kwargs, seed=seed, device=device, progress=progress)
+            return self.backend_class(**kwargs, seed=seed, device=device, progress=progress, threads=threads)
         except TypeError as exc:  # a wrongly typed option the backend did not check
             raise InvalidParameterError(f"invalid options for inference method {self.name!r}: {exc}") from None
 
