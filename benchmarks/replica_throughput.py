@@ -42,7 +42,7 @@ replica (``noise_params``: 0.01, 0.05 and 0.1 for a third of the replicas each, 
 batches a Gal grid of several rates as one model). Runs on
 the CPU with one torch thread (the training loop's default; ``--threads 2`` gives every fit,
 floor and matmul two threads, both cores of the project's machine), with the allocator setting of
-the training loop (:func:`inference.training.keep_freed_memory`; ``BNN_PRIORS_KEEP_FREED_MEMORY=0``
+the training loop (:func:`inference.allocator.keep_freed_memory`; ``BNN_PRIORS_KEEP_FREED_MEMORY=0``
 times glibc's defaults, floors included), and again on a GPU when
 ``torch.cuda.is_available()``. Repeats are interleaved (every implementation once per
 round) and the table gives medians: of the time per step of a whole fit of ``steps`` steps
@@ -85,7 +85,7 @@ import bnn_priors  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
 from bnn_priors.suite.presets import NALISNICK_RELEASED_OPTIONS, NALISNICK_RELEASED_PRIOR  # noqa: E402
-from inference.training import keep_freed_memory  # noqa: E402
+from inference.allocator import keep_freed_memory  # noqa: E402
 from models.likelihoods import GaussianLikelihood  # noqa: E402
 
 N_TRAIN, D_IN, HIDDEN = 455, 13, 50
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         return 0
     kept = keep_freed_memory()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{THREADS} torch thread{'s' if THREADS > 1 else ''}; allocator keeps freed memory (inference.training.keep_freed_memory): {kept}")
+          f"{THREADS} torch thread{'s' if THREADS > 1 else ''}; allocator keeps freed memory (inference.allocator.keep_freed_memory): {kept}")
     print("The machine may be shared: figures are noisy; compare only figures of one run.")
     only = None if args.only is None else [c.strip() for c in args.only.split(",")]
     if only is not None and not set(only) <= set(CONFIGS):

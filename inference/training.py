@@ -37,22 +37,20 @@ x86 CPUs a weight shrunk into the subnormal range makes every multiply with it m
 slower.
 
 Memory: on the CPU the loop asks the C allocator to keep freed memory for reuse
-(:func:`keep_freed_memory`): without it every step's activations land on fresh pages.
+(:func:`inference.allocator.keep_freed_memory`): without it every step's activations land on
+fresh pages.
 
-Imports: torch, ``bnn_priors.errors``, ``inference.common``; nothing of the backends.
+Imports: torch, ``bnn_priors.errors``, ``inference.allocator``, ``inference.common``; nothing of the
+backends.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import math
 import os
-import platform
 import socket
-import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -69,6 +67,7 @@ try:  # POSIX: a checkpoint's claim is an advisory lock (flock) on a file beside
     import fcntl
 except ImportError:  # pragma: no cover - Windows: claims are not enforced
     fcntl = None
+from inference.allocator import keep_freed_memory
 from inference.common import progress_bar, raise_diverged
 
 #: A training step: ``step(X_batch, y_batch) -> (loss to minimise, loss to monitor)``. The first is
@@ -342,41 +341,6 @@ def check_threads(threads) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidParameterError(f"threads must be a positive integer or None, got {threads!r}")
     return threads
-
-
-#: glibc ``mallopt`` parameters (``malloc.h``) and the values :func:`keep_freed_memory` sets.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: blocks up to this size come from the heap
-TRIM_THRESHOLD = 256 * 2**20  # free memory kept at the top of the heap before it goes back to the system
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Let the C allocator keep freed tensors' memory for the next step instead of returning it (once per process).
-
-    A training step allocates and frees the same few megabytes of activations every
-    step. glibc's ``malloc`` serves large blocks with fresh ``mmap`` pages and gives the
-    top of its heap back to the system once more than a few megabytes are free, so each
-    step touches new pages and pays a page fault per 4 KiB: on this project's machine,
-    MC dropout at R = 240 (boston's shape), one 10-epoch fit in a fresh process, had 4,150
-    minor faults per step and 26.8 ms per step with glibc's defaults, 82 and 19.6 ms with
-    these settings; in ``benchmarks/replica_throughput.py``, where earlier fits of the same
-    process have already moved glibc's adaptive threshold, the gain was 4-14 %.
-    Sets ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 256 MiB through
-    ``mallopt``: the process keeps up to 256 MiB of freed memory, and results do not
-    change (the same arithmetic on the same numbers). Linux with glibc only; elsewhere,
-    when ``mallopt`` refuses, or with the environment variable
-    ``BNN_PRIORS_KEEP_FREED_MEMORY=0``, it does nothing and returns False.
-    """
-    if os.environ.get("BNN_PRIORS_KEEP_FREED_MEMORY", "1") == "0":
-        return False
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
 
 
 #: Environment variable that turns off :func:`flush_denormals` (``0``): fits then compute with

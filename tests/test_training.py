@@ -345,7 +345,7 @@ _FAULTS = """
 import resource, statistics, torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 import bnn_priors, inference, models
-from inference.training import keep_freed_memory
+from inference.allocator import keep_freed_memory
 X, y = torch.randn(455, 13), torch.randn(455)
 counts = []  # the process's minor page faults after every optimizer step
 register_optimizer_step_post_hook(lambda *_: counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt))

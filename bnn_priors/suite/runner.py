@@ -1,7 +1,8 @@
 """Running a suite: train and evaluate each job, record every run, skip what is done.
 
 Imports: torch, :mod:`bnn_priors.data` (stacking splits), :mod:`bnn_priors.errors`,
-:mod:`inference.common` (devices) and, of the suite, :mod:`~bnn_priors.suite.config`,
+:mod:`inference.common` (devices), :mod:`inference.training` (checkpoints, threads),
+:mod:`inference.allocator` (the evaluation's memory) and, of the suite, :mod:`~bnn_priors.suite.config`,
 :mod:`~bnn_priors.suite.methods`, :mod:`~bnn_priors.suite.build`,
 :mod:`~bnn_priors.suite.data_options`, :mod:`~bnn_priors.suite.loading`,
 :mod:`~bnn_priors.suite.planning`, :mod:`~bnn_priors.suite.provenance`,
@@ -90,6 +91,7 @@ from bnn_priors.suite.provenance import (
     versions,
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
+from inference.allocator import reuse_large_blocks
 from inference.common import resolve_device
 from inference.training import Checkpoint, check_threads, flush_denormals, torch_threads
 
@@ -140,15 +142,17 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         posterior = backend.fit(model, data.X_train, data.y_train, **extra)
         # A job continued from a checkpoint: its earlier processes' training seconds count too.
         seconds = time.perf_counter() - start + float(posterior.info.get("seconds_before_resume", 0.0))
-        test = evaluate_metrics(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
-        rmse, ll = test.rmse, test.log_likelihood
-        val_rmse = val_ll = val_mae = np.full(R, np.nan)
-        if data.X_val is not None:
-            val = evaluate_metrics(posterior, data.X_val, data.y_val, cfg0.eval_samples, data.y_std, width)
-            val_rmse, val_ll, val_mae = val.rmse, val.log_likelihood, val.sample_mae
-        # standardized units (y_scale 1): the blow-up check of each replica
-        train_rmse, _ = evaluate(posterior, data.X_train, data.y_train, min(cfg0.eval_samples, BLOWUP_CHECK_SAMPLES),
-                                 np.ones(R), width)
+        # An evaluation chunk's tensors are up to 8 MiB per replica: kept on the heap, not faulted in anew
+        with reuse_large_blocks():
+            test = evaluate_metrics(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
+            rmse, ll = test.rmse, test.log_likelihood
+            val_rmse = val_ll = val_mae = np.full(R, np.nan)
+            if data.X_val is not None:
+                val = evaluate_metrics(posterior, data.X_val, data.y_val, cfg0.eval_samples, data.y_std, width)
+                val_rmse, val_ll, val_mae = val.rmse, val.log_likelihood, val.sample_mae
+            # standardized units (y_scale 1): the blow-up check of each replica
+            train_rmse, _ = evaluate(posterior, data.X_train, data.y_train,
+                                     min(cfg0.eval_samples, BLOWUP_CHECK_SAMPLES), np.ones(R), width)
     layer = heatmap_layer(cfg0)
     try:
         weights = np.asarray(posterior.weight_means()[layer])
