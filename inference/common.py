@@ -401,6 +401,13 @@ class _FixedValues:
         return self.values
 
 
+def check_threads(threads) -> int | None:
+    """A torch thread count: a positive integer, or ``None`` for torch's own setting."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidParameterError(f"threads must be a positive integer or None, got {threads!r}")
+    return threads
+
+
 class InferenceBackend(ABC):
     """Interface of every backend: ``fit(model, X, y) -> Posterior``.
 
@@ -419,11 +426,14 @@ class InferenceBackend(ABC):
     #: diagnose the fit's predictions there (NUTS: R-hat and ESS of ``f(x)``).
     diagnoses_test_inputs: bool = False
 
-    def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True):
+    def __init__(self, device: str | torch.device = "cpu", seed: int | Sequence[int] = 0, progress: bool = True,
+                 threads: int | None = 1):
         self.device = resolve_device(device)
         check_seeds(seed)
         self.seed = seed
         self.progress = bool(progress)
+        #: torch threads of a fit (``None``: torch's own setting); see :mod:`inference.training`
+        self.threads = check_threads(threads)
 
     @abstractmethod
     def check_model(self, model: BayesianNetwork) -> None:

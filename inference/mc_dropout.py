@@ -159,7 +159,7 @@ from inference.common import (
     unsupported,
 )
 from inference.compiled import CheckedCompile
-from inference.training import Checkpoint, Shuffled, adam, check_threads, train
+from inference.training import Checkpoint, Shuffled, adam, train
 from models.networks import BayesianNetwork, Layer
 
 # Offsets that separate a replica's random streams (initial weights, batch order, noise).
@@ -528,8 +528,7 @@ class MCDropout(InferenceBackend):
         progress: bool = True,
         threads: int | None = 1,
     ):
-        super().__init__(device, seed, progress)
-        self.threads = check_threads(threads)
+        super().__init__(device, seed, progress, threads)
         self.epochs = check_positive_int("epochs", epochs)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.lr = check_positive_float("lr", lr)

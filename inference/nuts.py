@@ -91,7 +91,6 @@ from inference.hmc_kernels import Kernels
 from inference.network_density import NetworkDensity
 from inference.training import (
     Checkpoint,
-    check_threads,
     denormals_flushed,
     flush_denormals,
     torch_threads,
@@ -487,7 +486,7 @@ class NUTS(InferenceBackend):
         progress: bool = True,
         threads: int | None = 1,
     ):
-        super().__init__(device, seed, progress)
+        super().__init__(device, seed, progress, threads)
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.warmup = check_nonnegative_int("warmup", warmup)
         self.num_chains = check_positive_int("num_chains", num_chains)
@@ -512,7 +511,6 @@ class NUTS(InferenceBackend):
         self.init_jitter = check_nonnegative_float("init_jitter", init_jitter)
         self.compile = check_bool("compile", compile)
         self.progress = check_bool("progress", progress)
-        self.threads = check_threads(threads)
 
     def __repr__(self) -> str:
         return (

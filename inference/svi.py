@@ -165,7 +165,6 @@ from inference.training import (
     RandomSubsets,
     Shuffled,
     adam,
-    check_threads,
     train,
 )
 from models.networks import BayesianNetwork, Layer
@@ -882,8 +881,7 @@ class SVI(InferenceBackend):
         progress: bool = True,
         threads: int | None = 1,
     ):
-        super().__init__(device, seed, progress)
-        self.threads = check_threads(threads)
+        super().__init__(device, seed, progress, threads)
         if guide not in GUIDES:
             raise InvalidParameterError(f"unknown guide {guide!r}; valid choices are: {', '.join(GUIDES)}")
         if alpha not in ("weight", "unit"):

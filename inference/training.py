@@ -68,7 +68,7 @@ try:  # POSIX: a checkpoint's claim is an advisory lock (flock) on a file beside
 except ImportError:  # pragma: no cover - Windows: claims are not enforced
     fcntl = None
 from inference.allocator import keep_freed_memory
-from inference.common import progress_bar, raise_diverged
+from inference.common import check_threads, progress_bar, raise_diverged
 
 #: A training step: ``step(X_batch, y_batch) -> (loss to minimise, loss to monitor)``. The first is
 #: what ``backward`` is called on (a scalar); the second is checked for NaN/inf (any shape).
@@ -336,12 +336,6 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------- loop
-def check_threads(threads) -> int | None:
-    """A torch thread count: a positive integer, or ``None`` for torch's own setting."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InvalidParameterError(f"threads must be a positive integer or None, got {threads!r}")
-    return threads
-
 
 #: Environment variable that turns off :func:`flush_denormals` (``0``): fits then compute with
 #: subnormal floats as IEEE 754 defines them, at their cost.

@@ -1,7 +1,7 @@
 """Running a suite: train and evaluate each job, record every run, skip what is done.
 
 Imports: torch, :mod:`bnn_priors.data` (stacking splits), :mod:`bnn_priors.errors`,
-:mod:`inference.common` (devices), :mod:`inference.training` (checkpoints, threads),
+:mod:`inference.common` (devices, thread counts), :mod:`inference.training` (checkpoints, threads),
 :mod:`inference.allocator` (the evaluation's memory) and, of the suite, :mod:`~bnn_priors.suite.config`,
 :mod:`~bnn_priors.suite.methods`, :mod:`~bnn_priors.suite.build`,
 :mod:`~bnn_priors.suite.data_options`, :mod:`~bnn_priors.suite.loading`,
@@ -92,8 +92,8 @@ from bnn_priors.suite.provenance import (
 )
 from bnn_priors.suite.store import ResultsStore, array_to_npy
 from inference.allocator import reuse_large_blocks
-from inference.common import resolve_device
-from inference.training import Checkpoint, check_threads, flush_denormals, torch_threads
+from inference.common import check_threads, resolve_device
+from inference.training import Checkpoint, flush_denormals, torch_threads
 
 #: A fit has blown up when its predictive mean misses the standardized training targets by more
 #: than this many of their standard deviations (root mean square; predicting their mean scores 1).
