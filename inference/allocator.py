@@ -83,11 +83,12 @@ def reuse_large_blocks() -> Iterator[bool]:
 
     On exit the settings are :func:`keep_freed_memory`'s (it is applied first) and
     ``malloc_trim(0)`` returns the freed memory to the system, so the context's peak
-    is not kept. Yields whether the settings were applied. Measured (throwaway run,
-    this project's 2-core machine, both cores loaded): chunked evaluation of 164
-    points at R = 60, 1000 draws, width 50 (41 points a chunk, ~0.5 GB a tensor):
-    13.4 s with 2.1 million minor faults in glibc's defaults, 4.6 s with 75 thousand
-    in this context (the first evaluation of a process, which grows the heap: 7.6 s).
+    is not kept. Yields whether the settings were applied. Measured
+    (``benchmarks/evaluation_memory.py``, this project's 2-core machine beside two
+    benchmark jobs): 164 points at R = 60, 1000 draws, width 50 (41 points a chunk,
+    469 MiB a tensor), a process's second evaluation: 13.1 s with 2.1 million minor
+    faults in glibc's defaults, 3.7 s with 1 inside the context (its first, which grows
+    the heap: 15.0 s and 7.7 s); the metrics equal bit for bit.
     """
     if not keep_freed_memory():
         yield False
