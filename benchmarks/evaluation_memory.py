@@ -1,4 +1,4 @@
-"""What the runner's evaluation costs with glibc's allocator defaults and inside ``reuse_large_blocks``.
+"""What the runner's evaluation costs with the training loop's allocator setting and inside ``reuse_large_blocks``.
 
 A batched job's evaluation (``bnn_priors.suite.evaluation.evaluate_metrics``) works in
 chunks of points, each holding up to 8 MiB of activations per replica, so its tensors
@@ -10,7 +10,10 @@ shape) for one epoch on random data, then evaluates ``--points`` random test poi
 with ``--samples`` draws twice in a fresh process per setting (the first evaluation of
 a process grows its heap; the second is what a job's later evaluations cost), and prints
 wall, user and system seconds and minor page faults of each, and whether the two
-settings gave equal metrics.
+settings gave equal metrics. The fit runs in the training loop, so both processes have its
+allocator setting (:func:`inference.allocator.keep_freed_memory`: blocks up to 32 MiB from the
+heap); the evaluation's tensors are larger, so outside the context they are mmap'd as with
+glibc's defaults.
 
     python benchmarks/evaluation_memory.py [--replicas 60] [--points 164] [--samples 1000] [--width 50]
 """
@@ -60,12 +63,12 @@ def main() -> None:
           f"{chunk} points, {args.replicas * args.samples * chunk * args.width * 4 / 2**20:.0f} MiB per activation tensor; "
           "one torch thread")
     with tempfile.TemporaryDirectory() as tmp:
-        for where in ("glibc defaults", "reuse_large_blocks"):
+        for where in ("keep_freed_memory", "reuse_large_blocks"):
             subprocess.run([sys.executable, "-c", CHILD, where, str(args.replicas), str(args.points), str(args.samples),
-                            str(args.width), str(Path(tmp) / where.replace(" ", "_"))], env=env, cwd=root, check=True)
+                            str(args.width), str(Path(tmp) / where)], env=env, cwd=root, check=True)
         import numpy as np
 
-        same = np.array_equal(np.load(Path(tmp) / "glibc_defaults.npy"), np.load(Path(tmp) / "reuse_large_blocks.npy"))
+        same = np.array_equal(np.load(Path(tmp) / "keep_freed_memory.npy"), np.load(Path(tmp) / "reuse_large_blocks.npy"))
     print(f"metrics equal bit for bit: {same}")
 
 

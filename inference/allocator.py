@@ -9,14 +9,22 @@ keep the memory instead (the same arithmetic on the same numbers; no result chan
 
 - :func:`keep_freed_memory` (process-wide, once; the training loop's): blocks up to
   32 MiB come from the heap, and up to 256 MiB of freed memory stays there.
-- :func:`reuse_large_blocks` (a context; the benchmark runner's evaluation): every
-  block comes from the heap and nothing is given back until the context ends, when the
-  freed memory goes back to the system (``malloc_trim``). An evaluation chunk of a
-  batched job holds tensors of hundreds of megabytes (at most 8 MiB per replica, so
-  2 GiB at R = 240), far above glibc's largest mmap threshold.
+- :func:`reuse_large_blocks` (a context; the benchmark runner's evaluation on the CPU):
+  every block comes from the heap and nothing is given back until the context ends,
+  when the freed memory goes back to the system (``malloc_trim``). An evaluation chunk
+  of a batched job holds tensors of hundreds of megabytes (at most 8 MiB per replica,
+  so 2 GiB at R = 240), far above glibc's largest mmap threshold.
+
+Both are settings of the whole process. The context holds for blocks of the main
+thread's heap: glibc serves another thread's blocks above its per-thread heap size
+(64 MiB) with ``mmap`` whatever ``M_MMAP_MAX`` says (the runner evaluates on the main
+thread). Contexts may nest, also across threads: the settings are applied when the
+first one is entered and restored when the last one exits. Restoring sets glibc's
+defaults for ``M_MMAP_MAX`` and :func:`keep_freed_memory`'s thresholds, over whatever
+``GLIBC_TUNABLES`` or ``MALLOC_*_`` set (glibc offers no way to read them back).
 
 Linux with glibc only: elsewhere, when ``mallopt`` refuses, or with the environment
-variable ``BNN_PRIORS_KEEP_FREED_MEMORY=0``, both do nothing.
+variable ``BNN_PRIORS_KEEP_FREED_MEMORY=0``, both leave the allocator alone.
 
 Imports: the standard library only.
 """
@@ -29,6 +37,7 @@ import functools
 import os
 import platform
 import sys
+import threading
 from collections.abc import Iterator
 
 #: glibc ``mallopt`` parameters (``malloc.h``).
@@ -49,7 +58,8 @@ def _libc():
         return None
     try:
         libc = ctypes.CDLL(None)
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - both must exist
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     except (OSError, AttributeError):
         return None
     return libc
@@ -77,27 +87,41 @@ def keep_freed_memory() -> bool:
     return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
 
 
+#: Open :func:`reuse_large_blocks` contexts (the settings hold while there is one) and whether they apply.
+_open = 0
+_applied = False
+_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def reuse_large_blocks() -> Iterator[bool]:
-    """Inside: every block comes from the heap (``M_MMAP_MAX`` 0) and no freed memory goes back (no trimming).
+    """Inside: every block of the main thread comes from the heap (``M_MMAP_MAX`` 0) and no freed memory goes back
+    (no trimming).
 
-    On exit the settings are :func:`keep_freed_memory`'s (it is applied first) and
-    ``malloc_trim(0)`` returns the freed memory to the system, so the context's peak
-    is not kept. Yields whether the settings were applied. Measured
+    On exit of the last open context the settings are :func:`keep_freed_memory`'s (it
+    is applied first) and ``malloc_trim(0)`` returns the freed memory to the system, so
+    the context's peak is not kept. Yields whether the settings are applied. Measured
     (``benchmarks/evaluation_memory.py``, this project's 2-core machine beside two
     benchmark jobs): 164 points at R = 60, 1000 draws, width 50 (41 points a chunk,
     469 MiB a tensor), a process's second evaluation: 13.1 s with 2.1 million minor
-    faults in glibc's defaults, 3.7 s with 1 inside the context (its first, which grows
-    the heap: 15.0 s and 7.7 s); the metrics equal bit for bit.
+    faults with the training loop's setting (:func:`keep_freed_memory`; blocks this
+    large are mmap'd all the same), 3.7 s with 1 inside the context (its first, which
+    grows the heap: 15.0 s and 7.7 s); the metrics equal bit for bit.
     """
-    if not keep_freed_memory():
-        yield False
-        return
-    mallopt = _libc().mallopt
-    applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, NEVER_TRIM) == 1
+    global _open, _applied
+    with _lock:
+        if _open == 0:
+            _applied = keep_freed_memory() and _libc().mallopt(_M_MMAP_MAX, 0) == 1 \
+                and _libc().mallopt(_M_TRIM_THRESHOLD, NEVER_TRIM) == 1
+        _open += 1
+        applied = _applied
     try:
         yield applied
     finally:
-        mallopt(_M_MMAP_MAX, MMAP_MAX)
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-        _libc().malloc_trim(0)
+        with _lock:
+            _open -= 1
+            if _open == 0 and _applied:
+                _libc().mallopt(_M_MMAP_MAX, MMAP_MAX)
+                _libc().mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                _libc().malloc_trim(0)
+                _applied = False

@@ -1,5 +1,6 @@
 """The allocator settings of :mod:`inference.allocator`: fewer page faults, the same numbers."""
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -34,7 +35,8 @@ print(applied is True, n)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's")
 def test_evaluation_inside_reuse_large_blocks_faults_few_pages_and_gives_the_same_metrics(tmp_path):
     """A chunked evaluation at R = 16, 1000 draws, width 50 (tensors of 128 MiB, above glibc's mmap
-    threshold): with glibc's defaults each chunk faults its tensors in anew (about 260,000 pages an
+    threshold): with the training loop's setting (blocks up to 32 MiB from the heap; the fit ran in
+    the loop) each chunk faults its tensors in anew (about 260,000 pages an
     evaluation on this project's machine); inside the context, once the heap has grown (the runner
     evaluates a job's test, validation and training sets in one context), almost none.
     The metrics are equal bit for bit."""
@@ -47,7 +49,7 @@ def test_evaluation_inside_reuse_large_blocks_faults_few_pages_and_gives_the_sam
 
     _, outside = run("outside")
     if outside <= 20000:  # another allocator preloaded, or glibc tuned otherwise: nothing to show here
-        pytest.skip(f"glibc's defaults fault only {outside} pages per evaluation here")
+        pytest.skip(f"outside the context an evaluation faults only {outside} pages here")
     applied, inside = run("inside")
     assert applied
     assert inside < 0.1 * outside, (inside, outside)
@@ -62,3 +64,80 @@ def test_the_settings_are_off_with_the_environment_variable():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "BNN_PRIORS_KEEP_FREED_MEMORY": "0"},
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+_BLOCKS = """
+import ctypes, resource, threading
+from inference.allocator import reuse_large_blocks
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def faults():  # three 100 MiB blocks, each written to and freed: the minor faults it takes
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        p = libc.malloc(100 * 2**20)
+        ctypes.memset(p, 1, 100 * 2**20)
+        libc.free(p)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+out = {"before": faults()}
+with reuse_large_blocks():
+    faults()  # grows the heap
+    out["inside"] = faults()
+    with reuse_large_blocks():
+        pass
+    out["after an inner context"] = faults()
+    held = [reuse_large_blocks()]  # a context another thread enters and never leaves
+    t = threading.Thread(target=held[0].__enter__)
+out["after"] = faults()
+t.start(); t.join()
+with reuse_large_blocks():
+    pass
+faults()  # grows the heap again
+out["another thread's context open"] = faults()
+print(out)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's")
+def test_the_context_holds_until_the_last_one_exits_and_then_restores_the_settings():
+    """Three 100 MiB blocks (75,000 pages) written and freed: each faulted in anew outside the context,
+    reused inside it, still after a nested context has exited, again anew once the last context has
+    exited (the settings restored, the memory trimmed), and reused while another thread's is open."""
+    out = subprocess.run([sys.executable, "-c", _BLOCKS], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    f = eval(out.stdout.splitlines()[-1])  # noqa: S307 - our own subprocess's dict of ints
+    pages = 3 * 100 * 2**20 // 4096
+    if f["before"] < 0.9 * pages:  # another allocator preloaded, or glibc tuned otherwise
+        pytest.skip(f"the blocks faulted in only {f['before']} pages outside the context")
+    assert f["inside"] < 0.01 * pages, f
+    assert f["after an inner context"] < 0.01 * pages, f
+    assert f["after"] > 0.9 * pages, f
+    assert f["another thread's context open"] < 0.01 * pages, f
+
+
+def test_the_runner_evaluates_inside_the_context_on_the_cpu(tmp_path, monkeypatch):
+    """A job's evaluations (test set, training set) run inside ``reuse_large_blocks``, the fit outside it."""
+    import bnn_priors.suite.runner as runner
+    from bnn_priors.suite import expand_grid, run_suite
+
+    inside = []
+    calls = []
+
+    @contextlib.contextmanager
+    def recording():
+        inside.append(True)
+        yield True
+        inside.pop()
+
+    def recorded(name):
+        real = getattr(runner, name)
+        return lambda *a, **k: calls.append((name, bool(inside))) or real(*a, **k)
+
+    monkeypatch.setattr(runner, "reuse_large_blocks", recording)
+    for name in ("evaluate_metrics", "evaluate"):
+        monkeypatch.setattr(runner, name, recorded(name))
+    configs = expand_grid("diabetes", "0", noise="bernoulli", structure="ard", inference="mc-dropout",
+                          budget={"epochs": 2})
+    report = run_suite(configs, tmp_path / "r.sqlite", progress=False)
+    assert report.ok == 1
+    assert calls == [("evaluate_metrics", True), ("evaluate", True)]

@@ -142,8 +142,8 @@ def fit_job(job: Job) -> list[dict[str, Any]]:
         posterior = backend.fit(model, data.X_train, data.y_train, **extra)
         # A job continued from a checkpoint: its earlier processes' training seconds count too.
         seconds = time.perf_counter() - start + float(posterior.info.get("seconds_before_resume", 0.0))
-        # An evaluation chunk's tensors are up to 8 MiB per replica: kept on the heap, not faulted in anew
-        with reuse_large_blocks():
+        # An evaluation chunk's tensors are up to 8 MiB per replica: on the CPU, kept on the heap, not faulted in anew
+        with reuse_large_blocks() if backend.device.type == "cpu" else contextlib.nullcontext(False):
             test = evaluate_metrics(posterior, data.X_test, data.y_test, cfg0.eval_samples, data.y_std, width)
             rmse, ll = test.rmse, test.log_likelihood
             val_rmse = val_ll = val_mae = np.full(R, np.nan)
