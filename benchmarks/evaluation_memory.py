@@ -58,7 +58,9 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("BNN_PRIORS_KEEP_FREED_MEMORY", None)
-    chunk = max(1, 2**21 // (args.samples * args.width))
+    from bnn_priors.suite.evaluation import EVAL_CHUNK_ELEMENTS
+
+    chunk = max(1, EVAL_CHUNK_ELEMENTS // (args.samples * args.width))
     print(f"{args.replicas} replicas, {args.points} points, {args.samples} draws, width {args.width}: chunks of "
           f"{chunk} points, {args.replicas * args.samples * chunk * args.width * 4 / 2**20:.0f} MiB per activation tensor; "
           "one torch thread")
